@@ -1,0 +1,34 @@
+# corekv: the two commands a newcomer needs are `make run` and `make test`.
+# Everything goes through scripts/cargo.sh: it installs missing build dependencies and links
+# RocksDB from a cache built once per machine (see scripts/rocksdb-lib.sh).
+
+CARGO := scripts/cargo.sh
+DATA_DIR ?= /tmp/corekv-demo
+
+.PHONY: run test build lint bench-storage deps clean-demo
+
+## run: build and run the storage demo (both engines, real figures) until the cluster lands
+run:
+	$(CARGO) build --release --locked -p corekv-tools
+	rm -rf $(DATA_DIR)
+	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-storage-demo -- --data-dir $(DATA_DIR)
+
+## test: the whole test suite (unit, integration, property tests)
+test:
+	$(CARGO) test --workspace --locked
+
+## build: release binaries
+build:
+	$(CARGO) build --release --locked --workspace
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	cargo fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## bench-storage: the storage benchmarks of the README (floor, log engine, RocksDB-as-log, KV)
+bench-storage:
+	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- storage --dir $(or $(BENCH_DIR),/var/tmp/corekv-bench)
+
+deps:
+	scripts/deps.sh

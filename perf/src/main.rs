@@ -1,0 +1,37 @@
+//! `corekv-bench`: corekv measured side by side with its floor and its peers.
+//!
+//! Owns: the command line. Each subcommand lives in its own module; today `storage` (both
+//! engines against the disk's floor and RocksDB-as-raft-log). The YCSB harness against etcd
+//! joins as `ycsb` with the running cluster.
+
+mod floor;
+mod report;
+mod storage;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "corekv-bench",
+    about = "corekv benchmarks; figures are taken side by side in one run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Storage engines vs the raw fdatasync floor and vs RocksDB used as the raft log.
+    Storage(storage::StorageArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Storage(args) => storage::run(&args),
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what corekv needs to build and test and is not already on the machine.
+# As root it uses apt; otherwise it names the packages to install and fails.
+set -euo pipefail
+need=()
+command -v cargo >/dev/null || { echo "deps: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+# bindgen (librocksdb-sys) loads libclang at build time.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  need+=(libclang-dev)
+fi
+command -v c++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "deps: installing ${need[*]} with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq "${need[@]}" >&2
+  else
+    echo "deps: missing packages: ${need[*]} (e.g. sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi

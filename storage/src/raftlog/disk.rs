@@ -1,0 +1,428 @@
+//! The disk under the log engine, behind a small trait so tests and the simulator can make
+//! I/O fail, fill up, or lose what was never synced.
+//!
+//! Owns: [`Disk`] / [`DiskFile`], the real io_uring implementation [`UringDisk`] (glommio
+//! `DmaFile`, O_DIRECT), and [`MemDisk`], an in-memory disk with injectable faults and a
+//! `crash()` that drops every write not covered by a sync.
+//!
+//! Futures here are `!Send` by design: a shard's engine lives on one pinned executor.
+//!
+//! # The poll ring (why `UringDisk::open` opens a write-only file first)
+//! glommio 0.9 probes IOPOLL support once per device and executor with a read on its poll
+//! ring. On this project's reference machine (virtio disk, `/sys/block/vda/queue/io_poll` = 0)
+//! the probe succeeds anyway, every `DmaFile` I/O then goes to the poll ring and the executor
+//! spins at 100% CPU while any of it is in flight (glommio issue #670). The probe fails — and
+//! polling stays off for the device — when the first `DmaFile` opened on it is write-only. We
+//! rely on that side effect, so `UringDisk::open` does it and the engine asserts, after its
+//! first write, that the poll ring saw no writes (see `assert_poll_ring_unused`).
+
+#![allow(async_fn_in_trait)] // thread-per-core: no future here is ever sent across threads
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+
+/// A directory of files, as the log engine needs it.
+pub trait Disk: 'static {
+    type File: DiskFile;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Creates a new, empty file (fails if it exists).
+    async fn create(&self, name: &str) -> io::Result<Self::File>;
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creations, renames and removals durable.
+    async fn sync_dir(&self) -> io::Result<()>;
+    /// Names of the files in the directory (any order).
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Called once after the engine's first data write: a place to assert what the
+    /// implementation relies on.
+    fn after_first_write(&self) {}
+}
+
+/// One file. Positions and lengths of reads and writes are multiples of `BLOCK_BYTES`.
+pub trait DiskFile: 'static {
+    /// An aligned buffer the file can write from without copying.
+    type Buf: AsRef<[u8]> + AsMut<[u8]>;
+    type ReadBuf: std::ops::Deref<Target = [u8]>;
+    fn alloc(&self, len: usize) -> Self::Buf;
+    async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    /// fdatasync: durability of every completed write to this file is established here.
+    async fn sync(&self) -> io::Result<()>;
+    /// Reserves `len` bytes of space (fallocate, file size unchanged).
+    async fn allocate(&self, len: u64) -> io::Result<()>;
+    async fn size_bytes(&self) -> io::Result<u64>;
+}
+
+/// glommio's own conversion to `io::Error` keeps the message but drops the OS error code;
+/// we keep the code, since ENOSPC must become `Error::NoSpace`.
+fn glommio_io(e: glommio::GlommioError<()>) -> io::Error {
+    match e {
+        glommio::GlommioError::EnhancedIoError { source, .. } | glommio::GlommioError::IoError(source) => source,
+        other => io::Error::from(other),
+    }
+}
+
+/// The real disk: glommio `DmaFile`s (O_DIRECT, io_uring main ring) in one directory.
+pub struct UringDisk {
+    dir: PathBuf,
+}
+
+impl UringDisk {
+    /// Opens `dir` (created if missing) and turns glommio's poll ring off for its device on
+    /// this executor; see the module doc. Must run inside a glommio executor.
+    pub async fn open(dir: &Path) -> io::Result<UringDisk> {
+        std::fs::create_dir_all(dir)?;
+        let probe_path = dir.join("iopoll-probe");
+        let probe = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&probe_path)
+            .await
+            .map_err(glommio_io)?;
+        probe.close().await.map_err(glommio_io)?;
+        std::fs::remove_file(&probe_path)?;
+        Ok(UringDisk { dir: dir.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Disk for UringDisk {
+    type File = UringFile;
+
+    async fn open(&self, name: &str) -> io::Result<UringFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(self.dir.join(name))
+            .await;
+        Ok(UringFile {
+            file: file.map_err(glommio_io)?,
+        })
+    }
+
+    async fn create(&self, name: &str) -> io::Result<UringFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(self.dir.join(name))
+            .await;
+        Ok(UringFile {
+            file: file.map_err(glommio_io)?,
+        })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        glommio::io::rename(self.dir.join(from), self.dir.join(to))
+            .await
+            .map_err(glommio_io)
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        glommio::io::remove(self.dir.join(name)).await.map_err(glommio_io)
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        let dir = glommio::io::Directory::open(&self.dir).await.map_err(glommio_io)?;
+        dir.sync().await.map_err(glommio_io)?;
+        dir.close().await.map_err(glommio_io)
+    }
+
+    fn after_first_write(&self) {
+        assert_poll_ring_unused();
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+}
+
+pub struct UringFile {
+    file: DmaFile,
+}
+
+impl DiskFile for UringFile {
+    type Buf = DmaBuffer;
+    type ReadBuf = ReadResult;
+
+    fn alloc(&self, len: usize) -> DmaBuffer {
+        self.file.alloc_dma_buffer(len)
+    }
+
+    async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+        let len = buf.len();
+        let written = self.file.write_at(buf, pos).await.map_err(glommio_io)?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
+        let got = self.file.read_at_aligned(pos, len).await.map_err(glommio_io)?;
+        if got.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read: {} of {len} bytes", got.len()),
+            ));
+        }
+        Ok(got)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(glommio_io)
+    }
+
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        self.file.pre_allocate(len, true).await.map_err(glommio_io)
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(glommio_io)
+    }
+}
+
+/// Asserts that this executor's poll ring has carried no file writes: the premise of the
+/// module doc. Checked after the engine's first write through a [`UringDisk`].
+fn assert_poll_ring_unused() {
+    let (writes, _) = glommio::executor().io_stats().poll_ring.file_writes();
+    assert_eq!(
+        writes, 0,
+        "glommio put log writes on its busy-polling ring; open the log engine (UringDisk::open) \
+         before any other DmaFile on this device in this executor"
+    );
+}
+
+/// A fault [`MemDisk`] injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every `allocate`, `create` and write that extends a file fails with ENOSPC until
+    /// cleared (a full disk).
+    DiskFull,
+    /// The next write fails with EIO.
+    WriteError,
+    /// The next sync fails with EIO (and syncs nothing).
+    SyncError,
+}
+
+#[derive(Default)]
+struct MemFile {
+    /// What a crash leaves: the bytes as of the last sync.
+    durable: Vec<u8>,
+    /// What reads see.
+    current: Vec<u8>,
+    allocated: u64,
+}
+
+#[derive(Default)]
+struct MemState {
+    files: BTreeMap<String, Rc<RefCell<MemFile>>>,
+    faults: Vec<Fault>,
+    writes: u64,
+    syncs: u64,
+}
+
+/// An in-memory disk for tests and the simulator. Directory operations are durable at once;
+/// file contents only at `sync`. Cloning shares the same disk (a "reboot" keeps the disk).
+#[derive(Clone, Default)]
+pub struct MemDisk {
+    state: Rc<RefCell<MemState>>,
+}
+
+impl MemDisk {
+    pub fn new() -> MemDisk {
+        MemDisk::default()
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state.borrow_mut().faults.push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.borrow_mut().faults.clear();
+    }
+
+    /// Power loss: every file reverts to what its last sync made durable.
+    pub fn crash(&self) {
+        for file in self.state.borrow().files.values() {
+            let mut f = file.borrow_mut();
+            f.current = f.durable.clone();
+        }
+    }
+
+    /// (writes, syncs) issued so far.
+    pub fn op_counts(&self) -> (u64, u64) {
+        let s = self.state.borrow();
+        (s.writes, s.syncs)
+    }
+
+    /// Direct access to a file's current bytes, for corruption tests.
+    pub fn with_file<R>(&self, name: &str, f: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
+        let file = self.state.borrow().files.get(name).cloned()?;
+        let mut file = file.borrow_mut();
+        let r = f(&mut file.current);
+        file.durable = file.current.clone();
+        Some(r)
+    }
+
+    fn has(&self, fault: Fault) -> bool {
+        self.state.borrow().faults.contains(&fault)
+    }
+
+    /// Consumes a one-shot fault if present.
+    fn take(&self, fault: Fault) -> bool {
+        let mut s = self.state.borrow_mut();
+        let pos = s.faults.iter().position(|f| *f == fault);
+        pos.map(|p| s.faults.remove(p)).is_some()
+    }
+}
+
+fn enospc() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, name.to_string())
+}
+
+impl Disk for MemDisk {
+    type File = MemDiskFile;
+
+    async fn open(&self, name: &str) -> io::Result<MemDiskFile> {
+        let file = self
+            .state
+            .borrow()
+            .files
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
+        Ok(MemDiskFile {
+            disk: self.clone(),
+            file,
+        })
+    }
+
+    async fn create(&self, name: &str) -> io::Result<MemDiskFile> {
+        if self.has(Fault::DiskFull) {
+            return Err(enospc());
+        }
+        let mut s = self.state.borrow_mut();
+        if s.files.contains_key(name) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+        }
+        let file = Rc::new(RefCell::new(MemFile::default()));
+        s.files.insert(name.to_string(), file.clone());
+        Ok(MemDiskFile {
+            disk: self.clone(),
+            file,
+        })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut s = self.state.borrow_mut();
+        let file = s.files.remove(from).ok_or_else(|| not_found(from))?;
+        s.files.insert(to.to_string(), file);
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        self.state
+            .borrow_mut()
+            .files
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.state.borrow().files.keys().cloned().collect())
+    }
+}
+
+pub struct MemDiskFile {
+    disk: MemDisk,
+    file: Rc<RefCell<MemFile>>,
+}
+
+impl DiskFile for MemDiskFile {
+    type Buf = Vec<u8>;
+    type ReadBuf = Vec<u8>;
+
+    fn alloc(&self, len: usize) -> Vec<u8> {
+        vec![0; len]
+    }
+
+    async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+        self.disk.state.borrow_mut().writes += 1;
+        if self.disk.take(Fault::WriteError) {
+            return Err(eio());
+        }
+        let mut f = self.file.borrow_mut();
+        let end = pos as usize + buf.len();
+        if end as u64 > f.allocated.max(f.current.len() as u64) && self.disk.has(Fault::DiskFull) {
+            return Err(enospc());
+        }
+        if f.current.len() < end {
+            f.current.resize(end, 0);
+        }
+        f.current[pos as usize..end].copy_from_slice(&buf);
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        let f = self.file.borrow();
+        let end = pos as usize + len;
+        if end > f.current.len() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"));
+        }
+        Ok(f.current[pos as usize..end].to_vec())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.disk.state.borrow_mut().syncs += 1;
+        if self.disk.take(Fault::SyncError) {
+            return Err(eio());
+        }
+        let mut f = self.file.borrow_mut();
+        f.durable = f.current.clone();
+        Ok(())
+    }
+
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        if self.disk.has(Fault::DiskFull) {
+            return Err(enospc());
+        }
+        let mut f = self.file.borrow_mut();
+        f.allocated = f.allocated.max(len);
+        Ok(())
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        Ok(self.file.borrow().current.len() as u64)
+    }
+}
