@@ -16,7 +16,7 @@ use anyhow::{ensure, Context, Result};
 use hdrhistogram::Histogram;
 use io_uring::{opcode, types, IoUring};
 
-use crate::report::new_histogram;
+use crate::report::{new_histogram, thread_cpu_time};
 
 const BLOCK: usize = 4096;
 
@@ -54,8 +54,13 @@ pub struct Floor {
     pub overwrite: Histogram<u64>,
     pub write_only: Histogram<u64>,
     pub sync_only: Histogram<u64>,
+    /// One O_DSYNC write over already-written blocks: durable when it completes.
+    pub dsync_overwrite: Histogram<u64>,
+    pub dsync_cpu_us: f64,
     /// write + fdatasync where every write extends the file.
     pub extending: Histogram<u64>,
+    /// CPU time of this thread per overwrite (write + fdatasync), µs.
+    pub overwrite_cpu_us: f64,
     /// Sequential O_DIRECT write bandwidth in MiB/s with 256 KiB writes (no syncs).
     pub seq_write_mib_s: f64,
 }
@@ -66,13 +71,13 @@ struct Ring {
 }
 
 impl Ring {
-    fn open(path: &Path, truncate: bool) -> Result<Ring> {
+    fn open(path: &Path, truncate: bool, extra_flags: i32) -> Result<Ring> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(truncate)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(libc::O_DIRECT | extra_flags)
             .open(path)
             .with_context(|| format!("open {} with O_DIRECT", path.display()))?;
         Ok(Ring {
@@ -115,7 +120,7 @@ impl Ring {
 pub fn measure(dir: &Path, iterations: u64) -> Result<Floor> {
     let file_bytes: u64 = 64 << 20;
     let path = dir.join("floor.dat");
-    let mut ring = Ring::open(&path, true)?;
+    let mut ring = Ring::open(&path, true, 0)?;
     let mut big = AlignedBuf::new(256 << 10);
     big.as_slice_mut().fill(0x5a);
     // Pre-write the whole file (the same preparation the log engine does), timing it as the
@@ -132,6 +137,7 @@ pub fn measure(dir: &Path, iterations: u64) -> Result<Floor> {
     let mut block = AlignedBuf::new(BLOCK);
     block.as_slice_mut().fill(0xa5);
     let (mut overwrite, mut write_only, mut sync_only) = (new_histogram(), new_histogram(), new_histogram());
+    let cpu0 = thread_cpu_time();
     for i in 0..iterations {
         let pos = (i * BLOCK as u64) % file_bytes;
         let t0 = Instant::now();
@@ -143,9 +149,20 @@ pub fn measure(dir: &Path, iterations: u64) -> Result<Floor> {
         sync_only.record((t2 - t1).as_micros() as u64)?;
         overwrite.record((t2 - t0).as_micros() as u64)?;
     }
+    let overwrite_cpu_us = (thread_cpu_time() - cpu0).as_secs_f64() * 1e6 / iterations.max(1) as f64;
+
+    let mut dsync = Ring::open(&path, false, libc::O_DSYNC)?;
+    let mut dsync_overwrite = new_histogram();
+    let cpu0 = thread_cpu_time();
+    for i in 0..iterations {
+        let t0 = Instant::now();
+        dsync.write(&mut block, (i * BLOCK as u64) % file_bytes)?;
+        dsync_overwrite.record(t0.elapsed().as_micros() as u64)?;
+    }
+    let dsync_cpu_us = (thread_cpu_time() - cpu0).as_secs_f64() * 1e6 / iterations.max(1) as f64;
 
     let grow_path = dir.join("floor-grow.dat");
-    let mut grow = Ring::open(&grow_path, true)?;
+    let mut grow = Ring::open(&grow_path, true, 0)?;
     let mut extending = new_histogram();
     for i in 0..iterations.min(300) {
         let t0 = Instant::now();
@@ -153,7 +170,7 @@ pub fn measure(dir: &Path, iterations: u64) -> Result<Floor> {
         grow.fdatasync()?;
         extending.record(t0.elapsed().as_micros() as u64)?;
     }
-    drop((ring, grow));
+    drop((ring, dsync, grow));
     std::fs::remove_file(&path)?;
     std::fs::remove_file(&grow_path)?;
     Ok(Floor {
@@ -161,6 +178,9 @@ pub fn measure(dir: &Path, iterations: u64) -> Result<Floor> {
         write_only,
         sync_only,
         extending,
+        dsync_overwrite,
+        dsync_cpu_us,
+        overwrite_cpu_us,
         seq_write_mib_s,
     })
 }

@@ -23,6 +23,8 @@ const ENTRY_BYTES: usize = 1024;
 const REGIONS: u64 = 16;
 /// Appenders in the group-commit row: more than a shard would usually have at once.
 const CONCURRENT_APPENDERS: u64 = 64;
+/// Appenders of 256-entry batches in the bandwidth row: enough to keep a write in flight.
+const BULK_APPENDERS: u64 = 8;
 const KV_BATCH_VALUES: usize = 64;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +38,9 @@ pub struct StorageArgs {
     /// Synced writes measured for the floor.
     #[arg(long, default_value_t = 2000)]
     pub floor_iterations: u64,
+    /// Only the log engine rows (for profiling it).
+    #[arg(long)]
+    pub log_only: bool,
     /// CPU the log engine's executor is pinned to.
     #[arg(long, default_value_t = 0)]
     pub cpu: usize,
@@ -47,10 +52,19 @@ pub fn run(args: &StorageArgs) -> Result<()> {
     eprintln!("measuring the floor in {} ...", args.dir.display());
     let floor = floor::measure(&args.dir, args.floor_iterations)?;
     let floor_p50 = floor.overwrite.value_at_quantile(0.5);
+    let mut overwrite = floor_row("floor: 4 KiB write+fdatasync, overwrite", floor.overwrite.clone(), 4096);
+    overwrite.cpu_us_per_op = Some(floor.overwrite_cpu_us);
+    let mut dsync = floor_row(
+        "floor: 4 KiB O_DSYNC write, overwrite",
+        floor.dsync_overwrite.clone(),
+        4096,
+    );
+    dsync.cpu_us_per_op = Some(floor.dsync_cpu_us);
     let mut rows = vec![
-        floor_row("floor: 4 KiB write+fdatasync, overwrite", floor.overwrite.clone(), 4096),
+        overwrite,
         floor_row("floor: write only", floor.write_only.clone(), 4096),
         floor_row("floor: fdatasync only", floor.sync_only.clone(), 4096),
+        dsync,
         floor_row(
             "floor: 4 KiB write+fdatasync, file grows",
             floor.extending.clone(),
@@ -61,6 +75,10 @@ pub fn run(args: &StorageArgs) -> Result<()> {
     eprintln!("log engine ...");
     let (log_rows, idle_cpu, appends_per_sync) = log_engine_rows(args.dir.join("raftlog"), duration, args.cpu)?;
     rows.extend(log_rows);
+    if args.log_only {
+        println!("{}", table(&rows, floor_p50));
+        return Ok(());
+    }
     eprintln!("RocksDB as the raft log ...");
     for batch in [1, 16, 256] {
         rows.push(rocksdb_log_row(&args.dir.join("rocksdb-log"), batch, duration)?);
@@ -134,8 +152,9 @@ fn log_engine_rows(dir: PathBuf, duration: Duration, cpu: usize) -> Result<(Vec<
                 rows.push(sequential_appends(&engine, batch, duration, &mut next_index).await?);
             }
             let before = engine.stats();
-            rows.push(concurrent_appends(&engine, duration).await?);
+            rows.push(concurrent_appends(&engine, CONCURRENT_APPENDERS, 1, 1000, duration).await?);
             let after = engine.stats();
+            rows.push(concurrent_appends(&engine, BULK_APPENDERS, 256, 2000, duration).await?);
             let appends_per_sync = (after.appends - before.appends) as f64 / (after.syncs - before.syncs).max(1) as f64;
             // Idle: nothing to write; the executor should sleep, not spin.
             let cpu0 = thread_cpu_time();
@@ -199,12 +218,18 @@ async fn gc(engine: &LogEngine<UringDisk>, next_index: &[u64]) -> Result<()> {
     Ok(())
 }
 
-/// Many appenders, one entry each per append: they share fdatasyncs through group commit.
-async fn concurrent_appends(engine: &LogEngine<UringDisk>, duration: Duration) -> Result<Row> {
-    let base = 1000; // regions of their own, so indexes never collide with the rows above
+/// `appenders` concurrent appenders of `batch`-entry batches, each on a region of its own
+/// numbered from `base`: they share fdatasyncs through group commit.
+async fn concurrent_appends(
+    engine: &LogEngine<UringDisk>,
+    appenders: u64,
+    batch: usize,
+    base: u64,
+    duration: Duration,
+) -> Result<Row> {
     let t0 = Instant::now();
     let cpu0 = thread_cpu_time();
-    let tasks: Vec<_> = (0..CONCURRENT_APPENDERS)
+    let tasks: Vec<_> = (0..appenders)
         .map(|i| {
             let engine = engine.clone();
             glommio::spawn_local(async move {
@@ -213,9 +238,13 @@ async fn concurrent_appends(engine: &LogEngine<UringDisk>, duration: Duration) -
                 let mut index = 1;
                 while t0.elapsed() < duration {
                     let t = Instant::now();
-                    engine.append(&entries_batch(base + i, index, 1, &data)).await?;
+                    engine.append(&entries_batch(base + i, index, batch, &data)).await?;
                     latency.record(t.elapsed().as_micros() as u64)?;
-                    index += 1;
+                    index += batch as u64;
+                    if index % 4096 < batch as u64 {
+                        engine.compact_to(base + i, index - 1).await?;
+                        engine.purge().await?;
+                    }
                 }
                 anyhow::Ok(latency)
             })
@@ -226,12 +255,21 @@ async fn concurrent_appends(engine: &LogEngine<UringDisk>, duration: Duration) -
         latency.add(t.await?)?;
     }
     let (elapsed, cpu) = (t0.elapsed(), thread_cpu_time() - cpu0);
+    // Log GC of this row's regions, so the next row does not pay for rewriting them.
+    let mut gc = LogBatch::new();
+    for region in base..base + appenders {
+        if let Some((_, last)) = engine.span(region) {
+            gc.compact_to(region, last + 1);
+        }
+    }
+    engine.append(&gc).await?;
+    engine.purge().await?;
     let ops = latency.len();
     Ok(Row {
-        name: format!("log engine: {CONCURRENT_APPENDERS} appenders x batch 1 x 1 KiB"),
+        name: format!("log engine: {appenders} appenders x batch {batch} x 1 KiB"),
         ops,
         elapsed,
-        bytes_per_op: ENTRY_BYTES as u64,
+        bytes_per_op: (batch * ENTRY_BYTES) as u64,
         latency,
         cpu_us_per_op: Some(cpu.as_secs_f64() * 1e6 / ops as f64),
     })

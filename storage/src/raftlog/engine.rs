@@ -33,12 +33,14 @@ use super::format::{
     align_down, align_up, framed_len, segment_name, RecordHeader, SegmentHeader, BLOCK_BYTES, KIND_BATCH,
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use super::index::{Index, Span};
+use super::index::{EntryLoc, Index, Span};
 use super::LogConfig;
 use crate::{Error, Result};
 
 /// Zero-filling a new segment is done in writes of this size.
 const ZERO_FILL_BYTES: usize = 1 << 20;
+/// Times a rewrite retries when the region changes while its log is being read.
+const REWRITE_ATTEMPTS_MAX: usize = 4;
 /// Largest single read `fetch` issues.
 const FETCH_READ_BYTES_MAX: usize = 1 << 20;
 
@@ -52,7 +54,7 @@ pub struct LogEntry {
 
 /// The next step of an appender waiting for its ticket.
 enum Turn {
-    Done(Result<Appended>),
+    Done(Result<()>),
     Write,
     Wait,
 }
@@ -60,7 +62,7 @@ enum Turn {
 /// What an acknowledged append reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
-    /// Admission order of this batch; every batch with a smaller ticket is durable too.
+    /// Admission order of this batch among all batches of this engine instance.
     pub ticket: u64,
 }
 
@@ -95,7 +97,12 @@ pub(super) struct Cursor {
     pub sealed: bool,
 }
 
-/// A run of records written with one `write_at` and one fdatasync.
+/// What became of the group that carries a batch: set once, when it is durable or failed.
+/// Each waiter reads its own group's outcome, never a ticket comparison: after a failure,
+/// later tickets may be durable while earlier ones are not.
+type Outcome = Rc<RefCell<Option<Result<(), Error>>>>;
+
+/// A run of records made durable by one write.
 struct Group {
     segment: u64,
     /// Block-aligned file offset `buf[0]` is written at.
@@ -105,8 +112,8 @@ struct Group {
     records: Vec<usize>,
     flush_seq: u64,
     last_ticket: u64,
+    outcome: Outcome,
 }
-
 impl Group {
     fn end(&self) -> u64 {
         self.file_start + self.buf.len() as u64
@@ -123,7 +130,9 @@ pub(super) struct State<F> {
     pub cursor: Cursor,
     pub durable: Cursor,
     /// Spans of regions touched by admitted, not yet durable batches (`None` = cleaned).
-    projected: HashMap<u64, Option<Span>>,
+    /// With each: the ticket of the last admitted batch that touched the region; the entry
+    /// expires once that ticket is durable.
+    projected: HashMap<u64, (Option<Span>, u64)>,
     /// Bumped for every admitted op on a region: lets a rewrite detect concurrent changes.
     region_mods: HashMap<u64, u64>,
     pending: VecDeque<Group>,
@@ -131,13 +140,14 @@ pub(super) struct State<F> {
     pub next_flush_seq: u64,
     admitted_ticket: u64,
     durable_ticket: u64,
-    /// Tickets up to here failed (with `failure`), unless durable.
-    failed_ticket: u64,
-    failure: Option<Error>,
+    /// Outcome of the group the writer is writing now (no longer in `pending`).
+    in_flight: Option<Outcome>,
     poisoned: Option<String>,
     /// A segment file made ready ahead of need, and whether a task is making one.
     prepared: Option<(u64, Rc<F>)>,
     preparing: bool,
+    /// A purge is running: a second one would only repeat its reads and rewrites.
+    purging: bool,
     stats: LogStats,
 }
 
@@ -162,18 +172,18 @@ impl<F> State<F> {
             next_flush_seq,
             admitted_ticket: 0,
             durable_ticket: 0,
-            failed_ticket: 0,
-            failure: None,
+            in_flight: None,
             poisoned: None,
             prepared: None,
             preparing: false,
+            purging: false,
             stats: LogStats::default(),
         }
     }
 
     fn projected_span(&self, region_id: u64) -> Option<Span> {
         match self.projected.get(&region_id) {
-            Some(p) => *p,
+            Some((span, _)) => *span,
             None => self.index.span(region_id),
         }
     }
@@ -230,12 +240,16 @@ impl<D: Disk> LogEngine<D> {
     /// Returns once it is durable; on error nothing of it is acknowledged (it may or may not
     /// survive a crash, like any unacknowledged write).
     pub async fn append(&self, batch: &LogBatch) -> Result<Appended> {
-        let ticket = self.admit(batch, |_| true)?.expect("unconditional admission");
-        self.wait_durable(ticket).await
+        let (ticket, outcome) = self.admit(batch, |_| true)?.expect("unconditional admission");
+        self.wait_durable(ticket, &outcome).await
     }
 
     /// Admits `batch` if `precondition` holds on the state at admission; `None` if not.
-    fn admit(&self, batch: &LogBatch, precondition: impl FnOnce(&State<D::File>) -> bool) -> Result<Option<u64>> {
+    fn admit(
+        &self,
+        batch: &LogBatch,
+        precondition: impl FnOnce(&State<D::File>) -> bool,
+    ) -> Result<Option<(u64, Outcome)>> {
         let cfg = &self.shared.cfg;
         let mut st = self.shared.state.borrow_mut();
         if let Some(why) = &st.poisoned {
@@ -256,12 +270,13 @@ impl<D: Disk> LogEngine<D> {
         }
         let spans = self.check_ops(&st, batch)?;
         for (region_id, span) in spans {
-            st.projected.insert(region_id, span);
+            let ticket = st.admitted_ticket + 1; // the ticket `frame` assigns below
+            st.projected.insert(region_id, (span, ticket));
             *st.region_mods.entry(region_id).or_default() += 1;
         }
-        let ticket = self.frame(&mut st, batch);
+        let admitted = self.frame(&mut st, batch);
         st.stats.appends += 1;
-        Ok(Some(ticket))
+        Ok(Some(admitted))
     }
 
     /// Validates every op of `batch` against the projected log; returns the new spans of the
@@ -276,6 +291,11 @@ impl<D: Disk> LogEngine<D> {
                     first_index,
                     count,
                 } => {
+                    if first_index.checked_add(u64::from(count)).is_none() {
+                        return Err(Error::InvalidArgument(format!(
+                            "region {region_id}: index {first_index} overflows"
+                        )));
+                    }
                     let cur = *spans.entry(region_id).or_insert_with(|| st.projected_span(region_id));
                     let span = Span::append(cur, region_id, first_index, u64::from(count))?;
                     spans.insert(region_id, Some(span));
@@ -287,13 +307,21 @@ impl<D: Disk> LogEngine<D> {
                     });
                 }
                 Op::CompactTo { region_id, index } => {
+                    if index == 0 {
+                        return Err(Error::InvalidArgument(format!("region {region_id}: compact_to(0)")));
+                    }
                     let cur = *spans.entry(region_id).or_insert_with(|| st.projected_span(region_id));
                     spans.insert(region_id, Some(Span::compact(cur, index)));
+                }
+                // A state change is a change of the region too: a rewrite that read the old
+                // value must not land after it (see `rewrite_region`).
+                Op::PutState { region_id, .. } | Op::DeleteState { region_id, .. } => {
+                    spans.entry(region_id).or_insert_with(|| st.projected_span(region_id));
                 }
                 Op::Clean { region_id } => {
                     spans.insert(region_id, None);
                 }
-                Op::Entry { .. } | Op::PutState { .. } | Op::DeleteState { .. } => {}
+                Op::Entry { .. } => {}
             }
             Ok(())
         })?;
@@ -302,7 +330,7 @@ impl<D: Disk> LogEngine<D> {
 
     /// Frames `batch` as a record at the admission cursor, opening a new group or segment
     /// when needed. Returns the batch's ticket.
-    fn frame(&self, st: &mut State<D::File>, batch: &LogBatch) -> u64 {
+    fn frame(&self, st: &mut State<D::File>, batch: &LogBatch) -> (u64, Outcome) {
         let cfg = &self.shared.cfg;
         let framed = framed_len(batch.payload_bytes()) as u64;
         if st.cursor.sealed || st.cursor.pos + framed > cfg.segment_bytes {
@@ -322,6 +350,7 @@ impl<D: Disk> LogEngine<D> {
                 records: Vec::new(),
                 flush_seq,
                 last_ticket: 0,
+                outcome: Outcome::default(),
             };
             debug_assert_eq!(group.end(), st.cursor.pos);
             st.pending.push_back(group);
@@ -353,7 +382,8 @@ impl<D: Disk> LogEngine<D> {
             st.cursor.pos <= cfg.segment_bytes,
             "a record never crosses a segment's end"
         );
-        st.admitted_ticket
+        let outcome = st.pending.back().expect("the group just framed into").outcome.clone();
+        (st.admitted_ticket, outcome)
     }
 
     /// Moves the admission cursor to a new segment whose first group starts with its header.
@@ -375,6 +405,7 @@ impl<D: Disk> LogEngine<D> {
             records: Vec::new(),
             flush_seq,
             last_ticket: st.admitted_ticket,
+            outcome: Outcome::default(),
         });
         st.cursor = Cursor {
             segment: header.seq,
@@ -384,14 +415,19 @@ impl<D: Disk> LogEngine<D> {
         };
     }
 
-    /// Waits until `ticket` is durable (or failed), writing groups itself when no one else is.
-    async fn wait_durable(&self, ticket: u64) -> Result<Appended> {
+    /// Waits until the group carrying `ticket` is durable or failed, writing groups itself
+    /// when no one else is.
+    async fn wait_durable(&self, ticket: u64, outcome: &Outcome) -> Result<Appended> {
         loop {
             let listener = self.shared.progress.listen();
-            match self.turn(ticket) {
-                Turn::Done(result) => return result,
+            match self.turn(outcome) {
+                Turn::Done(result) => return result.map(|()| Appended { ticket }),
                 Turn::Write => {
-                    self.write_until(ticket).await;
+                    // If this future is dropped mid-write, nobody knows what reached the disk:
+                    // poison, fail every waiter, and free the writer's role.
+                    let guard = scopeguard::guard((), |()| self.abandon_writing());
+                    self.write_until(outcome).await;
+                    scopeguard::ScopeGuard::into_inner(guard);
                     self.shared.state.borrow_mut().writing = false;
                     self.shared.progress.notify(usize::MAX);
                 }
@@ -400,16 +436,12 @@ impl<D: Disk> LogEngine<D> {
         }
     }
 
-    /// What the holder of `ticket` does next; takes the writer's role when it is free.
-    fn turn(&self, ticket: u64) -> Turn {
+    /// What the holder of `outcome` does next; takes the writer's role when it is free.
+    fn turn(&self, outcome: &Outcome) -> Turn {
+        if let Some(result) = outcome.borrow().as_ref() {
+            return Turn::Done(result.as_ref().map(|_| ()).map_err(Error::duplicate));
+        }
         let mut st = self.shared.state.borrow_mut();
-        if ticket <= st.durable_ticket {
-            return Turn::Done(Ok(Appended { ticket }));
-        }
-        if ticket <= st.failed_ticket {
-            let failure = st.failure.as_ref().expect("a failure is recorded with its ticket");
-            return Turn::Done(Err(failure.duplicate()));
-        }
         if st.writing {
             return Turn::Wait;
         }
@@ -417,20 +449,21 @@ impl<D: Disk> LogEngine<D> {
         Turn::Write
     }
 
-    /// The writer: writes pending groups in order until `ticket` is durable or failed.
-    async fn write_until(&self, ticket: u64) {
-        loop {
+    /// The writer: writes pending groups in order until `outcome` is set.
+    async fn write_until(&self, outcome: &Outcome) {
+        while outcome.borrow().is_none() {
             let group = {
                 let mut st = self.shared.state.borrow_mut();
-                if ticket <= st.durable_ticket || ticket <= st.failed_ticket {
-                    return;
-                }
-                st.pending
+                let group = st
+                    .pending
                     .pop_front()
-                    .expect("an admitted, unfinished ticket has a pending group")
+                    .expect("an unfinished outcome has a pending group");
+                st.in_flight = Some(group.outcome.clone());
+                group
             };
             let result = self.write_group(&group).await;
             let mut st = self.shared.state.borrow_mut();
+            st.in_flight = None;
             match result {
                 Ok(()) => self.complete(&mut st, group),
                 Err(e) => self.fail(&mut st, &group, e),
@@ -440,22 +473,40 @@ impl<D: Disk> LogEngine<D> {
         }
     }
 
+    /// The writer was cancelled mid-write (its future dropped).
+    fn abandon_writing(&self) {
+        let mut st = self.shared.state.borrow_mut();
+        let why = "a log writer was cancelled during a write".to_string();
+        tracing::error!("{why}; the log engine stops accepting writes");
+        st.poisoned = Some(why.clone());
+        let failed = Error::Poisoned(why);
+        for outcome in st
+            .in_flight
+            .take()
+            .into_iter()
+            .chain(st.pending.drain(..).map(|g| g.outcome))
+        {
+            *outcome.borrow_mut() = Some(Err(failed.duplicate()));
+        }
+        st.projected.clear();
+        st.writing = false;
+        drop(st);
+        self.shared.progress.notify(usize::MAX);
+    }
+
     async fn write_group(&self, group: &Group) -> Result<(), (bool, Error)> {
         let file = self.segment_file(group).await.map_err(|e| (false, e))?;
         let len = align_up(group.buf.len(), BLOCK_BYTES);
         let mut buf = file.alloc(len);
         buf.as_mut()[..group.buf.len()].copy_from_slice(&group.buf);
         buf.as_mut()[group.buf.len()..].fill(0);
-        file.write_at(buf, group.file_start)
+        // Durability of every record in this group is established here, by ONE durable write.
+        file.write_durable(buf, group.file_start)
             .await
             .map_err(|e| (true, Error::io("writing the raft log", e)))?;
         if self.shared.state.borrow().stats.groups_written == 0 {
             self.shared.disk.after_first_write();
         }
-        // Durability of every record in this group is established here.
-        file.sync()
-            .await
-            .map_err(|e| (true, Error::io("syncing the raft log", e)))?;
         let mut st = self.shared.state.borrow_mut();
         st.stats.groups_written += 1;
         st.stats.syncs += 1;
@@ -545,24 +596,26 @@ impl<D: Disk> LogEngine<D> {
         let disk = &self.shared.disk;
         let name = segment_name(seq);
         let spare = self.shared.state.borrow_mut().spares.pop();
-        let file = match spare {
+        match spare {
             Some(spare) => {
-                disk.rename(&spare, &name)
-                    .await
-                    .map_err(|e| Error::io("recycling a log segment", e))?;
-                disk.open(&name)
-                    .await
-                    .map_err(|e| Error::io("opening a recycled log segment", e))?
+                if let Err(e) = disk.rename(&spare, &name).await {
+                    self.shared.state.borrow_mut().spares.push(spare);
+                    return Err(Error::io("recycling a log segment", e));
+                }
             }
-            None => match self.create_segment(&name).await {
-                Ok(file) => file,
-                Err(e) => {
+            None => {
+                if let Err(e) = self.create_segment(&name).await {
                     // Leave no half-made segment behind: recovery would have to guess about it.
                     let _ = disk.remove(&name).await;
                     return Err(e);
                 }
-            },
-        };
+            }
+        }
+        // Reopened for durable writes (the handle that pre-wrote it does plain writes).
+        let file = disk
+            .open(&name)
+            .await
+            .map_err(|e| Error::io("opening a prepared log segment", e))?;
         disk.sync_dir()
             .await
             .map_err(|e| Error::io("syncing the log directory", e))?;
@@ -570,7 +623,7 @@ impl<D: Disk> LogEngine<D> {
         Ok(Rc::new(file))
     }
 
-    async fn create_segment(&self, name: &str) -> Result<D::File> {
+    async fn create_segment(&self, name: &str) -> Result<()> {
         let size = self.shared.cfg.segment_bytes;
         let file = self
             .shared
@@ -594,7 +647,7 @@ impl<D: Disk> LogEngine<D> {
         file.sync()
             .await
             .map_err(|e| Error::io("syncing a new log segment", e))?;
-        Ok(file)
+        Ok(())
     }
 
     /// A group is durable: apply its records to the index, advance the durable cursor.
@@ -606,8 +659,11 @@ impl<D: Disk> LogEngine<D> {
                 .expect("admission checked every op against the projected log");
             debug_assert_eq!(header.flush_seq, group.flush_seq);
         }
-        assert!(group.last_ticket > st.durable_ticket || group.records.is_empty());
-        st.durable_ticket = st.durable_ticket.max(group.last_ticket);
+        assert!(
+            group.last_ticket >= st.durable_ticket,
+            "groups complete in admission order"
+        );
+        st.durable_ticket = group.last_ticket;
         assert!(
             st.durable_ticket <= st.admitted_ticket,
             "durable never runs ahead of admitted"
@@ -620,9 +676,9 @@ impl<D: Disk> LogEngine<D> {
             sealed: false,
         };
         st.stats.segments_live = st.segments.len() as u64;
-        if st.pending.is_empty() {
-            st.projected.clear();
-        }
+        let durable = group.last_ticket;
+        st.projected.retain(|_, (_, ticket)| *ticket > durable);
+        *group.outcome.borrow_mut() = Some(Ok(()));
     }
 
     /// A group failed: it and every group admitted after it fail; admission restarts from the
@@ -630,16 +686,17 @@ impl<D: Disk> LogEngine<D> {
     /// data write or sync (`wrote`) poisons the engine; a failed preparation does not.
     fn fail(&self, st: &mut State<D::File>, group: &Group, (wrote, err): (bool, Error)) {
         tracing::error!(segment = group.segment, error = %err, wrote, "raft log group failed");
-        st.failed_ticket = st.admitted_ticket;
-        st.pending.clear();
+        let err = if wrote {
+            st.poisoned = Some(err.to_string());
+            Error::Poisoned(err.to_string())
+        } else {
+            err
+        };
+        for outcome in std::iter::once(group.outcome.clone()).chain(st.pending.drain(..).map(|g| g.outcome)) {
+            *outcome.borrow_mut() = Some(Err(err.duplicate()));
+        }
         st.projected.clear();
         st.cursor = st.durable.clone();
-        if wrote {
-            st.poisoned = Some(err.to_string());
-            st.failure = Some(Error::Poisoned(err.to_string()));
-        } else {
-            st.failure = Some(err);
-        }
     }
 
     // ---- reads ----
@@ -677,6 +734,30 @@ impl<D: Disk> LogEngine<D> {
             ..st.stats
         }
     }
+    fn out_of_range(&self, region_id: u64, index: u64) -> Error {
+        self.out_of_range_in(self.shared.state.borrow().index.span(region_id), region_id, index)
+    }
+
+    fn out_of_range_in(&self, span: Option<Span>, region_id: u64, index: u64) -> Error {
+        let (log_first, log_last) = span.map_or((0, 0), |s| (s.first, s.last));
+        Error::IndexOutOfRange {
+            region_id,
+            index,
+            log_first,
+            log_last,
+        }
+    }
+
+    /// Whether entry `index` of the region still lives at `loc` in a live segment.
+    fn still_there(&self, region_id: u64, index: u64, loc: &EntryLoc) -> bool {
+        let st = self.shared.state.borrow();
+        st.segments.contains_key(&loc.segment)
+            && st
+                .index
+                .region(region_id)
+                .and_then(|l| l.entry(index))
+                .is_some_and(|e| e == loc)
+    }
 
     /// Entries `lo..hi` of a region, stopping once `max_bytes` of data are gathered (at least
     /// one entry is returned). Every entry's data is checked against its CRC.
@@ -688,20 +769,7 @@ impl<D: Disk> LogEngine<D> {
             let st = self.shared.state.borrow();
             let log = st.index.region(region_id);
             let span = log.and_then(|l| l.span());
-            let out_of_range = |index| match span {
-                Some(s) => Error::IndexOutOfRange {
-                    region_id,
-                    index,
-                    log_first: s.first,
-                    log_last: s.last,
-                },
-                None => Error::IndexOutOfRange {
-                    region_id,
-                    index,
-                    log_first: 0,
-                    log_last: 0,
-                },
-            };
+            let out_of_range = |index| self.out_of_range_in(span, region_id, index);
             let (log, span) = match (log, span) {
                 (Some(l), Some(s)) if lo >= s.first && hi <= s.last + 1 => (l, s),
                 (_, Some(s)) if lo < s.first => return Err(out_of_range(lo)),
@@ -749,6 +817,10 @@ impl<D: Disk> LogEngine<D> {
                 let from = loc.offset as usize - start;
                 let data = &buf[from..from + loc.len as usize];
                 if crc32c::crc32c(data) != loc.crc {
+                    if !self.still_there(region_id, *index, loc) {
+                        // Compacted (and its segment recycled) while we were reading.
+                        return Err(self.out_of_range(region_id, *index));
+                    }
                     return Err(Error::Corruption {
                         file: segment_name(seg),
                         offset: loc.offset,
@@ -787,6 +859,14 @@ impl<D: Disk> LogEngine<D> {
     /// one (its whole live log and states, as one record), then every segment older than
     /// the oldest live data is recycled or deleted. The owner calls this periodically.
     pub async fn purge(&self) -> Result<PurgeReport> {
+        if std::mem::replace(&mut self.shared.state.borrow_mut().purging, true) {
+            return Ok(PurgeReport::default());
+        }
+        let _reset = scopeguard::guard((), |()| self.shared.state.borrow_mut().purging = false);
+        self.purge_once().await
+    }
+
+    async fn purge_once(&self) -> Result<PurgeReport> {
         let mut report = PurgeReport::default();
         let cutoff = {
             let st = self.shared.state.borrow();
@@ -810,14 +890,28 @@ impl<D: Disk> LogEngine<D> {
         Ok(report)
     }
 
-    /// Re-appends a region's live log and states as one record (clean, then everything),
-    /// unless the region changed meanwhile. Returns whether it was rewritten.
+    /// Re-appends a region's live log and states as one record (clean, then everything).
+    /// Waits for the region's own in-flight writes first, and gives up (until the next purge)
+    /// if the region keeps changing under it. Returns whether it was rewritten.
     async fn rewrite_region(&self, region_id: u64) -> Result<bool> {
+        for _ in 0..REWRITE_ATTEMPTS_MAX {
+            if self.try_rewrite_region(region_id).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn try_rewrite_region(&self, region_id: u64) -> Result<bool> {
+        loop {
+            let listener = self.shared.progress.listen();
+            if !self.shared.state.borrow().projected.contains_key(&region_id) {
+                break;
+            }
+            listener.await; // a write of this region is in flight
+        }
         let (span, states, mods) = {
             let st = self.shared.state.borrow();
-            if st.projected.contains_key(&region_id) {
-                return Ok(false); // a write is in flight: try next time
-            }
             let Some(log) = st.index.region(region_id) else {
                 return Ok(false);
             };
@@ -852,18 +946,24 @@ impl<D: Disk> LogEngine<D> {
             st.region_mods.get(&region_id).copied() == mods && !st.projected.contains_key(&region_id)
         };
         match self.admit(&batch, unchanged)? {
-            Some(ticket) => self.wait_durable(ticket).await.map(|_| true),
+            Some((ticket, outcome)) => self.wait_durable(ticket, &outcome).await.map(|_| true),
             None => Ok(false),
         }
     }
 
-    /// Recycles (up to `recycle_segments_max` spares) or deletes segments holding no live data.
+    /// Recycles (up to `recycle_segments_max` spares) or deletes segments holding no live data,
+    /// oldest first, making each removal durable before the next: a crash in between leaves
+    /// a log whose oldest segments are gone, never one with a hole. The segment the durable
+    /// log ends in is never purged: the next group may still write into it.
     async fn purge_dead_segments(&self) -> Result<u64> {
         let dead: Vec<u64> = {
             let st = self.shared.state.borrow();
-            let active = st.durable.segment.max(st.cursor.segment);
-            let oldest_live = st.index.oldest_live_segment().unwrap_or(active).min(active);
-            st.segments.keys().copied().filter(|&s| s < oldest_live).collect()
+            let keep_from = st
+                .index
+                .oldest_live_segment()
+                .unwrap_or(u64::MAX)
+                .min(st.durable.segment);
+            st.segments.keys().copied().filter(|&s| s < keep_from).collect()
         };
         let disk = &self.shared.disk;
         for &seq in &dead {
@@ -884,8 +984,6 @@ impl<D: Disk> LogEngine<D> {
                     .await
                     .map_err(|e| Error::io("removing a log segment", e))?;
             }
-        }
-        if !dead.is_empty() {
             disk.sync_dir()
                 .await
                 .map_err(|e| Error::io("syncing the log directory", e))?;

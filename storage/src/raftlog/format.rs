@@ -184,7 +184,7 @@ pub fn segment_name(seq: u64) -> String {
 /// Inverse of [`segment_name`]; `None` for any other file.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".log")?;
-    if hex.len() != 16 {
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
@@ -244,5 +244,6 @@ mod tests {
         assert!(segment_name(9) < segment_name(10));
         assert_eq!(parse_segment_name("LOCK"), None);
         assert_eq!(parse_segment_name("000000000000000g.log"), None);
+        assert_eq!(parse_segment_name("+00000000000000a.log"), None);
     }
 }

@@ -72,21 +72,14 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: LogConfig) -> Result<(LogEngine<
             bad.seq, scanned[activated].seq
         );
         return Err(corruption(scanned[activated].seq, 0, reason));
-    }
-    // Trailing, never-activated segments: prepared ahead of need before the crash.
+    } // Trailing, never-activated segments: prepared ahead of need, or opened by a write whose
+      // header block never reached the disk. The latter may hold records stamped with the very
+      // seq a new segment would get, so none is reused: all are removed.
     for s in scanned.drain(activated..) {
         let name = segment_name(s.seq);
-        if s.bytes.len() as u64 == cfg.segment_bytes {
-            let spare = format!("spare-{:016x}", s.seq);
-            disk.rename(&name, &spare)
-                .await
-                .map_err(|e| Error::io("recycling a log segment", e))?;
-            spares.push(spare);
-        } else {
-            disk.remove(&name)
-                .await
-                .map_err(|e| Error::io("removing a half-made log segment", e))?;
-        }
+        disk.remove(&name)
+            .await
+            .map_err(|e| Error::io("removing an unactivated log segment", e))?;
     }
     disk.sync_dir()
         .await
