@@ -72,6 +72,7 @@ pub struct LogStats {
     pub appends: u64,
     pub groups_written: u64,
     pub bytes_written: u64,
+    /// Durable writes (one per group); each stands for what was a write plus an fdatasync.
     pub syncs: u64,
     pub segments_live: u64,
     pub segments_prepared: u64,

@@ -150,7 +150,7 @@ impl Run {
             args.proposals as f64 / self.elapsed.as_secs_f64()
         );
         println!(
-            "  {} fdatasyncs ({:.1} proposals per sync), {:.1} MiB written",
+            "  {} durable writes, one per group commit ({:.1} proposals each), {:.1} MiB written",
             self.syncs,
             args.proposals as f64 / self.syncs.max(1) as f64,
             self.bytes_written as f64 / (1 << 20) as f64
