@@ -26,6 +26,27 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row of `latency.len()` operations over `elapsed`; `cpu` is the measuring thread's CPU
+    /// time over the same span, where measured.
+    pub fn new(
+        name: impl Into<String>,
+        elapsed: Duration,
+        bytes_per_op: u64,
+        latency: Histogram<u64>,
+        cpu: Option<Duration>,
+    ) -> Row {
+        let ops = latency.len();
+        let cpu_us_per_op = cpu.map(|c| c.as_secs_f64() * 1e6 / ops.max(1) as f64);
+        Row {
+            name: name.into(),
+            ops,
+            elapsed,
+            bytes_per_op,
+            latency,
+            cpu_us_per_op,
+        }
+    }
+
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }

@@ -134,16 +134,8 @@ pub fn run(args: &StorageArgs) -> Result<()> {
 }
 
 fn floor_row(name: &str, latency: hdrhistogram::Histogram<u64>, bytes: u64) -> Row {
-    let ops = latency.len();
-    let elapsed = Duration::from_micros(latency.mean() as u64 * ops.max(1));
-    Row {
-        name: name.into(),
-        ops,
-        elapsed,
-        bytes_per_op: bytes,
-        latency,
-        cpu_us_per_op: None,
-    }
+    let elapsed = Duration::from_micros(latency.mean() as u64 * latency.len().max(1));
+    Row::new(name, elapsed, bytes, latency, None)
 }
 
 fn log_row_name(batch: usize) -> String {
@@ -220,14 +212,13 @@ async fn sequential_appends(
         }
     }
     let (elapsed, cpu) = (t0.elapsed(), thread_cpu_time() - cpu0);
-    Ok(Row {
-        name: log_row_name(batch),
-        ops,
+    Ok(Row::new(
+        log_row_name(batch),
         elapsed,
-        bytes_per_op: (batch * ENTRY_BYTES) as u64,
+        (batch * ENTRY_BYTES) as u64,
         latency,
-        cpu_us_per_op: Some(cpu.as_secs_f64() * 1e6 / ops as f64),
-    })
+        Some(cpu),
+    ))
 }
 
 /// Log GC as raftstore will do it: keep a short tail per region, then purge.
@@ -287,15 +278,13 @@ async fn concurrent_appends(
     }
     engine.append(&gc).await?;
     engine.purge().await?;
-    let ops = latency.len();
-    Ok(Row {
-        name: format!("log engine: {appenders} appenders x batch {batch} x 1 KiB"),
-        ops,
+    Ok(Row::new(
+        format!("log engine: {appenders} appenders x batch {batch} x 1 KiB"),
         elapsed,
-        bytes_per_op: (batch * ENTRY_BYTES) as u64,
+        (batch * ENTRY_BYTES) as u64,
         latency,
-        cpu_us_per_op: Some(cpu.as_secs_f64() * 1e6 / ops as f64),
-    })
+        Some(cpu),
+    ))
 }
 
 /// RocksDB as the raft log: key = region ++ index, one WriteBatch per append, WAL synced.
@@ -330,14 +319,13 @@ fn rocksdb_log_row(dir: &Path, batch: usize, duration: Duration) -> Result<Row> 
     let (elapsed, cpu) = (t0.elapsed(), thread_cpu_time() - cpu0);
     drop(db);
     std::fs::remove_dir_all(dir)?;
-    Ok(Row {
-        name: rocks_row_name(batch),
-        ops,
+    Ok(Row::new(
+        rocks_row_name(batch),
         elapsed,
-        bytes_per_op: (batch * ENTRY_BYTES) as u64,
+        (batch * ENTRY_BYTES) as u64,
         latency,
-        cpu_us_per_op: Some(cpu.as_secs_f64() * 1e6 / ops as f64),
-    })
+        Some(cpu),
+    ))
 }
 
 /// RocksDB as the raft log with as many writer threads as the log engine had appenders: its
@@ -379,14 +367,8 @@ fn rocksdb_concurrent_row(dir: &Path, duration: Duration) -> Result<Row> {
     let elapsed = t0.elapsed();
     drop(db);
     std::fs::remove_dir_all(dir)?;
-    Ok(Row {
-        name: format!("RocksDB as raft log (sync WAL): {CONCURRENT_APPENDERS} writers x batch 1 x 1 KiB"),
-        ops: latency.len(),
-        elapsed,
-        bytes_per_op: ENTRY_BYTES as u64,
-        latency,
-        cpu_us_per_op: None,
-    })
+    let name = format!("RocksDB as raft log (sync WAL): {CONCURRENT_APPENDERS} writers x batch 1 x 1 KiB");
+    Ok(Row::new(name, elapsed, ENTRY_BYTES as u64, latency, None))
 }
 
 /// The KV engine: write batches of `KV_BATCH_VALUES` 1 KiB values across the default CF.
@@ -397,7 +379,6 @@ fn kv_row(dir: &Path, sync: bool, duration: Duration) -> Result<Row> {
     let value = vec![0x33u8; ENTRY_BYTES];
     let mut latency = new_histogram();
     let (cpu0, t0) = (thread_cpu_time(), Instant::now());
-    let mut ops = 0u64;
     let mut key_no = 0u64;
     while t0.elapsed() < duration {
         let mut wb = engine.write_batch();
@@ -410,17 +391,16 @@ fn kv_row(dir: &Path, sync: bool, duration: Duration) -> Result<Row> {
         let t = Instant::now();
         engine.write(wb, sync)?;
         latency.record(t.elapsed().as_micros() as u64)?;
-        ops += 1;
     }
     let (elapsed, cpu) = (t0.elapsed(), thread_cpu_time() - cpu0);
     drop(engine);
     std::fs::remove_dir_all(dir)?;
-    Ok(Row {
-        name: format!("KV engine: batch {KV_BATCH_VALUES} x 1 KiB, sync={sync}"),
-        ops,
+    let name = format!("KV engine: batch {KV_BATCH_VALUES} x 1 KiB, sync={sync}");
+    Ok(Row::new(
+        name,
         elapsed,
-        bytes_per_op: (KV_BATCH_VALUES * ENTRY_BYTES) as u64,
+        (KV_BATCH_VALUES * ENTRY_BYTES) as u64,
         latency,
-        cpu_us_per_op: Some(cpu.as_secs_f64() * 1e6 / ops as f64),
-    })
+        Some(cpu),
+    ))
 }

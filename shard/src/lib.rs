@@ -30,6 +30,8 @@ pub enum Error {
         need_bytes: u64,
         need_kib: u64,
     },
+    #[error("CPU {cpu} is not available to this process (available: {available:?}); pick another with --cpu")]
+    NoSuchCpu { cpu: usize, available: Vec<usize> },
     #[error("cannot start the executor for shard {shard} on CPU {cpu}: {reason}")]
     Spawn { shard: usize, cpu: usize, reason: String },
     #[error("shard {shard} panicked: {reason}")]
@@ -72,6 +74,17 @@ pub fn ensure_memlock() -> Result<(), Error> {
     Ok(())
 }
 
+/// CPUs this process may run on (its affinity mask), ascending: where shards can be pinned.
+pub fn available_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    cpus.sort_unstable();
+    cpus
+}
+
 /// Runs `f` on a new glommio executor pinned to `cpu` (as shard `shard`) and waits for its
 /// result. Slow RocksDB calls offloaded from it run on a blocking pool that is NOT pinned to
 /// the shard's core, so they never stall the shard's own work.
@@ -82,6 +95,10 @@ where
     T: Send + 'static,
 {
     ensure_memlock()?;
+    let available = available_cpus();
+    if !available.contains(&cpu) {
+        return Err(Error::NoSuchCpu { cpu, available });
+    }
     let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&format!("shard-{shard}"))
         .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
@@ -106,6 +123,18 @@ mod tests {
     fn spawn_pinned_runs_on_a_pinned_executor() {
         let cpu = spawn_pinned(0, 0, || async { glommio::executor().id() }).unwrap();
         assert!(cpu > 0, "glommio executor ids start at 1");
+    }
+
+    // Proves pinning to a CPU the process cannot use is a clear, typed error.
+    #[test]
+    fn spawn_pinned_rejects_an_unavailable_cpu() {
+        let cpus = available_cpus();
+        assert!(!cpus.is_empty());
+        let missing = cpus.iter().max().unwrap() + 1;
+        match spawn_pinned(0, missing, || async {}) {
+            Err(Error::NoSuchCpu { cpu, .. }) => assert_eq!(cpu, missing),
+            other => panic!("expected NoSuchCpu, got {other:?}"),
+        }
     }
 
     // Proves the memlock check passes where the limit allows glommio to run (as on CI).

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use corekv_storage::kv::{Cf, Direction, KeyRange, KvConfig, KvEngine, KvSnapshot, SharedBlockCache};
+use corekv_storage::kv::{Cf, Direction, KeyRange, KvConfig, KvEngine, KvRead, KvSnapshot, SharedBlockCache};
 use corekv_storage::Error;
 use futures_lite::FutureExt;
 use proptest::prelude::*;

@@ -46,12 +46,12 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, ErrorKind, Options, ReadOpti
 
 pub use self::batch::WriteBatch;
 pub use self::options::{KvConfig, SharedBlockCache};
-pub use self::read::{Direction, KeyRange, KvIter, RangeDigest};
+pub use self::read::{Direction, KeyRange, KvIter, KvRead, RangeDigest};
 pub use self::snapshot::{KvSnapshot, SstExport};
 pub use self::stats::KvProperties;
 
 use self::batch::Limits;
-use self::read::Reader;
+use self::read::{sealed, Reader};
 use crate::{Error, Result};
 
 /// The engine's column families.
@@ -171,10 +171,6 @@ impl KvEngine {
         self.inner.limits
     }
 
-    fn reader(&self) -> Reader<'_> {
-        Reader::new(self, None, &self.inner.get_options)
-    }
-
     /// An empty batch for this engine, checked against this engine's size limits.
     pub fn write_batch(&self) -> WriteBatch {
         WriteBatch::new(self.clone())
@@ -198,28 +194,6 @@ impl KvEngine {
         options.set_sync(sync);
         self.db().write_opt(batch, &options)?;
         Ok(())
-    }
-
-    /// The latest value of `key`, if any.
-    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.reader().get(cf, key)
-    }
-
-    /// A streaming iterator over `range` of `cf` in `direction`, at most `limit` entries. It sees
-    /// the data as of its creation (RocksDB pins an implicit snapshot per iterator).
-    pub fn iter(&self, cf: Cf, range: &KeyRange, direction: Direction, limit: Option<usize>) -> KvIter<'_> {
-        self.reader().iter(cf, range, direction, limit)
-    }
-
-    /// The first `limit` entries of `range` of `cf` in `direction`, copied out.
-    pub fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.reader().scan(cf, range, direction, limit)
     }
 
     /// A consistent view of every column family as of now.
@@ -300,3 +274,11 @@ impl std::fmt::Debug for KvEngine {
         f.debug_struct("KvEngine").field("path", &self.db().path()).finish()
     }
 }
+
+impl sealed::Sealed for KvEngine {
+    fn reader(&self) -> Reader<'_> {
+        Reader::new(self, None, &self.inner.get_options)
+    }
+}
+
+impl KvRead for KvEngine {}

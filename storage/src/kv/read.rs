@@ -147,8 +147,36 @@ impl RangeDigest {
     }
 }
 
+/// Reads, the same for the engine (latest data) and a [`KvSnapshot`](super::KvSnapshot) (data as
+/// of the snapshot). Sealed: implemented only by those two.
+pub trait KvRead: sealed::Sealed {
+    /// The latest value of `key` (as of the snapshot, for a snapshot), if any.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.reader().get(cf, key)
+    }
+
+    /// A streaming iterator over `range` of `cf` in `direction`, at most `limit` entries. On the
+    /// engine it sees the data as of its creation (RocksDB pins an implicit snapshot per
+    /// iterator).
+    fn iter(&self, cf: Cf, range: &KeyRange, direction: Direction, limit: Option<usize>) -> KvIter<'_> {
+        self.reader().iter(cf, range, direction, limit)
+    }
+
+    /// The first `limit` entries of `range` of `cf` in `direction`, copied out.
+    fn scan(&self, cf: Cf, range: &KeyRange, direction: Direction, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.reader().scan(cf, range, direction, limit)
+    }
+}
+
+pub(super) mod sealed {
+    /// Keeps [`super::KvRead`] to the engine and its snapshots, and hands it their reader.
+    pub trait Sealed {
+        fn reader(&self) -> super::Reader<'_>;
+    }
+}
+
 /// The read path shared by the engine (latest data) and snapshots (data as of the snapshot).
-pub(super) struct Reader<'a> {
+pub struct Reader<'a> {
     engine: &'a KvEngine,
     /// The snapshot to read at; `None` reads the latest data.
     snapshot: Option<&'a SnapshotWithThreadMode<'static, DB>>,

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{ReadOptions, SnapshotWithThreadMode, SstFileWriter, DB};
 
-use super::read::{Direction, KeyRange, KvIter, RangeDigest, Reader};
+use super::read::sealed::{self, Sealed as _};
+use super::read::{Direction, KeyRange, KvRead, RangeDigest, Reader};
 use super::{Cf, KvEngine};
 use crate::{Error, Result};
 
@@ -65,33 +66,9 @@ impl KvSnapshot {
         }
     }
 
-    fn reader(&self) -> Reader<'_> {
-        Reader::new(&self.engine, Some(&self.snapshot), &self.get_options)
-    }
-
     /// RocksDB sequence number the snapshot was taken at.
     pub fn sequence_number(&self) -> u64 {
         self.snapshot.sequence_number()
-    }
-
-    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.reader().get(cf, key)
-    }
-
-    /// See [`KvEngine::iter`].
-    pub fn iter(&self, cf: Cf, range: &KeyRange, direction: Direction, limit: Option<usize>) -> KvIter<'_> {
-        self.reader().iter(cf, range, direction, limit)
-    }
-
-    /// See [`KvEngine::scan`].
-    pub fn scan(
-        &self,
-        cf: Cf,
-        range: &KeyRange,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.reader().scan(cf, range, direction, limit)
     }
 
     /// Count and checksum of every entry of `cf` in `range`. Slow: reads the whole range; call
@@ -150,3 +127,11 @@ impl std::fmt::Debug for KvSnapshot {
             .finish()
     }
 }
+
+impl sealed::Sealed for KvSnapshot {
+    fn reader(&self) -> Reader<'_> {
+        Reader::new(&self.engine, Some(&self.snapshot), &self.get_options)
+    }
+}
+
+impl KvRead for KvSnapshot {}

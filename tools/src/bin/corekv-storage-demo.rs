@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use corekv_storage::kv::{Cf, Direction, KeyRange, KvConfig, KvEngine, SharedBlockCache};
+use corekv_storage::kv::{Cf, Direction, KeyRange, KvConfig, KvEngine, KvRead, SharedBlockCache};
 use corekv_storage::raftlog::{LogBatch, LogConfig, LogEngine, RecoveryReport, UringDisk};
 use hdrhistogram::Histogram;
 
@@ -50,7 +50,17 @@ struct Args {
     block_cache_mib: usize,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corekv-storage-demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // glommio logs an ERROR when its IOPOLL probe fails: that failure is what we want (see
     // storage::raftlog::disk), so that one target is quiet unless RUST_LOG asks for it.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,glommio::reactor=off".into());
