@@ -42,6 +42,10 @@ struct Args {
     /// Bytes of each value.
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Size of a Raft log segment, MiB: small by default so that the demo rotates, purges and
+    /// recycles segments (a server keeps LogConfig's 64 MiB).
+    #[arg(long, default_value_t = 2)]
+    segment_mib: u64,
     /// CPU the shard is pinned to.
     #[arg(long, default_value_t = 0)]
     cpu: usize,
@@ -128,7 +132,13 @@ async fn open_engines(
 ) -> Result<(LogEngine<UringDisk>, RecoveryReport, KvEngine)> {
     // The log engine first: its directory's device must be probed by a write-only file
     // before any other DmaFile (see storage::raftlog::disk).
-    let (log, report) = LogEngine::open_dir(&args.data_dir.join("raftlog"), LogConfig::default())
+    let segment_bytes = args.segment_mib << 20;
+    let cfg = LogConfig {
+        segment_bytes,
+        entry_bytes_max: (segment_bytes / 2) as usize,
+        ..LogConfig::default()
+    };
+    let (log, report) = LogEngine::open_dir(&args.data_dir.join("raftlog"), cfg)
         .await
         .context("open the Raft log engine")?;
     let kv = KvEngine::open(&args.data_dir.join("kv"), &KvConfig::default(), cache).context("open the KV engine")?;
@@ -145,6 +155,7 @@ struct Run {
     approx_keys: u64,
     sample: Vec<(Vec<u8>, Vec<u8>)>,
     segments_purged: u64,
+    segments_before_gc: u64,
 }
 
 impl Run {
@@ -188,8 +199,8 @@ impl Run {
             );
         }
         println!(
-            "log GC: KV flushed off the executor, every log compacted to its applied index, {} segment(s) purged",
-            self.segments_purged
+                    "log GC: KV flushed off the executor, every log compacted to its applied index; purge freed {} of {} segments",
+            self.segments_purged, self.segments_before_gc
         );
     }
 }
@@ -265,6 +276,7 @@ async fn workload(args: &Args, cache: &SharedBlockCache) -> Result<Run> {
         gc.compact_to(region, last + 1);
     }
     log.append(&gc).await?;
+    let segments_before_gc = log.stats().segments_live;
     let segments_purged = log.purge().await?.segments_purged;
 
     let all = KeyRange::all();
@@ -279,6 +291,7 @@ async fn workload(args: &Args, cache: &SharedBlockCache) -> Result<Run> {
         approx_keys: kv.approximate_keys(Cf::Default, all.start(), b"\xff")?,
         sample,
         segments_purged,
+        segments_before_gc,
     })
 }
 
