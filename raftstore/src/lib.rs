@@ -1,12 +1,36 @@
-//! corekv-raftstore: Multi-Raft. Nothing here yet; this crate will own:
+//! corekv-raftstore: Multi-Raft for one shard.
 //!
-//! - the sans-I/O core: one raft-rs `RawNode` per region replica (Peer); events in (tick,
-//!   raft message, persisted up to N, applied up to N, snapshot ingested), actions out
-//!   (persist, send, apply, snapshot). Time and randomness come from the caller;
-//! - the per-shard Ready loop: every region's entries and hard states in ONE
-//!   `storage::raftlog` append (group commit), messages batched per destination;
-//! - the apply loop: committed entries into `storage::kv` with the applied index in the same
-//!   write batch; region metadata, epochs, log GC and snapshots;
-//! - the deterministic simulator that runs a whole cluster in one thread from a seed.
+//! Map (start with `raft_core`):
+//! - `raft_core`: [`RaftCore`], the sans-I/O state machine of all the shard's peers: events in
+//!   (`tick`, `step`, `propose`, `read`, `on_persisted`, `on_applied`), actions out (one
+//!   [`ShardReady`] per loop: one log batch for every region, messages, entries to apply;
+//!   [`Response`]s). No I/O, no clock.
+//! - `storage`: [`PeerStorage`], raft-rs's `Storage` served from memory.
+//! - `apply`: the apply step into the KV engine (applied index in the same write batch),
+//!   region metadata in the `meta` CF, restoring a peer from the two engines. An I/O edge.
+//! - `cmd`: raw KV commands, their limits and their encoding in raft entries.
+//! - `region`: region metadata, key ranges and epochs.
+//! - `sim`: a deterministic simulator of whole clusters of real cores and real engines.
+//! - `linearizability`: the checker the simulator's (and later the chaos harness's) histories
+//!   must pass.
 //!
-//! Must not: do I/O itself, read clocks, or depend on `shard`/`tools`.
+//! Must not: open sockets, spawn threads, or depend on `shard`/`tools`. The shard runtime and
+//! the simulator drive the same `RaftCore`.
+//!
+//! Not yet (next steps of this crate): snapshots and log GC, leader-lease reads (reads use
+//! ReadIndex today), membership changes, proposal batching per region.
+
+pub mod apply;
+pub mod cmd;
+pub mod error;
+pub mod linearizability;
+pub mod raft_core;
+pub mod region;
+pub mod sim;
+pub mod storage;
+
+pub use cmd::{Command, Outcome};
+pub use error::{Error, Result};
+pub use raft_core::{RaftConfig, RaftCore, RaftMessage, RequestId, Response, ShardReady};
+pub use region::{Epoch, PeerMeta, Region};
+pub use storage::PeerStorage;

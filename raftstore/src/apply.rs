@@ -1,0 +1,233 @@
+//! Applying committed entries to the KV engine, and the per-region state kept there.
+//!
+//! Owns: the key layout of applied data (`z` + user key in the `default` CF) and of region
+//! metadata in the `meta` CF, and the apply step itself. This is an I/O edge: the shard (or
+//! the simulator) runs it with the entries a `ShardReady` hands out, then reports the result
+//! to `RaftCore::on_applied`.
+//!
+//! Durability: the applied index is written in the SAME write batch as the data it covers, so
+//! after a crash the KV engine's applied index always matches its data, and raft replays
+//! exactly the entries after it. The batch is not synced: the Raft log holds every applied
+//! entry until log GC, which must flush the KV engine first.
+
+use corekv_storage::kv::{Cf, KeyRange, KvEngine, KvRead, WriteBatch};
+use corekv_storage::raftlog::{Disk, LogEngine};
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, EntryType, HardState};
+
+use crate::cmd::{Command, Outcome};
+use crate::error::{Error, Result};
+use crate::raft_core::HARD_STATE_KEY;
+use crate::region::{Epoch, PeerMeta, Region};
+use crate::storage::PeerStorage;
+
+/// Prefix of user data in the `default` CF (room for other key spaces beside it).
+const DATA_PREFIX: &[u8] = b"z";
+/// Prefix of per-region metadata in the `meta` CF: `r` + region id (big endian) + kind.
+const REGION_META_PREFIX: &[u8] = b"r";
+const APPLIED_SUFFIX: u8 = b'a';
+const REGION_SUFFIX: u8 = b'd';
+
+pub fn data_key(key: &[u8]) -> Vec<u8> {
+    [DATA_PREFIX, key].concat()
+}
+
+fn meta_key(region_id: u64, suffix: u8) -> Vec<u8> {
+    let mut k = REGION_META_PREFIX.to_vec();
+    k.extend_from_slice(&region_id.to_be_bytes());
+    k.push(suffix);
+    k
+}
+
+/// One applied entry: its index, term and (for commands) what it produced.
+pub type Applied = (u64, u64, Option<Result<Outcome>>);
+
+/// Applies `entries` (committed, durable, in order) of `region` to the KV engine. Returns the
+/// new applied index and one item per entry. An entry this version cannot decode stops the
+/// apply with an error: the region must not skip it.
+pub fn apply(kv: &KvEngine, region: &Region, entries: &[Entry]) -> Result<(u64, Vec<Applied>)> {
+    let mut results = Vec::with_capacity(entries.len());
+    let mut batch = kv.write_batch();
+    let mut last = 0;
+    for entry in entries {
+        assert!(
+            last == 0 || entry.index == last + 1,
+            "committed entries arrive in order"
+        );
+        last = entry.index;
+        if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
+            // A new leader's empty entry, or a membership change (none are proposed yet).
+            results.push((entry.index, entry.term, None));
+            continue;
+        }
+        let (epoch, cmd) = Command::decode(&entry.data)?;
+        let outcome = match region.check_epoch(epoch) {
+            Err(e) => Err(e),
+            Ok(()) => execute(kv, &mut batch, region.id, entry.index, cmd),
+        };
+        results.push((entry.index, entry.term, Some(outcome)));
+    }
+    if last > 0 {
+        finish(kv, batch, region.id, last)?;
+    }
+    Ok((last, results))
+}
+
+/// Adds `cmd` to `batch`. A compare-and-swap must read what the entries before it wrote, so
+/// the batch is written (with its applied index) before the read.
+fn execute(kv: &KvEngine, batch: &mut WriteBatch, region_id: u64, index: u64, cmd: Command) -> Result<Outcome> {
+    match cmd {
+        Command::Put { key, value } => batch.put(Cf::Default, &data_key(&key), &value)?,
+        Command::Delete { key } => batch.delete(Cf::Default, &data_key(&key))?,
+        Command::DeleteRange { start, end } => batch.delete_range(Cf::Default, &data_key(&start), &data_key(&end))?,
+        Command::BatchPut { pairs } => {
+            for (k, v) in pairs {
+                batch.put(Cf::Default, &data_key(&k), &v)?;
+            }
+        }
+        Command::CompareAndSwap { key, expected, new } => {
+            let done = std::mem::replace(batch, kv.write_batch());
+            finish(kv, done, region_id, index - 1)?;
+            let previous = kv.get(Cf::Default, &data_key(&key))?;
+            let succeeded = previous == expected;
+            if succeeded {
+                match new {
+                    Some(v) => batch.put(Cf::Default, &data_key(&key), &v)?,
+                    None => batch.delete(Cf::Default, &data_key(&key))?,
+                }
+            }
+            return Ok(Outcome::Cas { succeeded, previous });
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// Writes `batch` with the applied index it brings the region to.
+fn finish(kv: &KvEngine, mut batch: WriteBatch, region_id: u64, applied: u64) -> Result<()> {
+    batch.put(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX), &applied.to_be_bytes())?;
+    kv.write(batch, false)?;
+    Ok(())
+}
+
+/// The index the KV engine has applied `region_id` up to (0 for a new region).
+pub fn applied_index(kv: &KvEngine, region_id: u64) -> Result<u64> {
+    match kv.get(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX))? {
+        None => Ok(0),
+        Some(v) => {
+            Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                Error::Storage(format!("region {region_id}: bad applied index"))
+            })?))
+        }
+    }
+}
+
+/// Reads a user key as applied (the driver calls this on `ReadReady`).
+pub fn read(kv: &KvEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(kv.get(Cf::Default, &data_key(key))?)
+}
+
+/// Records a region this shard hosts (bootstrap, later splits and membership changes), synced.
+pub fn save_region(kv: &KvEngine, region: &Region) -> Result<()> {
+    let mut batch = kv.write_batch();
+    batch.put(Cf::Meta, &meta_key(region.id, REGION_SUFFIX), &encode_region(region))?;
+    kv.write(batch, true)?;
+    Ok(())
+}
+
+/// Every region recorded on this shard's KV engine.
+pub fn load_regions(kv: &KvEngine) -> Result<Vec<Region>> {
+    let mut regions = Vec::new();
+    let rows = kv.scan(
+        Cf::Meta,
+        &KeyRange::prefix(REGION_META_PREFIX),
+        corekv_storage::kv::Direction::Forward,
+        usize::MAX,
+    )?;
+    for (key, value) in rows {
+        if key.last() == Some(&REGION_SUFFIX) {
+            regions.push(decode_region(&value)?);
+        }
+    }
+    Ok(regions)
+}
+
+/// Restores a peer's raft storage from the log engine: hard state and every entry still in
+/// the log (the log is never truncated below what raft needs before snapshots exist).
+pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region) -> Result<PeerStorage> {
+    let voters = region.peers.iter().map(|p| p.id).collect();
+    let hard_state = match log.state(region.id, HARD_STATE_KEY) {
+        Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| Error::Storage(e.to_string()))?,
+        None => HardState::default(),
+    };
+    let Some((first, last)) = log.span(region.id) else {
+        return Ok(PeerStorage::restore(hard_state, voters, (0, 0), Vec::new()));
+    };
+    let mut entries = Vec::new();
+    if last >= first {
+        for e in log.fetch(region.id, first, last + 1, usize::MAX).await? {
+            let entry = Entry::parse_from_bytes(&e.data).map_err(|e| Error::Storage(e.to_string()))?;
+            assert_eq!(
+                (entry.index, entry.term),
+                (e.index, e.term),
+                "log engine and entry agree"
+            );
+            entries.push(entry);
+        }
+    }
+    let truncated_term = if first > 1 {
+        log.term(region.id, first - 1).unwrap_or(0)
+    } else {
+        0
+    };
+    Ok(PeerStorage::restore(
+        hard_state,
+        voters,
+        (first - 1, truncated_term),
+        entries,
+    ))
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct StoredRegion {
+    id: u64,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    conf_ver: u64,
+    version: u64,
+    peers: Vec<(u64, u64, u32)>,
+}
+
+fn encode_region(r: &Region) -> Vec<u8> {
+    let stored = StoredRegion {
+        id: r.id,
+        start: r.start.clone(),
+        end: r.end.clone(),
+        conf_ver: r.epoch.conf_ver,
+        version: r.epoch.version,
+        peers: r.peers.iter().map(|p| (p.id, p.node, p.shard)).collect(),
+    };
+    rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
+        .expect("in memory")
+        .into_vec()
+}
+
+fn decode_region(bytes: &[u8]) -> Result<Region> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    let s = rkyv::from_bytes::<StoredRegion, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| Error::Storage(format!("undecodable region state: {e}")))?;
+    Ok(Region {
+        id: s.id,
+        start: s.start,
+        end: s.end,
+        epoch: Epoch {
+            conf_ver: s.conf_ver,
+            version: s.version,
+        },
+        peers: s
+            .peers
+            .into_iter()
+            .map(|(id, node, shard)| PeerMeta { id, node, shard })
+            .collect(),
+    })
+}

@@ -1,0 +1,74 @@
+//! The raftstore's one error type: what a request can be told, and whether to retry.
+
+/// Result alias of `corekv-raftstore`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// This replica does not lead its region; `leader` is the peer believed to (if known).
+    #[error("region {region_id}: not leader (leader: {leader:?})")]
+    NotLeader {
+        region_id: u64,
+        leader: Option<crate::region::PeerMeta>,
+    },
+    /// The request's region epoch is not the region's current one: the client's view is
+    /// stale. `current` is the region as this replica knows it.
+    #[error("region {}: epoch not match (request {request:?}, current {:?})", current.id, current.epoch)]
+    EpochNotMatch {
+        request: crate::region::Epoch,
+        current: Box<crate::region::Region>,
+    },
+    /// No replica of this region lives on this shard.
+    #[error("region {0} not found on this shard")]
+    RegionNotFound(u64),
+    /// The key lies outside the region's range.
+    #[error("key {key:?} is not in region {region_id}")]
+    KeyNotInRegion { region_id: u64, key: Vec<u8> },
+    /// The proposal was dropped or superseded (leader change before it committed): its effect
+    /// is unknown only if it was appended; the client retries with the same request.
+    #[error("region {region_id}: proposal dropped ({reason}); retry")]
+    ProposalDropped { region_id: u64, reason: &'static str },
+    /// A key or value exceeds its limit.
+    #[error("{what} of {size} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+    },
+    /// The shard is at its bound of in-flight work.
+    #[error("server busy: {0}")]
+    ServerBusy(&'static str),
+    /// A storage engine failed; the message is the storage error.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// Stable wire code; never reused.
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::NotLeader { .. } => 200,
+            Error::EpochNotMatch { .. } => 201,
+            Error::RegionNotFound(_) => 202,
+            Error::KeyNotInRegion { .. } => 203,
+            Error::ProposalDropped { .. } => 204,
+            Error::TooLarge { .. } => 205,
+            Error::ServerBusy(_) => 206,
+            Error::Storage(_) => 207,
+        }
+    }
+
+    /// Whether the client should retry (after refreshing its routing for the first three).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            Error::TooLarge { .. } | Error::Storage(_) | Error::KeyNotInRegion { .. }
+        )
+    }
+}
+
+impl From<corekv_storage::Error> for Error {
+    fn from(e: corekv_storage::Error) -> Error {
+        Error::Storage(e.to_string())
+    }
+}

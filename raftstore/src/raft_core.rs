@@ -1,0 +1,499 @@
+//! `RaftCore`: the sans-I/O Multi-Raft of one shard.
+//!
+//! Owns: every peer (raft-rs `RawNode`) of the shard, their pending proposals and reads, and
+//! the turning of events into actions. Events in: `tick`, `step` (a raft message), `propose`,
+//! `read`, `on_persisted`, `on_applied`. Actions out: one [`ShardReady`] per loop iteration —
+//! ONE log batch for all regions (group commit), messages to send now and after the batch is
+//! durable, committed entries to apply — and [`Response`]s to requests.
+//!
+//! Must not: do I/O, read a clock or draw randomness of its own: election timeouts are drawn
+//! from a generator seeded by the caller (overriding raft-rs's thread-local draws), so the
+//! simulator replays a run from its seed. The shard runtime and the simulator drive this code.
+//!
+//! Invariants asserted here: a response is sent only after its entry was applied; entries are
+//! applied only after they are durable in the log (raft-rs hands out committed entries only up
+//! to the persisted index, and the driver applies after `on_persisted`); `applied <= committed`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use corekv_storage::raftlog::LogBatch;
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, Message};
+use raft::{RawNode, StateRole};
+
+use crate::cmd::{Command, Outcome};
+use crate::error::{Error, Result};
+use crate::region::{Epoch, PeerMeta, Region};
+use crate::storage::PeerStorage;
+
+/// Key of a region's hard state in the log engine.
+pub const HARD_STATE_KEY: &[u8] = b"hs";
+
+/// Identifies a client request within the shard; chosen by the driver.
+pub type RequestId = u64;
+
+/// Raft timing, in ticks; the driver decides how long a tick is.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    pub max_size_per_msg_bytes: u64,
+    pub max_inflight_msgs: usize,
+    /// Requests waiting in one region (proposed or reading) before `ServerBusy`.
+    pub pending_requests_max: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            election_tick: 10,
+            heartbeat_tick: 2,
+            max_size_per_msg_bytes: 1 << 20,
+            max_inflight_msgs: 256,
+            pending_requests_max: 4096,
+        }
+    }
+}
+
+/// A raft message between two peers of a region, addressed by where they live.
+#[derive(Debug, Clone)]
+pub struct RaftMessage {
+    pub region_id: u64,
+    pub from: PeerMeta,
+    pub to: PeerMeta,
+    pub msg: Message,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The write was applied, with what it produced.
+    Written {
+        id: RequestId,
+        outcome: Outcome,
+    },
+    /// The region's state machine has caught up with the read's ReadIndex: the driver reads
+    /// the KV engine now, and the read is linearizable.
+    ReadReady {
+        id: RequestId,
+        region_id: u64,
+    },
+    Failed {
+        id: RequestId,
+        error: Error,
+    },
+}
+
+/// Committed entries of one region, to apply in order.
+#[derive(Debug)]
+pub struct ApplyTask {
+    pub region: Region,
+    pub entries: Vec<Entry>,
+}
+
+/// Everything one loop iteration must do, for all regions of the shard at once.
+#[derive(Debug, Default)]
+pub struct ShardReady {
+    /// New entries and hard states of every region: ONE log append (group commit).
+    pub log_batch: LogBatch,
+    /// Send now (a leader may send before its own append is durable).
+    pub messages: Vec<RaftMessage>,
+    /// Send only after `log_batch` is durable (votes, append responses).
+    pub after_persist: Vec<RaftMessage>,
+    /// Pass back to [`RaftCore::on_persisted`] once `log_batch` is durable.
+    pub persisted: Vec<(u64, u64)>,
+    pub apply: Vec<ApplyTask>,
+}
+
+impl ShardReady {
+    pub fn is_empty(&self) -> bool {
+        self.log_batch.is_empty()
+            && self.messages.is_empty()
+            && self.after_persist.is_empty()
+            && self.persisted.is_empty()
+            && self.apply.is_empty()
+    }
+}
+
+struct PendingWrite {
+    index: u64,
+    term: u64,
+    id: RequestId,
+}
+
+struct Peer {
+    region: Region,
+    me: PeerMeta,
+    raw: RawNode<PeerStorage>,
+    writes: VecDeque<PendingWrite>,
+    /// Reads whose ReadIndex is known, waiting for apply to reach it.
+    reads: VecDeque<(u64, RequestId)>,
+    reads_in_flight: usize,
+    applied: u64,
+    /// (term, role, leader) when the election timeout was last drawn.
+    timeout_key: Option<(u64, StateRole, u64)>,
+}
+
+impl Peer {
+    fn leader(&self) -> Option<PeerMeta> {
+        self.region.peer(self.raw.raft.leader_id).copied()
+    }
+
+    fn check_leader(&self) -> Result<()> {
+        if self.raw.raft.state == StateRole::Leader {
+            Ok(())
+        } else {
+            Err(Error::NotLeader {
+                region_id: self.region.id,
+                leader: self.leader(),
+            })
+        }
+    }
+
+    fn check_busy(&self, limit: usize) -> Result<()> {
+        if self.writes.len() + self.reads.len() + self.reads_in_flight >= limit {
+            return Err(Error::ServerBusy("too many requests waiting in this region"));
+        }
+        Ok(())
+    }
+
+    /// Answers the reads whose ReadIndex the state machine has reached.
+    fn serve_reads(&mut self, responses: &mut Vec<Response>) {
+        while self.reads.front().is_some_and(|(index, _)| *index <= self.applied) {
+            let (_, id) = self.reads.pop_front().expect("front exists");
+            responses.push(Response::ReadReady {
+                id,
+                region_id: self.region.id,
+            });
+        }
+    }
+
+    fn wrap(&self, msgs: Vec<Message>, out: &mut Vec<RaftMessage>) {
+        for msg in msgs {
+            match self.region.peer(msg.to) {
+                Some(to) => out.push(RaftMessage {
+                    region_id: self.region.id,
+                    from: self.me,
+                    to: *to,
+                    msg,
+                }),
+                None => tracing::warn!(
+                    region = self.region.id,
+                    to = msg.to,
+                    "message to an unknown peer dropped"
+                ),
+            }
+        }
+    }
+}
+
+/// The Multi-Raft state machine of one shard.
+pub struct RaftCore {
+    node: u64,
+    shard: u32,
+    cfg: RaftConfig,
+    /// Ordered, so every loop visits regions in the same order: runs replay from a seed.
+    peers: BTreeMap<u64, Peer>,
+    responses: Vec<Response>,
+    logger: slog::Logger,
+    /// Randomness comes from outside: a generator seeded by the caller draws every election
+    /// timeout, so a run replays exactly from its seed.
+    rng: u64,
+}
+
+impl RaftCore {
+    /// `seed` is the only randomness the core uses: it seeds the draws of election timeouts.
+    pub fn new(node: u64, shard: u32, cfg: RaftConfig, seed: u64) -> RaftCore {
+        // raft-rs logs through slog; its messages are not needed (our tracing covers roles).
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let rng = seed ^ ((node << 32) | u64::from(shard));
+        RaftCore {
+            node,
+            shard,
+            cfg,
+            peers: BTreeMap::new(),
+            responses: Vec::new(),
+            logger,
+            rng,
+        }
+    }
+
+    /// Re-draws `region_id`'s election timeout from this core's generator when raft-rs has
+    /// just reset it (its term, role or leader changed). raft-rs draws from a thread-local RNG
+    /// at every reset; overriding each draw before it is used keeps runs replayable while
+    /// keeping a fresh random timeout per election (a fixed one can split votes forever).
+    fn rearm(&mut self, region_id: u64) {
+        let Some(peer) = self.peers.get_mut(&region_id) else {
+            return;
+        };
+        let key = (peer.raw.raft.term, peer.raw.raft.state, peer.raw.raft.leader_id);
+        if peer.timeout_key == Some(key) {
+            return;
+        }
+        peer.timeout_key = Some(key);
+        // splitmix64: small, well-distributed, and ours, so its sequence never changes.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let election_tick = self.cfg.election_tick;
+        peer.raw
+            .raft
+            .set_randomized_election_timeout(election_tick + (z % election_tick as u64) as usize);
+    }
+
+    /// Adds this shard's replica of `region`, with its storage as restored (or new) and the
+    /// index the KV engine has applied up to.
+    pub fn add_peer(&mut self, region: Region, storage: PeerStorage, applied: u64) -> Result<()> {
+        let me = *region
+            .peer_on(self.node, self.shard)
+            .ok_or(Error::RegionNotFound(region.id))?;
+        let config = raft::Config {
+            id: me.id,
+            election_tick: self.cfg.election_tick,
+            heartbeat_tick: self.cfg.heartbeat_tick,
+            applied,
+            max_size_per_msg: self.cfg.max_size_per_msg_bytes,
+            max_inflight_msgs: self.cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        let raw = RawNode::new(&config, storage, &self.logger).map_err(|e| Error::Storage(e.to_string()))?;
+        let region_id = region.id;
+        let peer = Peer {
+            region,
+            me,
+            raw,
+            writes: VecDeque::new(),
+            reads: VecDeque::new(),
+            reads_in_flight: 0,
+            applied,
+            timeout_key: None,
+        };
+        self.peers.insert(region_id, peer);
+        self.rearm(region_id);
+        Ok(())
+    }
+
+    pub fn region(&self, region_id: u64) -> Option<&Region> {
+        self.peers.get(&region_id).map(|p| &p.region)
+    }
+
+    pub fn region_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.peers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn is_leader(&self, region_id: u64) -> bool {
+        self.peers
+            .get(&region_id)
+            .is_some_and(|p| p.raw.raft.state == StateRole::Leader)
+    }
+
+    /// The raft term of this shard's replica of `region_id`.
+    pub fn term(&self, region_id: u64) -> Option<u64> {
+        self.peers.get(&region_id).map(|p| p.raw.raft.term)
+    }
+
+    pub fn leader_of(&self, region_id: u64) -> Option<PeerMeta> {
+        self.peers.get(&region_id).and_then(Peer::leader)
+    }
+
+    /// Starts an election for `region_id` now (bootstrap spreads leaders with it).
+    pub fn campaign(&mut self, region_id: u64) -> Result<()> {
+        let peer = self.peers.get_mut(&region_id).ok_or(Error::RegionNotFound(region_id))?;
+        peer.raw.campaign().map_err(|e| Error::Storage(e.to_string()))?;
+        self.rearm(region_id);
+        Ok(())
+    }
+
+    /// One logical clock tick for every peer.
+    pub fn tick(&mut self) {
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.peers.get_mut(&id).expect("listed").raw.tick();
+            self.rearm(id);
+        }
+    }
+
+    /// A raft message from another shard. Messages for regions not here are dropped.
+    pub fn step(&mut self, msg: RaftMessage) -> Result<()> {
+        let peer = self
+            .peers
+            .get_mut(&msg.region_id)
+            .ok_or(Error::RegionNotFound(msg.region_id))?;
+        if msg.to.id != peer.me.id {
+            return Err(Error::RegionNotFound(msg.region_id));
+        }
+        // raft-rs rejects messages from stale terms itself; an error here is not the
+        // sender's business.
+        if let Err(e) = peer.raw.step(msg.msg) {
+            tracing::debug!(region = msg.region_id, error = %e, "raft step refused a message");
+        }
+        self.rearm(msg.region_id);
+        Ok(())
+    }
+
+    /// Proposes a write; the answer comes as a `Response` once it is applied (or dropped).
+    pub fn propose(&mut self, id: RequestId, region_id: u64, epoch: Epoch, cmd: Command) {
+        if let Err(error) = self.try_propose(id, region_id, epoch, cmd) {
+            self.responses.push(Response::Failed { id, error });
+        }
+    }
+
+    fn try_propose(&mut self, id: RequestId, region_id: u64, epoch: Epoch, cmd: Command) -> Result<()> {
+        let limit = self.cfg.pending_requests_max;
+        let peer = self.peers.get_mut(&region_id).ok_or(Error::RegionNotFound(region_id))?;
+        peer.check_leader()?;
+        peer.region.check_epoch(epoch)?;
+        cmd.check(&peer.region)?;
+        peer.check_busy(limit)?;
+        let before = peer.raw.raft.raft_log.last_index();
+        peer.raw
+            .propose(Vec::new(), cmd.encode(epoch))
+            .map_err(|_| Error::ProposalDropped {
+                region_id,
+                reason: "raft refused the proposal",
+            })?;
+        let index = peer.raw.raft.raft_log.last_index();
+        if index != before + 1 {
+            return Err(Error::ProposalDropped {
+                region_id,
+                reason: "not appended",
+            });
+        }
+        peer.writes.push_back(PendingWrite {
+            index,
+            term: peer.raw.raft.term,
+            id,
+        });
+        Ok(())
+    }
+
+    /// A linearizable read (ReadIndex): answered with `ReadReady` once the state machine has
+    /// applied everything committed when the read arrived.
+    pub fn read(&mut self, id: RequestId, region_id: u64, epoch: Epoch) {
+        if let Err(error) = self.try_read(id, region_id, epoch) {
+            self.responses.push(Response::Failed { id, error });
+        }
+    }
+
+    fn try_read(&mut self, id: RequestId, region_id: u64, epoch: Epoch) -> Result<()> {
+        let limit = self.cfg.pending_requests_max;
+        let peer = self.peers.get_mut(&region_id).ok_or(Error::RegionNotFound(region_id))?;
+        peer.check_leader()?;
+        peer.region.check_epoch(epoch)?;
+        peer.check_busy(limit)?;
+        peer.raw.read_index(id.to_be_bytes().to_vec());
+        peer.reads_in_flight += 1;
+        Ok(())
+    }
+
+    /// Collects the next iteration's work from every region with something ready.
+    pub fn ready(&mut self) -> ShardReady {
+        let mut out = ShardReady::default();
+        for peer in self.peers.values_mut() {
+            if !peer.raw.has_ready() {
+                continue;
+            }
+            let mut rd = peer.raw.ready();
+            assert!(
+                rd.snapshot().is_empty(),
+                "snapshots are not produced: logs are never truncated yet"
+            );
+            peer.wrap(rd.take_messages(), &mut out.messages);
+            for rs in rd.take_read_states() {
+                let id = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().expect("we wrote 8 bytes"));
+                peer.reads_in_flight = peer.reads_in_flight.saturating_sub(1);
+                peer.reads.push_back((rs.index, id));
+            }
+            // Reads whose index is applied already are served now: nothing else may be
+            // applied for a while.
+            peer.serve_reads(&mut self.responses);
+            let committed = rd.take_committed_entries();
+            if !committed.is_empty() {
+                out.apply.push(ApplyTask {
+                    region: peer.region.clone(),
+                    entries: committed,
+                });
+            }
+            let region_id = peer.region.id;
+            if let Some(first) = rd.entries().first() {
+                let data: Vec<Vec<u8>> = rd
+                    .entries()
+                    .iter()
+                    .map(|e| e.write_to_bytes().expect("in memory"))
+                    .collect();
+                let terms = rd.entries().iter().map(|e| e.term);
+                out.log_batch
+                    .add_entries(region_id, first.index, terms.zip(data.iter().map(Vec::as_slice)));
+                peer.raw.mut_store().append(rd.entries());
+            }
+            if let Some(hs) = rd.hs() {
+                out.log_batch
+                    .put_state(region_id, HARD_STATE_KEY, &hs.write_to_bytes().expect("in memory"));
+                peer.raw.mut_store().set_hard_state(hs.clone());
+            }
+            peer.wrap(rd.take_persisted_messages(), &mut out.after_persist);
+            out.persisted.push((region_id, rd.number()));
+            peer.raw.advance_append_async(rd);
+        }
+        out
+    }
+
+    /// `log_batch` of a `ShardReady` is durable: tell raft, per region.
+    pub fn on_persisted(&mut self, persisted: &[(u64, u64)]) {
+        for &(region_id, number) in persisted {
+            if let Some(peer) = self.peers.get_mut(&region_id) {
+                peer.raw.on_persist_ready(number);
+            }
+        }
+    }
+
+    /// `region_id` applied entries up to `applied`; `outcomes` has one item per applied entry
+    /// (index, term, what it produced: `None` for entries that carry no command).
+    pub fn on_applied(&mut self, region_id: u64, applied: u64, outcomes: Vec<(u64, u64, Option<Result<Outcome>>)>) {
+        let Some(peer) = self.peers.get_mut(&region_id) else {
+            return;
+        };
+        assert!(applied >= peer.applied, "apply never goes back");
+        assert!(applied <= peer.raw.raft.raft_log.committed, "applied <= committed");
+        for (index, term, outcome) in outcomes {
+            while let Some(w) = peer.writes.front() {
+                if w.index > index {
+                    break;
+                }
+                let w = peer.writes.pop_front().expect("front exists");
+                let response = match (&outcome, w.index == index && w.term == term) {
+                    (Some(Ok(o)), true) => Response::Written {
+                        id: w.id,
+                        outcome: o.clone(),
+                    },
+                    (Some(Err(e)), true) => Response::Failed {
+                        id: w.id,
+                        error: e.clone(),
+                    },
+                    // Another leader's entry took this index: the proposal never committed.
+                    _ => Response::Failed {
+                        id: w.id,
+                        error: Error::ProposalDropped {
+                            region_id,
+                            reason: "superseded",
+                        },
+                    },
+                };
+                self.responses.push(response);
+            }
+        }
+        peer.applied = applied;
+        peer.raw.advance_apply_to(applied);
+        peer.serve_reads(&mut self.responses);
+    }
+
+    pub fn take_responses(&mut self) -> Vec<Response> {
+        std::mem::take(&mut self.responses)
+    }
+}

@@ -1,0 +1,593 @@
+//! A deterministic simulator: whole clusters of real `RaftCore`s over real storage engines,
+//! in one thread, with simulated time and a simulated network.
+//!
+//! Owns: the cluster layout (N nodes x M shards, regions pre-split, 3 replicas each, leaders
+//! spread), simulated ticks, a network that drops, delays, reorders and partitions (each a
+//! named option), node crashes (un-synced log data is lost: `MemDisk::crash`) and restarts,
+//! and clients whose operations are recorded as a history for the linearizability checker.
+//!
+//! Determinism: every random choice comes from one ChaCha8 stream seeded by `SimConfig::seed`;
+//! every collection the loop walks is ordered. A failing test prints its seed; the same seed
+//! replays the same run. Runs inside a glommio executor (the log engine's home).
+//!
+//! Must not: be used by the node runtime; it is test support that ships with the crate so that
+//! tests of later crates (txn, the client) can use it too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use corekv_storage::kv::{KvConfig, KvEngine, SharedBlockCache};
+use corekv_storage::raftlog::{LogConfig, LogEngine, MemDisk};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::apply;
+use crate::cmd::{Command, Outcome};
+use crate::error::Error;
+use crate::linearizability::{Op, OpKind};
+use crate::raft_core::{RaftConfig, RaftCore, RaftMessage, RequestId, Response};
+use crate::region::{Epoch, PeerMeta, Region};
+
+/// Where a shard lives: (node, shard index).
+pub type ShardAddr = (u64, u32);
+
+/// How the simulated network misbehaves. Probabilities are per message, in parts per million.
+#[derive(Debug, Clone, Default)]
+pub struct NetConfig {
+    pub drop_ppm: u32,
+    pub duplicate_ppm: u32,
+    /// Each message is delayed by a uniform number of ticks in `0..=delay_ticks_max`;
+    /// different delays reorder messages.
+    pub delay_ticks_max: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: u64,
+    pub shards: u32,
+    pub regions_per_shard: u32,
+    pub net: NetConfig,
+    pub raft: RaftConfig,
+    /// A client gives up on an attempt after this many ticks without an answer; a write
+    /// given up on has an unknown outcome and is not retried.
+    pub attempt_ticks_max: u64,
+    /// A client operation ends (unknown outcome) after this many ticks.
+    pub op_ticks_max: u64,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes: 3,
+            shards: 2,
+            regions_per_shard: 2,
+            net: NetConfig::default(),
+            raft: RaftConfig::default(),
+            attempt_ticks_max: 30,
+            op_ticks_max: 200,
+        }
+    }
+}
+
+struct SimShard {
+    core: RaftCore,
+    log: LogEngine<MemDisk>,
+    kv: KvEngine,
+}
+
+struct InFlight {
+    deliver_at: u64,
+    seq: u64,
+    msg: RaftMessage,
+}
+
+/// A client operation in progress.
+struct ClientOp {
+    op: Op,
+    command: Option<Command>,
+    deadline: u64,
+    /// The request in flight: its id, where it went, when.
+    attempt: Option<(RequestId, ShardAddr, u64)>,
+    /// A write attempt was abandoned without an answer: its outcome is unknown.
+    ambiguous: bool,
+    /// Always ask this node's replica, leader or not (tests of stale leaders).
+    pinned: Option<u64>,
+    done: bool,
+}
+
+pub struct Sim {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    dir: tempfile::TempDir,
+    cache: SharedBlockCache,
+    regions: Vec<Region>,
+    disks: BTreeMap<ShardAddr, MemDisk>,
+    shards: BTreeMap<ShardAddr, SimShard>,
+    net: Vec<InFlight>,
+    net_seq: u64,
+    /// Node pairs that cannot talk (both directions).
+    cut: BTreeSet<(u64, u64)>,
+    ops: Vec<ClientOp>,
+    by_request: BTreeMap<RequestId, usize>,
+    next_request: RequestId,
+}
+
+impl Sim {
+    /// Bootstraps a cluster: regions pre-split over the first key byte, replica r of region
+    /// i on node r+1 (shard i mod shards), leaders spread across nodes.
+    pub async fn new(cfg: SimConfig) -> Sim {
+        let dir = tempfile::tempdir().expect("temp dir for the simulated engines");
+        let count = u64::from(cfg.shards * cfg.regions_per_shard);
+        let regions: Vec<Region> = (0..count)
+            .map(|i| {
+                let bound = |j: u64| {
+                    if j == 0 || j == count {
+                        Vec::new()
+                    } else {
+                        vec![(j * 256 / count) as u8]
+                    }
+                };
+                Region {
+                    id: i + 1,
+                    start: bound(i),
+                    end: bound(i + 1),
+                    epoch: Epoch {
+                        conf_ver: 1,
+                        version: 1,
+                    },
+                    peers: (1..=cfg.nodes)
+                        .map(|node| PeerMeta {
+                            id: (i + 1) * 100 + node,
+                            node,
+                            shard: (i % u64::from(cfg.shards)) as u32,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            cfg,
+            now: 0,
+            dir,
+            cache: SharedBlockCache::new(64 << 20),
+            regions,
+            disks: BTreeMap::new(),
+            shards: BTreeMap::new(),
+            net: Vec::new(),
+            net_seq: 0,
+            cut: BTreeSet::new(),
+            ops: Vec::new(),
+            by_request: BTreeMap::new(),
+            next_request: 1,
+        };
+        for node in 1..=sim.cfg.nodes {
+            for shard in 0..sim.cfg.shards {
+                sim.disks.insert((node, shard), MemDisk::new());
+                let kv = sim.open_kv((node, shard));
+                for region in sim.regions.iter().filter(|r| r.peer_on(node, shard).is_some()) {
+                    apply::save_region(&kv, region).expect("bootstrap region state");
+                }
+                drop(kv);
+                sim.start_shard((node, shard)).await;
+            }
+        }
+        for region in sim.regions.clone() {
+            let node = 1 + (region.id - 1) % sim.cfg.nodes;
+            let shard = region
+                .peer_on(node, (region.id as u32 - 1) % sim.cfg.shards)
+                .map(|p| (p.node, p.shard));
+            if let Some(addr) = shard {
+                sim.shards
+                    .get_mut(&addr)
+                    .expect("started")
+                    .core
+                    .campaign(region.id)
+                    .expect("bootstrap campaign");
+            }
+        }
+        sim.settle().await;
+        sim
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.cfg.seed
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    pub fn net_mut(&mut self) -> &mut NetConfig {
+        &mut self.cfg.net
+    }
+
+    fn open_kv(&self, (node, shard): ShardAddr) -> KvEngine {
+        let path = self.dir.path().join(format!("n{node}-s{shard}"));
+        KvEngine::open(&path, &KvConfig::default(), &self.cache).expect("open the simulated KV engine")
+    }
+
+    /// Opens a shard's engines and restores its peers from them (bootstrap and restart).
+    async fn start_shard(&mut self, addr: ShardAddr) {
+        let disk = self.disks[&addr].clone();
+        let (log, _) = LogEngine::open(
+            disk,
+            LogConfig {
+                segment_bytes: 1 << 20,
+                entry_bytes_max: 256 << 10,
+                ..LogConfig::default()
+            },
+        )
+        .await
+        .expect("open the simulated log engine");
+        let kv = self.open_kv(addr);
+        let mut core = RaftCore::new(addr.0, addr.1, self.cfg.raft.clone(), self.cfg.seed);
+        for region in apply::load_regions(&kv).expect("region states") {
+            let storage = apply::restore_storage(&log, &region)
+                .await
+                .expect("restore raft storage");
+            let applied = apply::applied_index(&kv, region.id).expect("applied index");
+            core.add_peer(region, storage, applied).expect("add peer");
+        }
+        self.shards.insert(addr, SimShard { core, log, kv });
+    }
+
+    /// Power loss on `node`: its engines close and whatever the log had not synced is gone.
+    pub fn crash(&mut self, node: u64) {
+        for shard in 0..self.cfg.shards {
+            self.shards.remove(&(node, shard));
+            self.disks[&(node, shard)].crash();
+        }
+    }
+
+    pub async fn restart(&mut self, node: u64) {
+        for shard in 0..self.cfg.shards {
+            if !self.shards.contains_key(&(node, shard)) {
+                self.start_shard((node, shard)).await;
+            }
+        }
+    }
+
+    /// The index `node`'s replica of `region_id` has applied (None if the node is down).
+    pub fn applied(&self, node: u64, region_id: u64) -> Option<u64> {
+        let region = self.regions.iter().find(|r| r.id == region_id)?;
+        let peer = region.peer_on(node, region.peers.iter().find(|p| p.node == node)?.shard)?;
+        let shard = self.shards.get(&(peer.node, peer.shard))?;
+        apply::applied_index(&shard.kv, region_id).ok()
+    }
+
+    pub fn is_up(&self, node: u64) -> bool {
+        self.shards.contains_key(&(node, 0))
+    }
+
+    /// Cuts `node` off from every other node (both directions).
+    pub fn isolate(&mut self, node: u64) {
+        for other in 1..=self.cfg.nodes {
+            if other != node {
+                self.cut.insert((node.min(other), node.max(other)));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// The node whose replica of `region_id` leads: of the live replicas that believe they
+    /// do, the one with the highest term (a cut-off old leader may still believe it).
+    pub fn leader(&self, region_id: u64) -> Option<u64> {
+        self.leader_addr(region_id).map(|(node, _)| node)
+    }
+
+    fn leader_addr(&self, region_id: u64) -> Option<ShardAddr> {
+        self.shards
+            .iter()
+            .filter(|(_, s)| s.core.is_leader(region_id))
+            .max_by_key(|(_, s)| s.core.term(region_id))
+            .map(|(addr, _)| *addr)
+    }
+
+    fn region_of(&self, key: &[u8]) -> &Region {
+        self.regions
+            .iter()
+            .find(|r| r.contains(key))
+            .expect("regions cover the key space")
+    }
+
+    /// One tick of simulated time: every live core ticks, then the cluster runs until quiet.
+    pub async fn tick(&mut self) {
+        self.now += 1;
+        for shard in self.shards.values_mut() {
+            shard.core.tick();
+        }
+        self.drive_clients();
+        self.settle().await;
+    }
+
+    pub async fn ticks(&mut self, n: u64) {
+        for _ in 0..n {
+            self.tick().await;
+        }
+    }
+
+    /// Delivers due messages and runs every shard's ready loop until nothing moves.
+    async fn settle(&mut self) {
+        loop {
+            let mut moved = self.deliver();
+            let addrs: Vec<ShardAddr> = self.shards.keys().copied().collect();
+            for addr in addrs {
+                moved |= self.run_ready(addr).await;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self) -> bool {
+        let now = self.now;
+        let (due, later): (Vec<InFlight>, Vec<InFlight>) = self.net.drain(..).partition(|m| m.deliver_at <= now);
+        self.net = later;
+        let mut due = due;
+        due.sort_by_key(|m| (m.deliver_at, m.seq));
+        let moved = !due.is_empty();
+        for m in due {
+            let to = (m.msg.to.node, m.msg.to.shard);
+            if let Some(shard) = self.shards.get_mut(&to) {
+                let _ = shard.core.step(m.msg);
+            }
+        }
+        moved
+    }
+
+    fn send(&mut self, msgs: Vec<RaftMessage>) {
+        for msg in msgs {
+            let (a, b) = (msg.from.node, msg.to.node);
+            if self.cut.contains(&(a.min(b), a.max(b))) || self.chance(self.cfg.net.drop_ppm) {
+                continue;
+            }
+            let copies = if self.chance(self.cfg.net.duplicate_ppm) { 2 } else { 1 };
+            for _ in 0..copies {
+                let delay = self.rng.next_u64() % (self.cfg.net.delay_ticks_max + 1);
+                self.net_seq += 1;
+                self.net.push(InFlight {
+                    deliver_at: self.now + delay,
+                    seq: self.net_seq,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    fn chance(&mut self, ppm: u32) -> bool {
+        ppm > 0 && (self.rng.next_u32() % 1_000_000) < ppm
+    }
+
+    /// One iteration of a shard's loop, exactly as the shard runtime will run it.
+    async fn run_ready(&mut self, addr: ShardAddr) -> bool {
+        let Some(shard) = self.shards.get_mut(&addr) else {
+            return false;
+        };
+        let rd = shard.core.ready();
+        if rd.is_empty() {
+            return self.take_responses(addr);
+        }
+        self.send(rd.messages);
+        let shard = self.shards.get_mut(&addr).expect("present");
+        if !rd.log_batch.is_empty() {
+            shard
+                .log
+                .append(&rd.log_batch)
+                .await
+                .expect("the simulated disk does not fail");
+        }
+        shard.core.on_persisted(&rd.persisted);
+        for task in rd.apply {
+            let (applied, outcomes) = apply::apply(&shard.kv, &task.region, &task.entries).expect("apply");
+            shard.core.on_applied(task.region.id, applied, outcomes);
+        }
+        self.send(rd.after_persist);
+        self.take_responses(addr);
+        true
+    }
+
+    fn take_responses(&mut self, addr: ShardAddr) -> bool {
+        let Some(shard) = self.shards.get_mut(&addr) else {
+            return false;
+        };
+        let responses = shard.core.take_responses();
+        let moved = !responses.is_empty();
+        for response in responses {
+            let (id, result) = match response {
+                Response::Written { id, outcome } => (id, Ok(Answer::Written(outcome))),
+                Response::ReadReady { id, .. } => {
+                    let key = self.by_request.get(&id).map(|&i| self.ops[i].op.key.clone());
+                    let shard = self.shards.get(&addr).expect("present");
+                    match key.map(|k| apply::read(&shard.kv, &k)) {
+                        Some(Ok(v)) => (id, Ok(Answer::Read(v))),
+                        Some(Err(e)) => (id, Err(e)),
+                        None => continue,
+                    }
+                }
+                Response::Failed { id, error } => (id, Err(error)),
+            };
+            self.answer(id, result);
+        }
+        moved
+    }
+
+    // ---- clients ----
+
+    /// Starts a client operation; its result lands in the history.
+    pub fn submit(&mut self, client: u64, key: Vec<u8>, kind: OpKind) {
+        self.submit_on(None, client, key, kind);
+    }
+
+    /// Like `submit`, but always sent to `node`'s replica, whatever it believes about
+    /// leadership: what a client with a stale leader cache does.
+    pub fn submit_to(&mut self, node: u64, client: u64, key: Vec<u8>, kind: OpKind) {
+        self.submit_on(Some(node), client, key, kind);
+    }
+
+    fn submit_on(&mut self, pinned: Option<u64>, client: u64, key: Vec<u8>, kind: OpKind) {
+        let command = match &kind {
+            OpKind::Put { value } => Some(Command::Put {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            OpKind::Delete => Some(Command::Delete { key: key.clone() }),
+            OpKind::Cas { expected, new, .. } => Some(Command::CompareAndSwap {
+                key: key.clone(),
+                expected: expected.clone(),
+                new: new.clone(),
+            }),
+            OpKind::Get { .. } => None,
+        };
+        let call_ns = self.time_ns();
+        let op = Op {
+            client,
+            key,
+            kind,
+            call_ns,
+            return_ns: None,
+        };
+        let deadline = self.now + self.cfg.op_ticks_max;
+        self.ops.push(ClientOp {
+            op,
+            command,
+            deadline,
+            attempt: None,
+            ambiguous: false,
+            pinned,
+            done: false,
+        });
+    }
+
+    /// Simulated time in ns for the history: ticks, with room to order events within one.
+    fn time_ns(&mut self) -> i64 {
+        self.net_seq += 1;
+        (self.now * 1_000_000 + self.net_seq % 1_000_000) as i64
+    }
+
+    pub fn pending_ops(&self) -> usize {
+        self.ops.iter().filter(|o| !o.done).count()
+    }
+
+    /// Runs ticks until every submitted operation has finished (each has a deadline).
+    pub async fn run_until_done(&mut self) {
+        while self.pending_ops() > 0 {
+            self.tick().await;
+        }
+    }
+
+    /// The history so far (finished operations; unknown outcomes have no return time).
+    pub fn history(&self) -> Vec<Op> {
+        self.ops.iter().filter(|o| o.done).map(|o| o.op.clone()).collect()
+    }
+
+    fn drive_clients(&mut self) {
+        for i in 0..self.ops.len() {
+            if self.ops[i].done {
+                continue;
+            }
+            if let Some((id, _, sent)) = self.ops[i].attempt {
+                if self.now < sent + self.cfg.attempt_ticks_max {
+                    continue;
+                }
+                // No answer in time: a write may or may not have happened.
+                self.by_request.remove(&id);
+                self.ops[i].attempt = None;
+                if self.ops[i].command.is_some() {
+                    self.ops[i].ambiguous = true;
+                    self.finish(i, None);
+                    continue;
+                }
+            }
+            if self.now >= self.ops[i].deadline {
+                self.finish(i, None);
+                continue;
+            }
+            self.attempt(i);
+        }
+    }
+
+    /// Sends op `i` to the shard whose replica leads its region (the client's region cache
+    /// and leader hints are the routing layer's job; here every live replica is asked).
+    fn attempt(&mut self, i: usize) {
+        let region = self.region_of(&self.ops[i].op.key).clone();
+        let target = match self.ops[i].pinned {
+            Some(node) => region.peers.iter().find(|p| p.node == node).map(|p| (p.node, p.shard)),
+            None => self.leader_addr(region.id),
+        };
+        let Some(addr) = target.filter(|a| self.shards.contains_key(a)) else {
+            return; // no leader known (or the pinned node is down): try again next tick
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        self.by_request.insert(id, i);
+        self.ops[i].attempt = Some((id, addr, self.now));
+        let shard = self.shards.get_mut(&addr).expect("leader is live");
+        match self.ops[i].command.clone() {
+            Some(cmd) => shard.core.propose(id, region.id, region.epoch, cmd),
+            None => shard.core.read(id, region.id, region.epoch),
+        }
+    }
+
+    fn answer(&mut self, id: RequestId, result: Result<Answer, Error>) {
+        let Some(i) = self.by_request.remove(&id) else { return };
+        self.ops[i].attempt = None;
+        match result {
+            Ok(answer) => self.finish(i, Some(answer)),
+            // Definitely not applied: the client may try again.
+            Err(Error::NotLeader { .. } | Error::ServerBusy(_) | Error::EpochNotMatch { .. }) => {}
+            Err(Error::ProposalDropped { .. }) if !self.ops[i].ambiguous => {}
+            Err(e) => panic!("seed {}: request failed for good: {e}", self.cfg.seed),
+        }
+    }
+
+    fn finish(&mut self, i: usize, answer: Option<Answer>) {
+        let now = self.time_ns();
+        let op = &mut self.ops[i];
+        op.done = true;
+        match answer {
+            None => op.op.return_ns = None,
+            Some(answer) => {
+                op.op.return_ns = Some(now);
+                match (&mut op.op.kind, answer) {
+                    (OpKind::Get { observed }, Answer::Read(v)) => *observed = v,
+                    (OpKind::Cas { succeeded, .. }, Answer::Written(Outcome::Cas { succeeded: s, .. })) => {
+                        *succeeded = s
+                    }
+                    (OpKind::Put { .. } | OpKind::Delete, Answer::Written(Outcome::Done)) => {}
+                    (kind, answer) => panic!("seed {}: answer {answer:?} does not fit {kind:?}", self.cfg.seed),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Answer {
+    Written(Outcome),
+    Read(Option<Vec<u8>>),
+}
+
+/// Runs `f` on a fresh glommio executor (the engines' home) and returns its output.
+pub fn run<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .spawn(f)
+        .expect("spawn a glommio executor")
+        .join()
+        .expect("simulation panicked")
+}
