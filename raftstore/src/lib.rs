@@ -17,8 +17,8 @@
 //! Must not: open sockets, spawn threads, or depend on `shard`/`tools`. The shard runtime and
 //! the simulator drive the same `RaftCore`.
 //!
-//! Not yet (next steps of this crate): snapshots and log GC, leader-lease reads (reads use
-//! ReadIndex today), membership changes, proposal batching per region.
+//! Not yet (next steps of this crate): snapshots and log GC, membership changes, proposal
+//! batching per region.
 
 pub mod apply;
 pub mod cmd;
@@ -31,6 +31,6 @@ pub mod storage;
 
 pub use cmd::{Command, Outcome};
 pub use error::{Error, Result};
-pub use raft_core::{RaftConfig, RaftCore, RaftMessage, RequestId, Response, ShardReady};
+pub use raft_core::{RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady};
 pub use region::{Epoch, PeerMeta, Region};
 pub use storage::PeerStorage;

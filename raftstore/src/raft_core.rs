@@ -41,6 +41,12 @@ pub struct RaftConfig {
     pub max_inflight_msgs: usize,
     /// Requests waiting in one region (proposed or reading) before `ServerBusy`.
     pub pending_requests_max: usize,
+    /// How long a confirmed leadership lets the leader serve reads alone, counted from when
+    /// the confirming round (a proposal or a ReadIndex heartbeat) was SENT. Strictly shorter
+    /// than `election_tick`: no other leader can be elected before that many ticks pass
+    /// after a quorum heard from this one (check-quorum and pre-vote make followers refuse
+    /// votes until then). The margin covers tick skew between nodes.
+    pub lease_ticks: usize,
 }
 
 impl Default for RaftConfig {
@@ -51,6 +57,7 @@ impl Default for RaftConfig {
             max_size_per_msg_bytes: 1 << 20,
             max_inflight_msgs: 256,
             pending_requests_max: 4096,
+            lease_ticks: 8,
         }
     }
 }
@@ -119,6 +126,8 @@ struct PendingWrite {
     index: u64,
     term: u64,
     id: RequestId,
+    /// Tick it was proposed at: once applied in its term, a quorum heard from us after it.
+    proposed_at: u64,
 }
 
 struct Peer {
@@ -128,7 +137,11 @@ struct Peer {
     writes: VecDeque<PendingWrite>,
     /// Reads whose ReadIndex is known, waiting for apply to reach it.
     reads: VecDeque<(u64, RequestId)>,
-    reads_in_flight: usize,
+    /// ReadIndex requests sent, with the tick their heartbeat round went out.
+    reads_in_flight: BTreeMap<RequestId, u64>,
+    /// The leader lease: valid while `now < lease_until` in term `lease_term`.
+    lease_until: u64,
+    lease_term: u64,
     applied: u64,
     /// (term, role, leader) when the election timeout was last drawn.
     timeout_key: Option<(u64, StateRole, u64)>,
@@ -151,10 +164,35 @@ impl Peer {
     }
 
     fn check_busy(&self, limit: usize) -> Result<()> {
-        if self.writes.len() + self.reads.len() + self.reads_in_flight >= limit {
+        if self.writes.len() + self.reads.len() + self.reads_in_flight.len() >= limit {
             return Err(Error::ServerBusy("too many requests waiting in this region"));
         }
         Ok(())
+    }
+
+    /// Extends the lease: a quorum acknowledged a round we sent at tick `sent_at`.
+    fn renew_lease(&mut self, sent_at: u64, lease_ticks: usize) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let term = self.raw.raft.term;
+        let until = sent_at + lease_ticks as u64;
+        if self.lease_term != term {
+            self.lease_term = term;
+            self.lease_until = until;
+        } else {
+            self.lease_until = self.lease_until.max(until);
+        }
+    }
+
+    /// Whether this leader may serve a read alone at tick `now`.
+    fn in_lease(&self, now: u64) -> bool {
+        let raft = &self.raw.raft;
+        raft.state == StateRole::Leader
+            && self.lease_term == raft.term
+            && now < self.lease_until
+            // Its commit index is only known to be current once it committed in its term.
+            && raft.commit_to_current_term()
     }
 
     /// Answers the reads whose ReadIndex the state machine has reached.
@@ -199,6 +237,18 @@ pub struct RaftCore {
     /// Randomness comes from outside: a generator seeded by the caller draws every election
     /// timeout, so a run replays exactly from its seed.
     rng: u64,
+    /// Ticks seen: the core's only notion of time (leases are measured in it).
+    now: u64,
+    stats: ReadStats,
+}
+
+/// How reads were served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// By the leader alone, within its lease.
+    pub lease: u64,
+    /// After a ReadIndex round (no lease, or it ran out).
+    pub read_index: u64,
 }
 
 impl RaftCore {
@@ -206,15 +256,22 @@ impl RaftCore {
     pub fn new(node: u64, shard: u32, cfg: RaftConfig, seed: u64) -> RaftCore {
         // raft-rs logs through slog; its messages are not needed (our tracing covers roles).
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+        assert!(
+            cfg.lease_ticks < cfg.election_tick,
+            "the lease must be strictly shorter than the election timeout"
+        );
         let rng = seed ^ ((node << 32) | u64::from(shard));
+        let (peers, responses, stats) = (BTreeMap::new(), Vec::new(), ReadStats::default());
         RaftCore {
             node,
             shard,
             cfg,
-            peers: BTreeMap::new(),
-            responses: Vec::new(),
+            peers,
+            responses,
             logger,
             rng,
+            now: 0,
+            stats,
         }
     }
 
@@ -268,7 +325,9 @@ impl RaftCore {
             raw,
             writes: VecDeque::new(),
             reads: VecDeque::new(),
-            reads_in_flight: 0,
+            reads_in_flight: BTreeMap::new(),
+            lease_until: 0,
+            lease_term: 0,
             applied,
             timeout_key: None,
         };
@@ -312,6 +371,7 @@ impl RaftCore {
 
     /// One logical clock tick for every peer.
     pub fn tick(&mut self) {
+        self.now += 1;
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             self.peers.get_mut(&id).expect("listed").raw.tick();
@@ -369,12 +429,15 @@ impl RaftCore {
             index,
             term: peer.raw.raft.term,
             id,
+            proposed_at: self.now,
         });
         Ok(())
     }
 
-    /// A linearizable read (ReadIndex): answered with `ReadReady` once the state machine has
-    /// applied everything committed when the read arrived.
+    /// A linearizable read, answered with `ReadReady` once the state machine has applied
+    /// everything committed when the read arrived. Within the leader's lease that commit index
+    /// is known at once; otherwise a ReadIndex round confirms leadership first (and renews the
+    /// lease).
     pub fn read(&mut self, id: RequestId, region_id: u64, epoch: Epoch) {
         if let Err(error) = self.try_read(id, region_id, epoch) {
             self.responses.push(Response::Failed { id, error });
@@ -387,8 +450,15 @@ impl RaftCore {
         peer.check_leader()?;
         peer.region.check_epoch(epoch)?;
         peer.check_busy(limit)?;
-        peer.raw.read_index(id.to_be_bytes().to_vec());
-        peer.reads_in_flight += 1;
+        if peer.in_lease(self.now) {
+            self.stats.lease += 1;
+            peer.reads.push_back((peer.raw.raft.raft_log.committed, id));
+            peer.serve_reads(&mut self.responses);
+        } else {
+            self.stats.read_index += 1;
+            peer.raw.read_index(id.to_be_bytes().to_vec());
+            peer.reads_in_flight.insert(id, self.now);
+        }
         Ok(())
     }
 
@@ -407,7 +477,9 @@ impl RaftCore {
             peer.wrap(rd.take_messages(), &mut out.messages);
             for rs in rd.take_read_states() {
                 let id = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().expect("we wrote 8 bytes"));
-                peer.reads_in_flight = peer.reads_in_flight.saturating_sub(1);
+                if let Some(sent_at) = peer.reads_in_flight.remove(&id) {
+                    peer.renew_lease(sent_at, self.cfg.lease_ticks);
+                }
                 peer.reads.push_back((rs.index, id));
             }
             // Reads whose index is applied already are served now: nothing else may be
@@ -467,6 +539,9 @@ impl RaftCore {
                     break;
                 }
                 let w = peer.writes.pop_front().expect("front exists");
+                if w.index == index && w.term == term {
+                    peer.renew_lease(w.proposed_at, self.cfg.lease_ticks);
+                }
                 let response = match (&outcome, w.index == index && w.term == term) {
                     (Some(Ok(o)), true) => Response::Written {
                         id: w.id,
@@ -491,6 +566,10 @@ impl RaftCore {
         peer.applied = applied;
         peer.raw.advance_apply_to(applied);
         peer.serve_reads(&mut self.responses);
+    }
+
+    pub fn read_stats(&self) -> ReadStats {
+        self.stats
     }
 
     pub fn take_responses(&mut self) -> Vec<Response> {

@@ -262,6 +262,20 @@ impl Sim {
         apply::applied_index(&shard.kv, region_id).ok()
     }
 
+    /// How the live shards served reads so far (summed).
+    pub fn read_stats(&self) -> crate::ReadStats {
+        self.shards.values().fold(crate::ReadStats::default(), |mut sum, s| {
+            let r = s.core.read_stats();
+            sum.lease += r.lease;
+            sum.read_index += r.read_index;
+            sum
+        })
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
     pub fn is_up(&self, node: u64) -> bool {
         self.shards.contains_key(&(node, 0))
     }
