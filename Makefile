@@ -5,7 +5,7 @@
 CARGO := scripts/cargo.sh
 DATA_DIR ?= /tmp/corekv-demo
 
-.PHONY: run test build lint bench-storage deps clean-demo
+.PHONY: run test build lint bench-storage bench-raft deps
 
 ## run: build and run the storage demo (both engines, real figures) until the cluster lands
 run:
@@ -29,6 +29,10 @@ lint:
 ## bench-storage: the storage benchmarks of the README (floor, log engine, RocksDB-as-log, KV)
 bench-storage:
 	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- storage --dir $(or $(BENCH_DIR),/var/tmp/corekv-bench)
+
+## bench-raft: the Multi-Raft core in the deterministic simulator (proposals/s, where time goes)
+bench-raft:
+	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- raft
 
 deps:
 	scripts/deps.sh

@@ -1,10 +1,11 @@
 //! `corekv-bench`: corekv measured side by side with its floor and its peers.
 //!
-//! Owns: the command line. Each subcommand lives in its own module; today `storage` (both
-//! engines against the disk's floor and RocksDB-as-raft-log). The YCSB harness against etcd
-//! joins as `ycsb` with the running cluster.
+//! Owns: the command line. Each subcommand lives in its own module: `storage` (both engines
+//! against the disk's floor and RocksDB-as-raft-log), `raft` (the Multi-Raft core in the
+//! simulator). The YCSB harness against etcd joins as `ycsb` with the running cluster.
 
 mod floor;
+mod raft;
 mod report;
 mod storage;
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Storage engines vs the raw fdatasync floor and vs RocksDB used as the raft log.
     Storage(storage::StorageArgs),
+    /// The Multi-Raft core in the simulator: proposals/s per shard, core vs log engine time.
+    Raft(raft::RaftArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,5 +46,6 @@ fn run() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
+        Command::Raft(args) => raft::run(&args),
     }
 }

@@ -14,6 +14,7 @@
 //! tests of later crates (txn, the client) can use it too.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use corekv_storage::kv::{KvConfig, KvEngine, SharedBlockCache};
 use corekv_storage::raftlog::{LogConfig, LogEngine, MemDisk};
@@ -70,6 +71,20 @@ impl SimConfig {
     }
 }
 
+/// Where the simulated shards spent their time (wall time, single thread: CPU time). Measured
+/// only, never used for a decision, so runs stay replayable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimTiming {
+    /// In `RaftCore`: ready, step, persisted/applied bookkeeping.
+    pub core: Duration,
+    /// In the log engine's `append` (on `MemDisk`: its CPU cost alone).
+    pub log: Duration,
+    /// In the apply step (RocksDB writes).
+    pub apply: Duration,
+    /// Writes answered.
+    pub writes: u64,
+}
+
 struct SimShard {
     core: RaftCore,
     log: LogEngine<MemDisk>,
@@ -112,6 +127,7 @@ pub struct Sim {
     ops: Vec<ClientOp>,
     by_request: BTreeMap<RequestId, usize>,
     next_request: RequestId,
+    timing: SimTiming,
 }
 
 impl Sim {
@@ -162,6 +178,7 @@ impl Sim {
             ops: Vec::new(),
             by_request: BTreeMap::new(),
             next_request: 1,
+            timing: SimTiming::default(),
         };
         for node in 1..=sim.cfg.nodes {
             for shard in 0..sim.cfg.shards {
@@ -351,12 +368,14 @@ impl Sim {
         let mut due = due;
         due.sort_by_key(|m| (m.deliver_at, m.seq));
         let moved = !due.is_empty();
+        let t0 = Instant::now();
         for m in due {
             let to = (m.msg.to.node, m.msg.to.shard);
             if let Some(shard) = self.shards.get_mut(&to) {
                 let _ = shard.core.step(m.msg);
             }
         }
+        self.timing.core += t0.elapsed();
         moved
     }
 
@@ -388,23 +407,33 @@ impl Sim {
         let Some(shard) = self.shards.get_mut(&addr) else {
             return false;
         };
+        let t0 = Instant::now();
         let rd = shard.core.ready();
+        self.timing.core += t0.elapsed();
         if rd.is_empty() {
             return self.take_responses(addr);
         }
         self.send(rd.messages);
         let shard = self.shards.get_mut(&addr).expect("present");
         if !rd.log_batch.is_empty() {
+            let t0 = Instant::now();
             shard
                 .log
                 .append(&rd.log_batch)
                 .await
                 .expect("the simulated disk does not fail");
+            self.timing.log += t0.elapsed();
         }
+        let t0 = Instant::now();
         shard.core.on_persisted(&rd.persisted);
+        self.timing.core += t0.elapsed();
         for task in rd.apply {
+            let t0 = Instant::now();
             let (applied, outcomes) = apply::apply(&shard.kv, &task.region, &task.entries).expect("apply");
+            let t1 = Instant::now();
             shard.core.on_applied(task.region.id, applied, outcomes);
+            self.timing.apply += t1 - t0;
+            self.timing.core += t1.elapsed();
         }
         self.send(rd.after_persist);
         self.take_responses(addr);
@@ -419,7 +448,10 @@ impl Sim {
         let moved = !responses.is_empty();
         for response in responses {
             let (id, result) = match response {
-                Response::Written { id, outcome } => (id, Ok(Answer::Written(outcome))),
+                Response::Written { id, outcome } => {
+                    self.timing.writes += 1;
+                    (id, Ok(Answer::Written(outcome)))
+                }
                 Response::ReadReady { id, .. } => {
                     let key = self.by_request.get(&id).map(|&i| self.ops[i].op.key.clone());
                     let shard = self.shards.get(&addr).expect("present");
@@ -498,6 +530,17 @@ impl Sim {
         while self.pending_ops() > 0 {
             self.tick().await;
         }
+    }
+
+    pub fn timing(&self) -> SimTiming {
+        self.timing
+    }
+
+    /// Forgets finished operations (long benchmark runs); only when none is pending.
+    pub fn clear_history(&mut self) {
+        assert_eq!(self.pending_ops(), 0, "operations still pending");
+        self.ops.clear();
+        self.by_request.clear();
     }
 
     /// The history so far (finished operations; unknown outcomes have no return time).

@@ -246,6 +246,9 @@ struct MemFile {
     /// What reads see.
     current: Vec<u8>,
     allocated: u64,
+    /// Byte ranges written since the last sync: what a sync makes durable (copying only
+    /// those keeps a sync's cost proportional to what was written, as on a real disk).
+    dirty: Vec<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -281,6 +284,7 @@ impl MemDisk {
         for file in self.state.borrow().files.values() {
             let mut f = file.borrow_mut();
             f.current = f.durable.clone();
+            f.dirty.clear();
         }
     }
 
@@ -296,6 +300,7 @@ impl MemDisk {
         let mut file = file.borrow_mut();
         let r = f(&mut file.current);
         file.durable = file.current.clone();
+        file.dirty.clear();
         Some(r)
     }
 
@@ -408,6 +413,7 @@ impl DiskFile for MemDiskFile {
             f.current.resize(end, 0);
         }
         f.current[pos as usize..end].copy_from_slice(&buf);
+        f.dirty.push((pos as usize, end));
         Ok(())
     }
 
@@ -431,7 +437,13 @@ impl DiskFile for MemDiskFile {
             return Err(eio());
         }
         let mut f = self.file.borrow_mut();
-        f.durable = f.current.clone();
+        let f = &mut *f;
+        if f.durable.len() < f.current.len() {
+            f.durable.resize(f.current.len(), 0);
+        }
+        for (from, to) in f.dirty.drain(..) {
+            f.durable[from..to].copy_from_slice(&f.current[from..to]);
+        }
         Ok(())
     }
 
