@@ -10,6 +10,8 @@
 //! exactly the entries after it. The batch is not synced: the Raft log holds every applied
 //! entry until log GC, which must flush the KV engine first.
 
+use std::path::Path;
+
 use corekv_storage::kv::{Cf, KeyRange, KvEngine, KvRead, WriteBatch};
 use corekv_storage::raftlog::{Disk, LogEngine};
 use protobuf::Message as _;
@@ -17,7 +19,7 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
-use crate::raft_core::HARD_STATE_KEY;
+use crate::raft_core::{HARD_STATE_KEY, TRUNCATED_KEY};
 use crate::region::{Epoch, PeerMeta, Region};
 use crate::storage::PeerStorage;
 
@@ -162,6 +164,20 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region) -> Re
     let Some((first, last)) = log.span(region.id) else {
         return Ok(PeerStorage::restore(hard_state, voters, (0, 0), Vec::new()));
     };
+    let truncated = match log.state(region.id, TRUNCATED_KEY) {
+        Some(v) if v.len() == 16 => {
+            let index = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            (index, u64::from_be_bytes(v[8..].try_into().expect("8 bytes")))
+        }
+        Some(_) => return Err(Error::Storage(format!("region {}: bad truncation state", region.id))),
+        None => (0, 0),
+    };
+    if truncated.0 + 1 != first {
+        return Err(Error::Storage(format!(
+            "region {}: log starts at {first}, truncated at {}",
+            region.id, truncated.0
+        )));
+    }
     let mut entries = Vec::new();
     if last >= first {
         for e in log.fetch(region.id, first, last + 1, usize::MAX).await? {
@@ -174,17 +190,7 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region) -> Re
             entries.push(entry);
         }
     }
-    let truncated_term = if first > 1 {
-        log.term(region.id, first - 1).unwrap_or(0)
-    } else {
-        0
-    };
-    Ok(PeerStorage::restore(
-        hard_state,
-        voters,
-        (first - 1, truncated_term),
-        entries,
-    ))
+    Ok(PeerStorage::restore(hard_state, voters, truncated, entries))
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -230,4 +236,117 @@ fn decode_region(bytes: &[u8]) -> Result<Region> {
             .map(|(id, node, shard)| PeerMeta { id, node, shard })
             .collect(),
     })
+}
+
+/// Column families a region snapshot carries.
+const SNAPSHOT_CFS: [Cf; 3] = [Cf::Default, Cf::Lock, Cf::Write];
+
+/// The region's user data in the KV engine, as a key range.
+fn data_range(region: &Region) -> Result<KeyRange> {
+    let end = if region.end.is_empty() {
+        vec![DATA_PREFIX[0] + 1]
+    } else {
+        data_key(&region.end)
+    };
+    Ok(KeyRange::new(data_key(&region.start), end)?)
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotFile {
+    cf: u8,
+    sst: Vec<u8>,
+    keys: u64,
+    crc32c: u32,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotData {
+    applied: u64,
+    files: Vec<SnapshotFile>,
+}
+
+fn cf_code(cf: Cf) -> u8 {
+    SNAPSHOT_CFS.iter().position(|&c| c == cf).expect("a snapshot CF") as u8
+}
+
+/// Builds a snapshot of `region` from ONE consistent view of the KV engine: SST files of its
+/// range for every data CF, each with its key count and checksum, and the applied index read
+/// from that same view (so data and index agree). `dir` holds the files while they are read.
+/// Slow (scans the region): the shard runs it through `KvEngine::offload`.
+pub fn generate_snapshot(kv: &KvEngine, region: &Region, dir: &Path) -> Result<(u64, Vec<u8>)> {
+    let view = kv.snapshot();
+    let applied = match view.get(Cf::Meta, &meta_key(region.id, APPLIED_SUFFIX))? {
+        Some(v) => u64::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| Error::Storage("bad applied index".into()))?,
+        ),
+        None => 0,
+    };
+    let dir = dir.join(format!("gen-{}-{applied}", region.id));
+    let exports = view.export_ssts(&dir, &SNAPSHOT_CFS, &data_range(region)?)?;
+    let mut files = Vec::with_capacity(exports.len());
+    for e in exports {
+        let sst =
+            std::fs::read(&e.path).map_err(|err| Error::Storage(format!("reading {}: {err}", e.path.display())))?;
+        files.push(SnapshotFile {
+            cf: cf_code(e.cf),
+            sst,
+            keys: e.digest.keys,
+            crc32c: e.digest.crc32c,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = SnapshotData { applied, files };
+    Ok((
+        applied,
+        rkyv::to_bytes::<rkyv::rancor::Error>(&data)
+            .expect("in memory")
+            .into_vec(),
+    ))
+}
+
+/// Installs a leader's snapshot of `region` at `index`: clears the region's data, ingests the
+/// files, checks every CF against the sender's key count and checksum, and records `index` as
+/// applied (synced). A mismatch is an error: a region must never run on half a snapshot.
+pub fn install_snapshot(kv: &KvEngine, region: &Region, index: u64, data: &[u8], dir: &Path) -> Result<()> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(data.len());
+    aligned.extend_from_slice(data);
+    let snap = rkyv::from_bytes::<SnapshotData, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| Error::Storage(format!("undecodable snapshot: {e}")))?;
+    if snap.applied != index {
+        return Err(Error::Storage(format!(
+            "snapshot data at {} announced at {index}",
+            snap.applied
+        )));
+    }
+    let range = data_range(region)?;
+    let end = range.end().expect("a region's data range is bounded").to_vec();
+    let mut clear = kv.write_batch();
+    for cf in SNAPSHOT_CFS {
+        clear.delete_range(cf, range.start(), &end)?;
+    }
+    kv.write(clear, false)?;
+    let dir = dir.join(format!("install-{}-{index}", region.id));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(format!("snapshot dir: {e}")))?;
+    for (i, file) in snap.files.iter().enumerate() {
+        let cf = *SNAPSHOT_CFS
+            .get(file.cf as usize)
+            .ok_or_else(|| Error::Storage("unknown snapshot CF".into()))?;
+        let path = dir.join(format!("{i}.sst"));
+        std::fs::write(&path, &file.sst).map_err(|e| Error::Storage(format!("writing {}: {e}", path.display())))?;
+        kv.ingest(cf, std::slice::from_ref(&path))?;
+        let got = kv.snapshot().digest(cf, &range)?;
+        if (got.keys, got.crc32c) != (file.keys, file.crc32c) {
+            return Err(Error::Storage(format!(
+                "region {}: snapshot CF {cf:?} fails its checksum",
+                region.id
+            )));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut done = kv.write_batch();
+    done.put(Cf::Meta, &meta_key(region.id, APPLIED_SUFFIX), &index.to_be_bytes())?;
+    kv.write(done, true)?;
+    Ok(())
 }

@@ -17,8 +17,9 @@
 //! Must not: open sockets, spawn threads, or depend on `shard`/`tools`. The shard runtime and
 //! the simulator drive the same `RaftCore`.
 //!
-//! Not yet (next steps of this crate): snapshots and log GC, membership changes, proposal
-//! batching per region.
+//! Not yet (next steps of this crate): membership changes, proposal batching per region, and
+//! streaming snapshots in bounded chunks (the transport's part; in the simulator a snapshot
+//! travels inside its raft message).
 
 pub mod apply;
 pub mod cmd;

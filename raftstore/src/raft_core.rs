@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use corekv_storage::raftlog::LogBatch;
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, Message};
+use raft::eraftpb::{ConfState, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 
 use crate::cmd::{Command, Outcome};
@@ -28,6 +28,16 @@ use crate::storage::PeerStorage;
 
 /// Key of a region's hard state in the log engine.
 pub const HARD_STATE_KEY: &[u8] = b"hs";
+/// Key of the (index, term) the region's log was truncated at (GC or snapshot).
+pub const TRUNCATED_KEY: &[u8] = b"tr";
+
+/// Encodes a truncation point for `TRUNCATED_KEY`.
+pub fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&index.to_be_bytes());
+    out[8..].copy_from_slice(&term.to_be_bytes());
+    out
+}
 
 /// Identifies a client request within the shard; chosen by the driver.
 pub type RequestId = u64;
@@ -110,6 +120,13 @@ pub struct ShardReady {
     /// Pass back to [`RaftCore::on_persisted`] once `log_batch` is durable.
     pub persisted: Vec<(u64, u64)>,
     pub apply: Vec<ApplyTask>,
+    /// Regions whose leader must send a snapshot: generate one from the KV engine and hand
+    /// it to [`RaftCore::on_snapshot_generated`].
+    pub generate_snapshots: Vec<Region>,
+    /// Snapshots received from leaders: install into the KV engine BEFORE `log_batch` is
+    /// written (it already holds the log's side of the install), then report the applied
+    /// index with `on_applied(region, index, vec![])` after `on_persisted`.
+    pub install_snapshots: Vec<(Region, Snapshot)>,
 }
 
 impl ShardReady {
@@ -119,6 +136,8 @@ impl ShardReady {
             && self.after_persist.is_empty()
             && self.persisted.is_empty()
             && self.apply.is_empty()
+            && self.generate_snapshots.is_empty()
+            && self.install_snapshots.is_empty()
     }
 }
 
@@ -466,14 +485,25 @@ impl RaftCore {
     pub fn ready(&mut self) -> ShardReady {
         let mut out = ShardReady::default();
         for peer in self.peers.values_mut() {
+            if peer.raw.store().take_snapshot_request() {
+                out.generate_snapshots.push(peer.region.clone());
+            }
             if !peer.raw.has_ready() {
                 continue;
             }
             let mut rd = peer.raw.ready();
-            assert!(
-                rd.snapshot().is_empty(),
-                "snapshots are not produced: logs are never truncated yet"
-            );
+            if !rd.snapshot().is_empty() {
+                // The log restarts after the snapshot; its entries (if any) follow below.
+                let snap = rd.snapshot().clone();
+                let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+                let region_id = peer.region.id;
+                out.log_batch.clean(region_id);
+                out.log_batch.compact_to(region_id, index + 1);
+                out.log_batch
+                    .put_state(region_id, TRUNCATED_KEY, &encode_truncated(index, term));
+                peer.raw.mut_store().apply_snapshot(&snap);
+                out.install_snapshots.push((peer.region.clone(), snap));
+            }
             peer.wrap(rd.take_messages(), &mut out.messages);
             for rs in rd.take_read_states() {
                 let id = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().expect("we wrote 8 bytes"));
@@ -566,6 +596,59 @@ impl RaftCore {
         peer.applied = applied;
         peer.raw.advance_apply_to(applied);
         peer.serve_reads(&mut self.responses);
+    }
+
+    /// A snapshot of `region_id` generated from the KV engine at `applied` (its data as the
+    /// driver encoded it): served to raft-rs from now on.
+    pub fn on_snapshot_generated(&mut self, region_id: u64, applied: u64, data: Vec<u8>) {
+        let Some(peer) = self.peers.get_mut(&region_id) else {
+            return;
+        };
+        let term = match raft::Storage::term(peer.raw.store(), applied) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(region_id, applied, error = %e, "snapshot generated past the log; dropped");
+                return;
+            }
+        };
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(ConfState {
+            voters: peer.region.peers.iter().map(|p| p.id).collect(),
+            ..Default::default()
+        });
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.data = data.into();
+        peer.raw.mut_store().set_snapshot(snap);
+    }
+
+    /// Log GC candidates: regions whose log holds more than `keep_entries + slack_entries`
+    /// applied entries, with the index to compact to (keeping the last `keep_entries`). The
+    /// driver must make the KV engine durable first, then compact the log engine, then call
+    /// [`RaftCore::on_compacted`].
+    pub fn gc_candidates(&self, keep_entries: u64, slack_entries: u64) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        for (id, peer) in &self.peers {
+            let (truncated, _) = peer.raw.store().truncated();
+            if peer.applied > truncated + keep_entries + slack_entries {
+                let index = peer.applied - keep_entries;
+                let term = raft::Storage::term(peer.raw.store(), index - 1).expect("inside the log");
+                out.push((*id, index, term));
+            }
+        }
+        out
+    }
+
+    /// The log engine dropped `region_id`'s entries below `index`.
+    pub fn on_compacted(&mut self, region_id: u64, index: u64) {
+        if let Some(peer) = self.peers.get_mut(&region_id) {
+            assert!(index <= peer.applied + 1, "never compact what is not applied");
+            peer.raw.mut_store().compact(index);
+        }
     }
 
     pub fn read_stats(&self) -> ReadStats {

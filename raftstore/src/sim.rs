@@ -54,6 +54,10 @@ pub struct SimConfig {
     pub attempt_ticks_max: u64,
     /// A client operation ends (unknown outcome) after this many ticks.
     pub op_ticks_max: u64,
+    /// Log GC keeps this many applied entries per region...
+    pub gc_keep_entries: u64,
+    /// ...and runs once a region has this many more (so GC batches its work).
+    pub gc_slack_entries: u64,
 }
 
 impl SimConfig {
@@ -67,6 +71,8 @@ impl SimConfig {
             raft: RaftConfig::default(),
             attempt_ticks_max: 30,
             op_ticks_max: 200,
+            gc_keep_entries: 4,
+            gc_slack_entries: 16,
         }
     }
 }
@@ -83,6 +89,8 @@ pub struct SimTiming {
     pub apply: Duration,
     /// Writes answered.
     pub writes: u64,
+    /// Snapshots installed by followers.
+    pub snapshots_installed: u64,
 }
 
 struct SimShard {
@@ -337,6 +345,7 @@ impl Sim {
         for shard in self.shards.values_mut() {
             shard.core.tick();
         }
+        self.gc().await;
         self.drive_clients();
         self.settle().await;
     }
@@ -344,6 +353,39 @@ impl Sim {
     pub async fn ticks(&mut self, n: u64) {
         for _ in 0..n {
             self.tick().await;
+        }
+    }
+
+    /// Log GC on every live shard, as the shard runtime will do it: the KV engine is made
+    /// durable first (the log may then drop what it holds), then the log is compacted.
+    async fn gc(&mut self) {
+        let (keep, slack) = (self.cfg.gc_keep_entries, self.cfg.gc_slack_entries);
+        for shard in self.shards.values_mut() {
+            let candidates = shard.core.gc_candidates(keep, slack);
+            if candidates.is_empty() {
+                continue;
+            }
+            for cf in corekv_storage::kv::Cf::ALL {
+                shard.kv.flush(cf).expect("flush the KV engine before log GC");
+            }
+            let mut batch = corekv_storage::raftlog::LogBatch::new();
+            for &(region, index, term) in &candidates {
+                batch.compact_to(region, index);
+                batch.put_state(
+                    region,
+                    crate::raft_core::TRUNCATED_KEY,
+                    &crate::raft_core::encode_truncated(index - 1, term),
+                );
+            }
+            shard
+                .log
+                .append(&batch)
+                .await
+                .expect("the simulated disk does not fail");
+            for &(region, index, _) in &candidates {
+                shard.core.on_compacted(region, index);
+            }
+            shard.log.purge().await.expect("purge");
         }
     }
 
@@ -414,7 +456,17 @@ impl Sim {
             return self.take_responses(addr);
         }
         self.send(rd.messages);
+        let snap_dir = self.dir.path().join(format!("snap-n{}-s{}", addr.0, addr.1));
         let shard = self.shards.get_mut(&addr).expect("present");
+        for region in &rd.generate_snapshots {
+            let (applied, data) = apply::generate_snapshot(&shard.kv, region, &snap_dir).expect("generate a snapshot");
+            shard.core.on_snapshot_generated(region.id, applied, data);
+        }
+        for (region, snap) in &rd.install_snapshots {
+            let index = snap.get_metadata().index;
+            apply::install_snapshot(&shard.kv, region, index, &snap.data, &snap_dir).expect("install a snapshot");
+            self.timing.snapshots_installed += 1;
+        }
         if !rd.log_batch.is_empty() {
             let t0 = Instant::now();
             shard
@@ -426,6 +478,9 @@ impl Sim {
         }
         let t0 = Instant::now();
         shard.core.on_persisted(&rd.persisted);
+        for (region, snap) in &rd.install_snapshots {
+            shard.core.on_applied(region.id, snap.get_metadata().index, Vec::new());
+        }
         self.timing.core += t0.elapsed();
         for task in rd.apply {
             let t0 = Instant::now();
@@ -530,6 +585,10 @@ impl Sim {
         while self.pending_ops() > 0 {
             self.tick().await;
         }
+    }
+
+    pub fn snapshots_installed(&self) -> u64 {
+        self.timing.snapshots_installed
     }
 
     pub fn timing(&self) -> SimTiming {

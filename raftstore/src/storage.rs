@@ -4,8 +4,10 @@
 //! its configuration, as raft-rs reads them — synchronously, without I/O. The durable copy is
 //! the shard's Raft log engine; the shard writes there what `Ready` hands it and restores
 //! this from there on restart. Log GC bounds what is kept here; a follower that needs older
-//! entries gets a snapshot (not implemented yet: see lib.rs).
+//! entries gets a snapshot, which the shard generates from the KV engine when raft-rs asks
+//! (`take_snapshot_request`, then `set_snapshot`).
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -17,6 +19,10 @@ pub struct PeerStorage {
     /// Index and term of the entry just before `entries[0]` ((0, 0) for a new log).
     truncated: (u64, u64),
     entries: VecDeque<Entry>,
+    /// raft-rs asked for a snapshot (it reads storage through `&self`).
+    snapshot_wanted: Cell<bool>,
+    /// The latest snapshot the shard generated for this region, served to raft-rs.
+    snapshot: RefCell<Option<Snapshot>>,
 }
 
 impl PeerStorage {
@@ -36,6 +42,8 @@ impl PeerStorage {
             conf_state,
             truncated,
             entries: entries.into(),
+            snapshot_wanted: Cell::new(false),
+            snapshot: RefCell::new(None),
         };
         s.check_contiguous();
         s
@@ -65,6 +73,49 @@ impl PeerStorage {
 
     pub fn last_index(&self) -> u64 {
         self.truncated.0 + self.entries.len() as u64
+    }
+
+    pub fn truncated(&self) -> (u64, u64) {
+        self.truncated
+    }
+
+    /// Log GC: drops entries below `index` (they are applied and durable in the KV engine).
+    pub fn compact(&mut self, index: u64) {
+        assert!(index <= self.last_index() + 1, "compact past the log's end");
+        if index <= self.truncated.0 + 1 {
+            return;
+        }
+        let term = raft::Storage::term(self, index - 1).expect("inside the log");
+        self.entries.drain(..(index - self.truncated.0 - 1) as usize);
+        self.truncated = (index - 1, term);
+        self.check_contiguous();
+    }
+
+    /// Whether raft-rs asked for a snapshot since the last call (clears the request).
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// A snapshot the shard generated: served to raft-rs from now on.
+    pub fn set_snapshot(&mut self, snapshot: Snapshot) {
+        assert!(
+            snapshot.get_metadata().index >= self.truncated.0,
+            "a snapshot covers the compacted log"
+        );
+        *self.snapshot.borrow_mut() = Some(snapshot);
+    }
+
+    /// A follower installs a leader's snapshot: its log restarts after the snapshot.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) {
+        let meta = snapshot.get_metadata();
+        assert!(meta.index > self.truncated.0, "snapshots only move forward");
+        self.entries.clear();
+        self.truncated = (meta.index, meta.term);
+        self.conf_state = meta.get_conf_state().clone();
+        if self.hard_state.commit < meta.index {
+            self.hard_state.commit = meta.index;
+        }
+        self.hard_state.term = self.hard_state.term.max(meta.term);
     }
 
     /// Appends what a `Ready` carries; entries from `ents[0].index` on replace what was there.
@@ -132,9 +183,16 @@ impl raft::Storage for PeerStorage {
         Ok(self.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots arrive with the region lifecycle work; until then logs are not truncated
-        // below what followers need, so raft never asks.
+    /// Serves the generated snapshot if it still covers what was compacted and is recent
+    /// enough; otherwise asks the shard (through `take_snapshot_request`) to make one.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if let Some(snap) = self.snapshot.borrow().as_ref() {
+            let index = snap.get_metadata().index;
+            if index >= request_index && index >= self.truncated.0 {
+                return Ok(snap.clone());
+            }
+        }
+        self.snapshot_wanted.set(true);
         Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }
