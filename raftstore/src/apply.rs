@@ -128,6 +128,49 @@ pub fn read(kv: &KvEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(kv.get(Cf::Default, &data_key(key))?)
 }
 
+/// Reads several user keys as applied (after `ReadReady`), in the order asked.
+pub fn batch_get(kv: &KvEngine, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    keys.iter().map(|k| read(kv, k)).collect()
+}
+
+/// Scans user keys in `[start, end)` (empty `end`: to the region's end) as applied (after
+/// `ReadReady`), at most `limit` pairs, forward or in reverse. The range must lie inside the
+/// region: the caller checked it against the region (and its epoch) before the read.
+pub fn scan(
+    kv: &KvEngine,
+    region: &Region,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    reverse: bool,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    region.check_key(start)?;
+    let end = if end.is_empty() {
+        region.end.clone()
+    } else {
+        end.to_vec()
+    };
+    let data_end = if end.is_empty() {
+        vec![DATA_PREFIX[0] + 1]
+    } else {
+        data_key(&end)
+    };
+    if !end.is_empty() {
+        region.check_range(start, &end)?;
+    }
+    let range = KeyRange::new(data_key(start), data_end)?;
+    let direction = if reverse {
+        corekv_storage::kv::Direction::Reverse
+    } else {
+        corekv_storage::kv::Direction::Forward
+    };
+    let rows = kv.scan(Cf::Default, &range, direction, limit)?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, v)| (k[DATA_PREFIX.len()..].to_vec(), v))
+        .collect())
+}
+
 /// Records a region this shard hosts (bootstrap, later splits and membership changes), synced.
 pub fn save_region(kv: &KvEngine, region: &Region) -> Result<()> {
     let mut batch = kv.write_batch();

@@ -32,6 +32,8 @@ pub mod storage;
 
 pub use cmd::{Command, Outcome};
 pub use error::{Error, Result};
-pub use raft_core::{RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady};
+pub use raft_core::{
+    batch_by_destination, Destination, RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady,
+};
 pub use region::{Epoch, PeerMeta, Region};
 pub use storage::PeerStorage;

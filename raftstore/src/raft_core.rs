@@ -129,6 +129,23 @@ pub struct ShardReady {
     pub install_snapshots: Vec<(Region, Snapshot)>,
 }
 
+/// Where a message goes: (node, shard).
+pub type Destination = (u64, u32);
+
+/// Groups messages by destination, in first-seen order: one transport batch per destination
+/// per loop iteration.
+pub fn batch_by_destination(msgs: Vec<RaftMessage>) -> Vec<(Destination, Vec<RaftMessage>)> {
+    let mut batches: Vec<(Destination, Vec<RaftMessage>)> = Vec::new();
+    for msg in msgs {
+        let to = (msg.to.node, msg.to.shard);
+        match batches.iter_mut().find(|(d, _)| *d == to) {
+            Some((_, batch)) => batch.push(msg),
+            None => batches.push((to, vec![msg])),
+        }
+    }
+    batches
+}
+
 impl ShardReady {
     pub fn is_empty(&self) -> bool {
         self.log_batch.is_empty()
@@ -657,5 +674,32 @@ impl RaftCore {
 
     pub fn take_responses(&mut self) -> Vec<Response> {
         std::mem::take(&mut self.responses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(node: u64, shard: u32) -> RaftMessage {
+        let peer = |node, shard| PeerMeta {
+            id: node * 10 + u64::from(shard),
+            node,
+            shard,
+        };
+        RaftMessage {
+            region_id: 1,
+            from: peer(9, 0),
+            to: peer(node, shard),
+            msg: Message::default(),
+        }
+    }
+
+    // Proves messages are grouped per (node, shard), keeping their order within a destination.
+    #[test]
+    fn messages_batch_per_destination() {
+        let batches = batch_by_destination(vec![msg(1, 0), msg(2, 0), msg(1, 1), msg(1, 0)]);
+        let shape: Vec<(Destination, usize)> = batches.iter().map(|(d, b)| (*d, b.len())).collect();
+        assert_eq!(shape, vec![((1, 0), 2), ((2, 0), 1), ((1, 1), 1)]);
     }
 }

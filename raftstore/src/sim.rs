@@ -25,7 +25,7 @@ use crate::apply;
 use crate::cmd::{Command, Outcome};
 use crate::error::Error;
 use crate::linearizability::{Op, OpKind};
-use crate::raft_core::{RaftConfig, RaftCore, RaftMessage, RequestId, Response};
+use crate::raft_core::{batch_by_destination, RaftConfig, RaftCore, RaftMessage, RequestId, Response};
 use crate::region::{Epoch, PeerMeta, Region};
 
 /// Where a shard lives: (node, shard index).
@@ -102,7 +102,7 @@ struct SimShard {
 struct InFlight {
     deliver_at: u64,
     seq: u64,
-    msg: RaftMessage,
+    batch: Vec<RaftMessage>,
 }
 
 /// A client operation in progress.
@@ -412,19 +412,22 @@ impl Sim {
         let moved = !due.is_empty();
         let t0 = Instant::now();
         for m in due {
-            let to = (m.msg.to.node, m.msg.to.shard);
-            if let Some(shard) = self.shards.get_mut(&to) {
-                let _ = shard.core.step(m.msg);
+            for msg in m.batch {
+                if let Some(shard) = self.shards.get_mut(&(msg.to.node, msg.to.shard)) {
+                    let _ = shard.core.step(msg);
+                }
             }
         }
         self.timing.core += t0.elapsed();
         moved
     }
 
+    /// Sends one loop iteration's messages, one batch per destination as the transport will:
+    /// a batch is lost, delayed or duplicated as a whole (one network packet).
     fn send(&mut self, msgs: Vec<RaftMessage>) {
-        for msg in msgs {
-            let (a, b) = (msg.from.node, msg.to.node);
-            if self.cut.contains(&(a.min(b), a.max(b))) || self.chance(self.cfg.net.drop_ppm) {
+        for ((node, _), batch) in batch_by_destination(msgs) {
+            let from = batch[0].from.node;
+            if self.cut.contains(&(from.min(node), from.max(node))) || self.chance(self.cfg.net.drop_ppm) {
                 continue;
             }
             let copies = if self.chance(self.cfg.net.duplicate_ppm) { 2 } else { 1 };
@@ -434,7 +437,7 @@ impl Sim {
                 self.net.push(InFlight {
                     deliver_at: self.now + delay,
                     seq: self.net_seq,
-                    msg: msg.clone(),
+                    batch: batch.clone(),
                 });
             }
         }

@@ -203,12 +203,23 @@ struct Shared<D: Disk> {
 /// The Raft log engine of one shard. Cheap to clone (shared handle); not `Send`.
 pub struct LogEngine<D: Disk> {
     shared: Rc<Shared<D>>,
+    /// Held by the user's handles only, never by the engine's own background task: when the
+    /// last user handle is dropped, the background work it owns is cancelled, so a closed
+    /// engine never touches its directory again (a reopened one may already own it).
+    owner: Rc<Owner>,
+}
+
+#[derive(Default)]
+struct Owner {
+    /// The background preparation of the next segment; dropping a glommio task cancels it.
+    prepare_task: RefCell<Option<glommio::Task<()>>>,
 }
 
 impl<D: Disk> Clone for LogEngine<D> {
     fn clone(&self) -> Self {
         LogEngine {
             shared: self.shared.clone(),
+            owner: self.owner.clone(),
         }
     }
 }
@@ -224,6 +235,7 @@ impl<D: Disk> LogEngine<D> {
         };
         LogEngine {
             shared: Rc::new(shared),
+            owner: Rc::default(),
         }
     }
 
@@ -574,8 +586,12 @@ impl<D: Disk> LogEngine<D> {
             }
             st.preparing = true;
         }
-        let engine = self.clone();
-        glommio::spawn_local(async move {
+        // The task's own handle has an owner of its own: it must not keep the user's alive.
+        let engine = LogEngine {
+            shared: self.shared.clone(),
+            owner: Rc::default(),
+        };
+        let task = glommio::spawn_local(async move {
             let result = engine.prepare_segment(seq).await;
             let mut st = engine.shared.state.borrow_mut();
             st.preparing = false;
@@ -586,8 +602,8 @@ impl<D: Disk> LogEngine<D> {
             }
             drop(st);
             engine.shared.prepared.notify(usize::MAX);
-        })
-        .detach();
+        });
+        self.owner.prepare_task.replace(Some(task));
     }
 
     /// Makes segment file `seq` ready: full size, every block written (so writes into it never
