@@ -393,3 +393,50 @@ pub fn install_snapshot(kv: &KvEngine, region: &Region, index: u64, data: &[u8],
     kv.write(done, true)?;
     Ok(())
 }
+
+fn staged_path(dir: &Path, region_id: u64) -> std::path::PathBuf {
+    dir.join(format!("staged-{region_id}.snap"))
+}
+
+/// Makes a received snapshot durable before anything else of its install: if the shard
+/// crashes after the log has recorded the snapshot but before the KV engine holds it,
+/// `finish_staged_snapshot` completes the install from this copy on restart.
+pub fn stage_snapshot(dir: &Path, region_id: u64, data: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).map_err(|e| Error::Storage(format!("snapshot dir: {e}")))?;
+    let path = staged_path(dir, region_id);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))
+}
+
+/// The staged copy is no longer needed once the KV engine holds the snapshot.
+pub fn drop_staged_snapshot(dir: &Path, region_id: u64) {
+    let _ = std::fs::remove_file(staged_path(dir, region_id));
+}
+
+/// On restart: if the log says the region was truncated at `truncated` (by a snapshot) but
+/// the KV engine has applied less, the install was cut short: finish it from the staged copy.
+/// Returns the applied index to start from.
+pub fn finish_staged_snapshot(kv: &KvEngine, region: &Region, truncated: u64, dir: &Path) -> Result<u64> {
+    let applied = applied_index(kv, region.id)?;
+    if applied >= truncated {
+        drop_staged_snapshot(dir, region.id);
+        return Ok(applied);
+    }
+    let data = std::fs::read(staged_path(dir, region.id)).map_err(|e| {
+        Error::Storage(format!(
+            "region {}: applied {applied} is behind the log's truncation at {truncated} and no staged snapshot remains: {e}",
+            region.id
+        ))
+    })?;
+    install_snapshot(kv, region, truncated, &data, dir)?;
+    drop_staged_snapshot(dir, region.id);
+    Ok(truncated)
+}

@@ -580,6 +580,12 @@ impl RaftCore {
         };
         assert!(applied >= peer.applied, "apply never goes back");
         assert!(applied <= peer.raw.raft.raft_log.committed, "applied <= committed");
+        // Persisted before applied (and so before acknowledged): raft-rs hands out committed
+        // entries only up to what this replica made durable; a snapshot is durable first.
+        assert!(
+            applied <= peer.raw.raft.raft_log.persisted.max(peer.raw.store().truncated().0),
+            "applied <= persisted"
+        );
         for (index, term, outcome) in outcomes {
             while let Some(w) = peer.writes.front() {
                 if w.index > index {

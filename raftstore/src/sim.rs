@@ -253,11 +253,13 @@ impl Sim {
         .expect("open the simulated log engine");
         let kv = self.open_kv(addr);
         let mut core = RaftCore::new(addr.0, addr.1, self.cfg.raft.clone(), self.cfg.seed);
+        let snap_dir = self.dir.path().join(format!("snap-n{}-s{}", addr.0, addr.1));
         for region in apply::load_regions(&kv).expect("region states") {
             let storage = apply::restore_storage(&log, &region)
                 .await
                 .expect("restore raft storage");
-            let applied = apply::applied_index(&kv, region.id).expect("applied index");
+            let truncated = storage.truncated().0;
+            let applied = apply::finish_staged_snapshot(&kv, &region, truncated, &snap_dir).expect("applied index");
             core.add_peer(region, storage, applied).expect("add peer");
         }
         self.shards.insert(addr, SimShard { core, log, kv });
@@ -465,10 +467,10 @@ impl Sim {
             let (applied, data) = apply::generate_snapshot(&shard.kv, region, &snap_dir).expect("generate a snapshot");
             shard.core.on_snapshot_generated(region.id, applied, data);
         }
+        // A received snapshot is staged durably, then the log records it (in `log_batch`),
+        // then the KV engine installs it: a crash anywhere in between is finished on restart.
         for (region, snap) in &rd.install_snapshots {
-            let index = snap.get_metadata().index;
-            apply::install_snapshot(&shard.kv, region, index, &snap.data, &snap_dir).expect("install a snapshot");
-            self.timing.snapshots_installed += 1;
+            apply::stage_snapshot(&snap_dir, region.id, &snap.data).expect("stage a snapshot");
         }
         if !rd.log_batch.is_empty() {
             let t0 = Instant::now();
@@ -478,6 +480,12 @@ impl Sim {
                 .await
                 .expect("the simulated disk does not fail");
             self.timing.log += t0.elapsed();
+        }
+        for (region, snap) in &rd.install_snapshots {
+            let index = snap.get_metadata().index;
+            apply::install_snapshot(&shard.kv, region, index, &snap.data, &snap_dir).expect("install a snapshot");
+            apply::drop_staged_snapshot(&snap_dir, region.id);
+            self.timing.snapshots_installed += 1;
         }
         let t0 = Instant::now();
         shard.core.on_persisted(&rd.persisted);
