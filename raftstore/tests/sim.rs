@@ -17,6 +17,20 @@ fn key_in(sim: &Sim, region_id: u64, suffix: &str) -> Vec<u8> {
     k
 }
 
+/// Ticks until a node other than `old` leads `region`, within three election timeouts.
+async fn await_new_leader(sim: &mut Sim, region: u64, old: u64) {
+    let from = sim.now();
+    let limit = 3 * 2 * sim.config().raft.election_tick as u64;
+    while sim.leader(region).is_none_or(|l| l == old) {
+        sim.tick().await;
+        assert!(
+            sim.now() - from < limit,
+            "seed {}: no new leader within 3 election timeouts",
+            sim.seed()
+        );
+    }
+}
+
 fn value(history: &[corekv_raftstore::linearizability::Op], key: &[u8]) -> Option<Option<Vec<u8>>> {
     history
         .iter()
@@ -94,15 +108,7 @@ fn leader_crash_loses_no_acknowledged_write() {
         assert!(sim.history().iter().all(|op| op.return_ns.is_some()));
         let old = sim.leader(region).unwrap();
         sim.crash(old);
-        let crashed_at = sim.now();
-        while sim.leader(region).is_none_or(|l| l == old) {
-            sim.tick().await;
-            assert!(
-                sim.now() - crashed_at < 3 * 2 * 10,
-                "seed {}: no new leader within 3 election timeouts",
-                sim.seed()
-            );
-        }
+        await_new_leader(&mut sim, region, old).await;
         for i in 20..30 {
             sim.submit(
                 1,
@@ -156,15 +162,7 @@ fn isolated_leader_stops_serving_reads() {
         // Inside its lease the old leader may still answer: nobody else can lead yet.
         sim.ticks(sim.config().raft.lease_ticks as u64 + 1).await;
         sim.submit_to(old, 2, key.clone(), OpKind::Get { observed: None });
-        let cut_at = sim.now();
-        while sim.leader(region).is_none_or(|l| l == old) {
-            sim.tick().await;
-            assert!(
-                sim.now() - cut_at < 60,
-                "seed {}: the majority elected no leader",
-                sim.seed()
-            );
-        }
+        await_new_leader(&mut sim, region, old).await;
         sim.submit(3, key.clone(), OpKind::Put { value: b"new".to_vec() });
         sim.run_until_done().await;
         sim.submit(4, key.clone(), OpKind::Get { observed: None });
@@ -223,11 +221,7 @@ fn follower_restarted_after_log_gc_catches_up_by_snapshot() {
         );
         // The follower serves the data: make it leader by cutting the old leader off.
         sim.isolate(leader);
-        let cut_at = sim.now();
-        while sim.leader(region).is_none_or(|l| l == leader) {
-            sim.tick().await;
-            assert!(sim.now() - cut_at < 100, "seed {}: no new leader", sim.seed());
-        }
+        await_new_leader(&mut sim, region, leader).await;
         for i in 0..entries {
             sim.submit(
                 2,
