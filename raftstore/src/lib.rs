@@ -17,9 +17,10 @@
 //! Must not: open sockets, spawn threads, or depend on `shard`/`tools`. The shard runtime and
 //! the simulator drive the same `RaftCore`.
 //!
-//! Not yet (next steps of this crate): membership changes, proposal batching per region, and
-//! streaming snapshots in bounded chunks (the transport's part; in the simulator a snapshot
-//! travels inside its raft message).
+//! - `snapshot_chunks`: a snapshot split into bounded, checksummed chunks and reassembled; the
+//!   transport moves them and reports the outcome to the sender (`RaftCore::report_snapshot`).
+//!
+//! Not yet (next steps of this crate): membership changes, proposal batching per region.
 
 pub mod apply;
 pub mod cmd;
@@ -28,6 +29,7 @@ pub mod linearizability;
 pub mod raft_core;
 pub mod region;
 pub mod sim;
+pub mod snapshot_chunks;
 pub mod storage;
 
 pub use cmd::{Command, Outcome};

@@ -666,6 +666,19 @@ impl RaftCore {
         out
     }
 
+    /// The transport delivered (`true`) or lost (`false`) the snapshot this shard's replica of
+    /// `region_id` sent to peer `to`: raft-rs resumes replication to it, or sends another.
+    pub fn report_snapshot(&mut self, region_id: u64, to: u64, delivered: bool) {
+        if let Some(peer) = self.peers.get_mut(&region_id) {
+            let status = if delivered {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            };
+            peer.raw.report_snapshot(to, status);
+        }
+    }
+
     /// The log engine dropped `region_id`'s entries below `index`.
     pub fn on_compacted(&mut self, region_id: u64, index: u64) {
         if let Some(peer) = self.peers.get_mut(&region_id) {

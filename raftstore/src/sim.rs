@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::linearizability::{Op, OpKind};
 use crate::raft_core::{batch_by_destination, RaftConfig, RaftCore, RaftMessage, RequestId, Response};
 use crate::region::{Epoch, PeerMeta, Region};
+use crate::snapshot_chunks::{self, Reassembler, SnapshotChunk};
 
 /// Where a shard lives: (node, shard index).
 pub type ShardAddr = (u64, u32);
@@ -39,6 +40,8 @@ pub struct NetConfig {
     /// Each message is delayed by a uniform number of ticks in `0..=delay_ticks_max`;
     /// different delays reorder messages.
     pub delay_ticks_max: u64,
+    /// Extra loss for snapshot chunks only (long streams break more often than messages).
+    pub snapshot_chunk_drop_ppm: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +61,8 @@ pub struct SimConfig {
     pub gc_keep_entries: u64,
     /// ...and runs once a region has this many more (so GC batches its work).
     pub gc_slack_entries: u64,
+    /// Snapshot data per chunk on the simulated network.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl SimConfig {
@@ -73,6 +78,7 @@ impl SimConfig {
             op_ticks_max: 200,
             gc_keep_entries: 4,
             gc_slack_entries: 16,
+            snapshot_chunk_bytes: snapshot_chunks::SNAPSHOT_CHUNK_BYTES_MAX,
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct SimTiming {
     pub writes: u64,
     /// Snapshots installed by followers.
     pub snapshots_installed: u64,
+    /// Snapshot chunks put on the network (lost ones included).
+    pub snapshot_chunks_sent: u64,
 }
 
 struct SimShard {
@@ -102,7 +110,15 @@ struct SimShard {
 struct InFlight {
     deliver_at: u64,
     seq: u64,
-    batch: Vec<RaftMessage>,
+    packet: Packet,
+}
+
+/// What the simulated network carries: a batch of raft messages for one (node, shard), or one
+/// chunk of a snapshot stream.
+#[derive(Clone)]
+enum Packet {
+    Batch(Vec<RaftMessage>),
+    Chunk(Box<SnapshotChunk>),
 }
 
 /// A client operation in progress.
@@ -130,6 +146,8 @@ pub struct Sim {
     shards: BTreeMap<ShardAddr, SimShard>,
     net: Vec<InFlight>,
     net_seq: u64,
+    /// Per receiving shard: snapshot streams being reassembled (lost with a crash).
+    reassemblers: BTreeMap<ShardAddr, Reassembler>,
     /// Node pairs that cannot talk (both directions).
     cut: BTreeSet<(u64, u64)>,
     ops: Vec<ClientOp>,
@@ -182,6 +200,7 @@ impl Sim {
             shards: BTreeMap::new(),
             net: Vec::new(),
             net_seq: 0,
+            reassemblers: BTreeMap::new(),
             cut: BTreeSet::new(),
             ops: Vec::new(),
             by_request: BTreeMap::new(),
@@ -269,6 +288,7 @@ impl Sim {
     pub fn crash(&mut self, node: u64) {
         for shard in 0..self.cfg.shards {
             self.shards.remove(&(node, shard));
+            self.reassemblers.remove(&(node, shard));
             self.disks[&(node, shard)].crash();
         }
     }
@@ -414,7 +434,24 @@ impl Sim {
         let moved = !due.is_empty();
         let t0 = Instant::now();
         for m in due {
-            for msg in m.batch {
+            let msgs = match m.packet {
+                Packet::Batch(batch) => batch,
+                Packet::Chunk(chunk) => {
+                    let to = (chunk.header.to.node, chunk.header.to.shard);
+                    if !self.shards.contains_key(&to) {
+                        continue;
+                    }
+                    match self.reassemblers.entry(to).or_default().push(*chunk) {
+                        Ok(Some(msg)) => vec![msg],
+                        Ok(None) => Vec::new(),
+                        Err(e) => panic!(
+                            "seed {}: snapshot chunks from the simulator are never corrupt: {e}",
+                            self.cfg.seed
+                        ),
+                    }
+                }
+            };
+            for msg in msgs {
                 if let Some(shard) = self.shards.get_mut(&(msg.to.node, msg.to.shard)) {
                     let _ = shard.core.step(msg);
                 }
@@ -425,24 +462,59 @@ impl Sim {
     }
 
     /// Sends one loop iteration's messages, one batch per destination as the transport will:
-    /// a batch is lost, delayed or duplicated as a whole (one network packet).
+    /// a batch is lost, delayed or duplicated as a whole (one network packet). Snapshots go as
+    /// streams of bounded chunks; the sender learns whether a stream got through.
     fn send(&mut self, msgs: Vec<RaftMessage>) {
+        let (snapshots, msgs): (Vec<RaftMessage>, Vec<RaftMessage>) = msgs
+            .into_iter()
+            .partition(|m| m.msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot);
         for ((node, _), batch) in batch_by_destination(msgs) {
-            let from = batch[0].from.node;
-            if self.cut.contains(&(from.min(node), from.max(node))) || self.chance(self.cfg.net.drop_ppm) {
+            if self.lost(batch[0].from.node, node) {
                 continue;
             }
-            let copies = if self.chance(self.cfg.net.duplicate_ppm) { 2 } else { 1 };
-            for _ in 0..copies {
-                let delay = self.rng.next_u64() % (self.cfg.net.delay_ticks_max + 1);
-                self.net_seq += 1;
-                self.net.push(InFlight {
-                    deliver_at: self.now + delay,
-                    seq: self.net_seq,
-                    batch: batch.clone(),
-                });
+            self.transmit(Packet::Batch(batch));
+        }
+        for msg in snapshots {
+            let (from, to, region_id) = ((msg.from.node, msg.from.shard), msg.to, msg.region_id);
+            let chunks = snapshot_chunks::split(msg, self.cfg.snapshot_chunk_bytes);
+            let mut delivered = self.shards.contains_key(&(to.node, to.shard));
+            for chunk in chunks {
+                self.timing.snapshot_chunks_sent += 1;
+                let lost = self.lost(from.0, to.node) || self.chance(self.cfg.net.snapshot_chunk_drop_ppm);
+                if !delivered || lost {
+                    delivered = false;
+                    break;
+                }
+                self.transmit(Packet::Chunk(Box::new(chunk)));
+            }
+
+            if let Some(shard) = self.shards.get_mut(&from) {
+                shard.core.report_snapshot(region_id, to.id, delivered);
             }
         }
+    }
+
+    /// Whether the network loses a packet from node `a` to node `b`.
+    fn lost(&mut self, a: u64, b: u64) -> bool {
+        self.cut.contains(&(a.min(b), a.max(b))) || self.chance(self.cfg.net.drop_ppm)
+    }
+
+    /// Puts a packet on the network, sometimes twice, each copy with its own delay.
+    fn transmit(&mut self, packet: Packet) {
+        if self.chance(self.cfg.net.duplicate_ppm) {
+            self.enqueue(packet.clone());
+        }
+        self.enqueue(packet);
+    }
+
+    fn enqueue(&mut self, packet: Packet) {
+        let delay = self.rng.next_u64() % (self.cfg.net.delay_ticks_max + 1);
+        self.net_seq += 1;
+        self.net.push(InFlight {
+            deliver_at: self.now + delay,
+            seq: self.net_seq,
+            packet,
+        });
     }
 
     fn chance(&mut self, ppm: u32) -> bool {
@@ -600,6 +672,10 @@ impl Sim {
 
     pub fn snapshots_installed(&self) -> u64 {
         self.timing.snapshots_installed
+    }
+
+    pub fn snapshot_chunks_sent(&self) -> u64 {
+        self.timing.snapshot_chunks_sent
     }
 
     pub fn timing(&self) -> SimTiming {

@@ -181,12 +181,14 @@ fn isolated_leader_stops_serving_reads() {
 }
 
 // Proves a follower that was down while the others compacted their logs catches up through
-// a snapshot (SST files from the leader's KV engine, checksummed, ingested) and then serves
-// every acknowledged write.
+// a snapshot (SST files from the leader's KV engine, sent in bounded chunks, checksummed,
+// ingested) and then serves every acknowledged write.
 #[test]
 fn follower_restarted_after_log_gc_catches_up_by_snapshot() {
     run(|| async {
-        let mut sim = Sim::new(SimConfig::new(4)).await;
+        let mut cfg = SimConfig::new(4);
+        cfg.snapshot_chunk_bytes = 512; // several chunks per snapshot
+        let mut sim = Sim::new(cfg).await;
         sim.ticks(5).await;
         let region = sim.regions()[2].id;
         let leader = sim.leader(region).unwrap();
@@ -219,6 +221,7 @@ fn follower_restarted_after_log_gc_catches_up_by_snapshot() {
             sim.snapshots_installed() >= 1,
             "it caught up through a snapshot, not the log"
         );
+        assert!(sim.snapshot_chunks_sent() > 1, "the snapshot went in bounded chunks");
         // The follower serves the data: make it leader by cutting the old leader off.
         sim.isolate(leader);
         await_new_leader(&mut sim, region, leader).await;
@@ -242,6 +245,47 @@ fn follower_restarted_after_log_gc_catches_up_by_snapshot() {
     });
 }
 
+// Proves a snapshot stream that breaks is reported to raft, which sends another once the
+// network lets it through: the follower does not stall.
+#[test]
+fn lost_snapshot_is_sent_again() {
+    run(|| async {
+        let mut sim = Sim::new(SimConfig::new(5)).await;
+        sim.ticks(5).await;
+        let region = sim.regions()[3].id;
+        let leader = sim.leader(region).unwrap();
+        let follower = (1..=3).find(|&n| n != leader).unwrap();
+        sim.crash(follower);
+        let entries = sim.config().gc_keep_entries + sim.config().gc_slack_entries + 10;
+        for i in 0..entries {
+            sim.submit(
+                1,
+                key_in(&sim, region, &format!("l{i}")),
+                OpKind::Put { value: vec![i as u8] },
+            );
+            sim.run_until_done().await;
+        }
+        sim.ticks(2).await;
+        let applied = sim.applied(leader, region).unwrap();
+        sim.restart(follower).await;
+        sim.net_mut().snapshot_chunk_drop_ppm = 1_000_000; // every stream breaks
+        sim.ticks(30).await;
+        assert_eq!(sim.snapshots_installed(), 0);
+        assert!(sim.snapshot_chunks_sent() > 0, "snapshots were attempted");
+        sim.net_mut().snapshot_chunk_drop_ppm = 0;
+        let healed_at = sim.now();
+        while sim.applied(follower, region) < Some(applied) {
+            sim.tick().await;
+            assert!(
+                sim.now() - healed_at < 100,
+                "seed {}: the follower stalled after a lost snapshot",
+                sim.seed()
+            );
+        }
+        assert!(sim.snapshots_installed() >= 1);
+    });
+}
+
 /// One randomized run: clients on a small key set under message loss, delay, duplication,
 /// partitions and crashes; returns the checker's verdict.
 async fn chaos_run(seed: u64) -> (CheckResult, usize) {
@@ -250,6 +294,7 @@ async fn chaos_run(seed: u64) -> (CheckResult, usize) {
         drop_ppm: 20_000,
         duplicate_ppm: 10_000,
         delay_ticks_max: 2,
+        snapshot_chunk_drop_ppm: 50_000,
     };
     let mut sim = Sim::new(cfg).await;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xC0FFEE);

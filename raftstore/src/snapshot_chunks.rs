@@ -1,0 +1,218 @@
+//! Snapshot transfer in bounded chunks: splitting a `MsgSnapshot` on the sender and
+//! reassembling it, checked, on the receiver.
+//!
+//! Owns: the chunk format and the reassembly rules. The transport (the simulator's network
+//! today, netio's raft transport next) moves the chunks and tells the sender's `RaftCore`
+//! whether the stream got through (`report_snapshot`), so raft-rs retries a lost snapshot.
+//! Must not: do I/O.
+//!
+//! Rules: chunks of one snapshot share its header (the raft message without the data), its
+//! total size and its crc32c; they may arrive in any order and more than once. A chunk of a
+//! newer snapshot (higher index) from the same peer replaces an unfinished older one; a chunk
+//! of an older one is ignored. The reassembled data must match the size and checksum, or the
+//! whole snapshot is dropped (raft-rs sends another after the failure report).
+
+use std::collections::BTreeMap;
+
+use crate::raft_core::RaftMessage;
+
+/// Bytes of snapshot data in one chunk.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// A reassembled snapshot larger than this is refused (bounded memory per sender).
+pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
+
+/// One piece of a snapshot on the wire.
+#[derive(Debug, Clone)]
+pub struct SnapshotChunk {
+    /// The `MsgSnapshot` with its data taken out.
+    pub header: RaftMessage,
+    pub seq: u32,
+    pub count: u32,
+    pub total_bytes: u64,
+    pub crc32c: u32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("snapshot chunk {seq} of {count} is inconsistent with its stream")]
+    Inconsistent { seq: u32, count: u32 },
+    #[error("snapshot of {bytes} bytes exceeds the maximum of {max}")]
+    TooLarge { bytes: u64, max: u64 },
+    #[error("reassembled snapshot fails its checksum")]
+    Checksum,
+}
+
+fn snapshot_index(msg: &RaftMessage) -> u64 {
+    msg.msg.get_snapshot().get_metadata().index
+}
+
+/// Splits a `MsgSnapshot` into chunks of at most `chunk_bytes` of data (at least one chunk).
+pub fn split(mut msg: RaftMessage, chunk_bytes: usize) -> Vec<SnapshotChunk> {
+    assert!(chunk_bytes > 0);
+    let data = std::mem::take(&mut msg.msg.mut_snapshot().data).to_vec();
+    let crc32c = crc32c::crc32c(&data);
+    let count = data.len().div_ceil(chunk_bytes).max(1);
+    let count = u32::try_from(count).expect("fewer than 4G chunks");
+    let total_bytes = data.len() as u64;
+    let pieces: Vec<Vec<u8>> = if data.is_empty() {
+        vec![Vec::new()]
+    } else {
+        data.chunks(chunk_bytes).map(<[u8]>::to_vec).collect()
+    };
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(seq, bytes)| SnapshotChunk {
+            header: msg.clone(),
+            seq: seq as u32,
+            count,
+            total_bytes,
+            crc32c,
+            bytes,
+        })
+        .collect()
+}
+
+struct Partial {
+    header: RaftMessage,
+    count: u32,
+    total_bytes: u64,
+    crc32c: u32,
+    pieces: BTreeMap<u32, Vec<u8>>,
+}
+
+/// Reassembles snapshots per (region, sending peer).
+#[derive(Default)]
+pub struct Reassembler {
+    partial: BTreeMap<(u64, u64), Partial>,
+}
+
+impl Reassembler {
+    /// Takes one chunk; returns the complete `MsgSnapshot` once its last missing chunk arrived.
+    pub fn push(&mut self, chunk: SnapshotChunk) -> Result<Option<RaftMessage>, ChunkError> {
+        if chunk.seq >= chunk.count {
+            return Err(ChunkError::Inconsistent {
+                seq: chunk.seq,
+                count: chunk.count,
+            });
+        }
+        if chunk.total_bytes > SNAPSHOT_BYTES_MAX {
+            return Err(ChunkError::TooLarge {
+                bytes: chunk.total_bytes,
+                max: SNAPSHOT_BYTES_MAX,
+            });
+        }
+        let key = (chunk.header.region_id, chunk.header.from.id);
+        let index = snapshot_index(&chunk.header);
+        let stale = self.partial.get(&key).map(|p| snapshot_index(&p.header));
+        match stale {
+            Some(current) if index < current => return Ok(None), // an older snapshot's chunk
+            Some(current) if index == current => {}
+            _ => {
+                let fresh = Partial {
+                    header: chunk.header.clone(),
+                    count: chunk.count,
+                    total_bytes: chunk.total_bytes,
+                    crc32c: chunk.crc32c,
+                    pieces: BTreeMap::new(),
+                };
+                self.partial.insert(key, fresh);
+            }
+        }
+        let p = self.partial.get_mut(&key).expect("inserted above");
+        if (p.count, p.total_bytes, p.crc32c) != (chunk.count, chunk.total_bytes, chunk.crc32c) {
+            self.partial.remove(&key);
+            return Err(ChunkError::Inconsistent {
+                seq: chunk.seq,
+                count: chunk.count,
+            });
+        }
+        p.pieces.insert(chunk.seq, chunk.bytes);
+        if p.pieces.len() < p.count as usize {
+            return Ok(None);
+        }
+        let p = self.partial.remove(&key).expect("present");
+        let data: Vec<u8> = p.pieces.into_values().flatten().collect();
+        if data.len() as u64 != p.total_bytes || crc32c::crc32c(&data) != p.crc32c {
+            return Err(ChunkError::Checksum);
+        }
+        let mut msg = p.header;
+        msg.msg.mut_snapshot().data = data.into();
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::eraftpb::{Message, MessageType};
+
+    use super::*;
+    use crate::region::PeerMeta;
+
+    fn snapshot_msg(index: u64, data: Vec<u8>) -> RaftMessage {
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        msg.mut_snapshot().mut_metadata().index = index;
+        msg.mut_snapshot().data = data.into();
+        let peer = |id| PeerMeta { id, node: id, shard: 0 };
+        RaftMessage {
+            region_id: 7,
+            from: peer(1),
+            to: peer(2),
+            msg,
+        }
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    // Proves chunks arriving out of order and duplicated reassemble into the original message.
+    #[test]
+    fn out_of_order_and_duplicates_reassemble() {
+        let chunks = split(snapshot_msg(9, data(10_000)), 1024);
+        assert_eq!(chunks.len(), 10);
+        let mut r = Reassembler::default();
+        let mut order: Vec<usize> = (0..10).rev().collect();
+        order.insert(3, 5); // a duplicate
+        let mut done = None;
+        for i in order {
+            if let Some(msg) = r.push(chunks[i].clone()).unwrap() {
+                done = Some(msg);
+            }
+        }
+        let msg = done.expect("complete");
+        assert_eq!(msg.msg.get_snapshot().data.to_vec(), data(10_000));
+        assert_eq!(snapshot_index(&msg), 9);
+    }
+
+    // Proves a missing chunk keeps the snapshot incomplete and a newer snapshot replaces it.
+    #[test]
+    fn newer_snapshot_replaces_an_unfinished_one() {
+        let old = split(snapshot_msg(5, data(3000)), 1000);
+        let new = split(snapshot_msg(8, data(2000)), 1000);
+        let mut r = Reassembler::default();
+        assert!(r.push(old[0].clone()).unwrap().is_none());
+        assert!(r.push(new[0].clone()).unwrap().is_none());
+        assert!(r.push(old[1].clone()).unwrap().is_none(), "older chunks are ignored");
+        let msg = r.push(new[1].clone()).unwrap().expect("the newer one completes");
+        assert_eq!(snapshot_index(&msg), 8);
+    }
+
+    // Proves corrupted data fails the checksum and inconsistent chunks are refused.
+    #[test]
+    fn corruption_and_inconsistency_are_errors() {
+        let mut chunks = split(snapshot_msg(3, data(2048)), 1024);
+        chunks[1].bytes[7] ^= 1;
+        let mut r = Reassembler::default();
+        r.push(chunks[0].clone()).unwrap();
+        assert!(matches!(r.push(chunks[1].clone()), Err(ChunkError::Checksum)));
+        let mut bad = chunks[0].clone();
+        bad.seq = 5;
+        assert!(matches!(r.push(bad), Err(ChunkError::Inconsistent { .. })));
+        let empty = split(snapshot_msg(4, Vec::new()), 1024);
+        assert_eq!(empty.len(), 1);
+        assert!(r.push(empty[0].clone()).unwrap().is_some());
+    }
+}
