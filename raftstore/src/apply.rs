@@ -145,20 +145,11 @@ pub fn scan(
     reverse: bool,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     region.check_key(start)?;
-    let end = if end.is_empty() {
-        region.end.clone()
-    } else {
-        end.to_vec()
-    };
-    let data_end = if end.is_empty() {
-        vec![DATA_PREFIX[0] + 1]
-    } else {
-        data_key(&end)
-    };
+    let end = if end.is_empty() { region.end.as_slice() } else { end };
     if !end.is_empty() {
-        region.check_range(start, &end)?;
+        region.check_range(start, end)?;
     }
-    let range = KeyRange::new(data_key(start), data_end)?;
+    let range = data_range_between(start, end)?;
     let direction = if reverse {
         corekv_storage::kv::Direction::Reverse
     } else {
@@ -286,12 +277,17 @@ const SNAPSHOT_CFS: [Cf; 3] = [Cf::Default, Cf::Lock, Cf::Write];
 
 /// The region's user data in the KV engine, as a key range.
 fn data_range(region: &Region) -> Result<KeyRange> {
-    let end = if region.end.is_empty() {
+    data_range_between(&region.start, &region.end)
+}
+
+/// User keys `[start, end)` (empty `end`: unbounded) as a range of data keys.
+fn data_range_between(start: &[u8], end: &[u8]) -> Result<KeyRange> {
+    let end = if end.is_empty() {
         vec![DATA_PREFIX[0] + 1]
     } else {
-        data_key(&region.end)
+        data_key(end)
     };
-    Ok(KeyRange::new(data_key(&region.start), end)?)
+    Ok(KeyRange::new(data_key(start), end)?)
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

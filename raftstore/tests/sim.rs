@@ -31,6 +31,63 @@ async fn await_new_leader(sim: &mut Sim, region: u64, old: u64) {
     }
 }
 
+/// Crashes a follower of `region`, writes enough entries (keys `{prefix}{i}`, value `[i; 50]`)
+/// for the live replicas to compact their logs past it, lets GC run, and restarts it.
+/// Returns (leader, follower, entries written, leader's applied index).
+async fn leave_follower_behind_gc(sim: &mut Sim, region: u64, prefix: &str) -> (u64, u64, u64, u64) {
+    let leader = sim.leader(region).unwrap();
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    sim.crash(follower);
+    let entries = sim.config().gc_keep_entries + sim.config().gc_slack_entries + 10;
+    for i in 0..entries {
+        let key = key_in(sim, region, &format!("{prefix}{i}"));
+        sim.submit(
+            1,
+            key,
+            OpKind::Put {
+                value: vec![i as u8; 50],
+            },
+        );
+        sim.run_until_done().await;
+    }
+    sim.ticks(2).await; // GC runs on the live nodes
+    let applied = sim.applied(leader, region).unwrap();
+    sim.restart(follower).await;
+    (leader, follower, entries, applied)
+}
+
+/// Ticks until `node`'s replica of `region` has applied `applied`, within 100 ticks.
+async fn await_caught_up(sim: &mut Sim, node: u64, region: u64, applied: u64) {
+    let from = sim.now();
+    while sim.applied(node, region) < Some(applied) {
+        sim.tick().await;
+        assert!(
+            sim.now() - from < 100,
+            "seed {}: node {node} did not catch up",
+            sim.seed()
+        );
+    }
+}
+
+/// Reads every key through the cluster, asserts the value it must hold, and checks that the
+/// whole history so far is linearizable.
+async fn assert_reads(sim: &mut Sim, expected: &[(Vec<u8>, Vec<u8>)]) {
+    for (key, _) in expected {
+        sim.submit(2, key.clone(), OpKind::Get { observed: None });
+    }
+    sim.run_until_done().await;
+    let history = sim.history();
+    for (key, v) in expected {
+        assert_eq!(
+            value(&history, key),
+            Some(Some(v.clone())),
+            "seed {}: key {key:?}",
+            sim.seed()
+        );
+    }
+    assert_eq!(check(&history), CheckResult::Linearizable);
+}
+
 fn value(history: &[corekv_raftstore::linearizability::Op], key: &[u8]) -> Option<Option<Vec<u8>>> {
     history
         .iter()
@@ -125,23 +182,10 @@ fn leader_crash_loses_no_acknowledged_write() {
             sim.applied(leader, region),
             "the restarted node caught up"
         );
-        for i in 0..30 {
-            sim.submit(
-                2,
-                key_in(&sim, region, &format!("a{i}")),
-                OpKind::Get { observed: None },
-            );
-        }
-        sim.run_until_done().await;
-        let history = sim.history();
-        for i in 0..30u8 {
-            assert_eq!(
-                value(&history, &key_in(&sim, region, &format!("a{i}"))),
-                Some(Some(vec![i])),
-                "key a{i}"
-            );
-        }
-        assert_eq!(check(&history), CheckResult::Linearizable);
+        let expected: Vec<_> = (0..30u8)
+            .map(|i| (key_in(&sim, region, &format!("a{i}")), vec![i]))
+            .collect();
+        assert_reads(&mut sim, &expected).await;
     });
 }
 
@@ -191,32 +235,8 @@ fn follower_restarted_after_log_gc_catches_up_by_snapshot() {
         let mut sim = Sim::new(cfg).await;
         sim.ticks(5).await;
         let region = sim.regions()[2].id;
-        let leader = sim.leader(region).unwrap();
-        let follower = (1..=3).find(|&n| n != leader).unwrap();
-        sim.crash(follower);
-        let entries = sim.config().gc_keep_entries + sim.config().gc_slack_entries + 20;
-        for i in 0..entries {
-            sim.submit(
-                1,
-                key_in(&sim, region, &format!("s{i}")),
-                OpKind::Put {
-                    value: vec![i as u8; 50],
-                },
-            );
-            sim.run_until_done().await;
-        }
-        sim.ticks(2).await; // GC runs on the live nodes
-        let applied = sim.applied(leader, region).unwrap();
-        sim.restart(follower).await;
-        let restarted_at = sim.now();
-        while sim.applied(follower, region) < Some(applied) {
-            sim.tick().await;
-            assert!(
-                sim.now() - restarted_at < 100,
-                "seed {}: the follower did not catch up",
-                sim.seed()
-            );
-        }
+        let (leader, follower, entries, applied) = leave_follower_behind_gc(&mut sim, region, "s").await;
+        await_caught_up(&mut sim, follower, region, applied).await;
         assert!(
             sim.snapshots_installed() >= 1,
             "it caught up through a snapshot, not the log"
@@ -225,23 +245,10 @@ fn follower_restarted_after_log_gc_catches_up_by_snapshot() {
         // The follower serves the data: make it leader by cutting the old leader off.
         sim.isolate(leader);
         await_new_leader(&mut sim, region, leader).await;
-        for i in 0..entries {
-            sim.submit(
-                2,
-                key_in(&sim, region, &format!("s{i}")),
-                OpKind::Get { observed: None },
-            );
-        }
-        sim.run_until_done().await;
-        let history = sim.history();
-        for i in 0..entries {
-            assert_eq!(
-                value(&history, &key_in(&sim, region, &format!("s{i}"))),
-                Some(Some(vec![i as u8; 50])),
-                "key s{i}"
-            );
-        }
-        assert_eq!(check(&history), CheckResult::Linearizable);
+        let expected: Vec<_> = (0..entries)
+            .map(|i| (key_in(&sim, region, &format!("s{i}")), vec![i as u8; 50]))
+            .collect();
+        assert_reads(&mut sim, &expected).await;
     });
 }
 
@@ -253,35 +260,13 @@ fn lost_snapshot_is_sent_again() {
         let mut sim = Sim::new(SimConfig::new(5)).await;
         sim.ticks(5).await;
         let region = sim.regions()[3].id;
-        let leader = sim.leader(region).unwrap();
-        let follower = (1..=3).find(|&n| n != leader).unwrap();
-        sim.crash(follower);
-        let entries = sim.config().gc_keep_entries + sim.config().gc_slack_entries + 10;
-        for i in 0..entries {
-            sim.submit(
-                1,
-                key_in(&sim, region, &format!("l{i}")),
-                OpKind::Put { value: vec![i as u8] },
-            );
-            sim.run_until_done().await;
-        }
-        sim.ticks(2).await;
-        let applied = sim.applied(leader, region).unwrap();
-        sim.restart(follower).await;
         sim.net_mut().snapshot_chunk_drop_ppm = 1_000_000; // every stream breaks
+        let (_, follower, _, applied) = leave_follower_behind_gc(&mut sim, region, "l").await;
         sim.ticks(30).await;
         assert_eq!(sim.snapshots_installed(), 0);
         assert!(sim.snapshot_chunks_sent() > 0, "snapshots were attempted");
         sim.net_mut().snapshot_chunk_drop_ppm = 0;
-        let healed_at = sim.now();
-        while sim.applied(follower, region) < Some(applied) {
-            sim.tick().await;
-            assert!(
-                sim.now() - healed_at < 100,
-                "seed {}: the follower stalled after a lost snapshot",
-                sim.seed()
-            );
-        }
+        await_caught_up(&mut sim, follower, region, applied).await;
         assert!(sim.snapshots_installed() >= 1);
     });
 }

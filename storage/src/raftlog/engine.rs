@@ -389,7 +389,9 @@ impl<D: Disk> LogEngine<D> {
         group.last_ticket = st.admitted_ticket;
         let end = group.end();
         let tail_from = align_down(group.buf.len(), BLOCK_BYTES);
-        st.cursor.tail = group.buf[tail_from..].to_vec();
+        // Reuses the tail buffer: this runs for every append.
+        st.cursor.tail.clear();
+        st.cursor.tail.extend_from_slice(&group.buf[tail_from..]);
         st.cursor.pos = end;
         assert!(
             st.cursor.pos <= cfg.segment_bytes,
