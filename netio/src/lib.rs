@@ -1,12 +1,23 @@
-//! corekv-netio: the wire. Nothing here yet; this crate will own:
+//! corekv-netio: the wire, and the client that speaks it.
 //!
-//! - the frame: magic, protocol version, message type, request id, length, crc32c, followed
-//!   by an rkyv archive that is validated once per frame (bytecheck) and then read in place;
-//! - the typed error frames (`WrongShard`, `NotLeader`, `RegionNotFound`, `EpochNotMatch`,
-//!   `ServerBusy`, ...) and their stable wire codes;
-//! - the glommio io_uring TCP edges: one listener per shard (`port + shard`), pipelined
-//!   requests with bounded queues, and the node-to-node raft transport batched per
-//!   destination (node, shard).
+//! Map:
+//! - `frame`: the 24-byte header (magic, version, kind, request id, length, crc32c) and the
+//!   rkyv body, validated once per frame (bytecheck), then read in place.
+//! - `msg`: what frames carry: client requests and replies, typed errors with their stable
+//!   codes and re-routing hints, the raft transport's batches, snapshot chunks and acks.
+//! - `io`: frames over any async byte stream (glommio's io_uring TCP in practice).
+//! - `client`: the shard-aware client library: region and leader caches, routing straight to
+//!   the owning core, retries with backoff, deadlines.
+//! - `error`: [`FrameError`] (what is wrong with bytes received) and [`Error`].
 //!
 //! Must not: depend on `storage` or `raftstore` (it sits at the bottom with `storage`), or
 //! panic on anything a peer sends.
+
+pub mod client;
+pub mod error;
+pub mod frame;
+pub mod io;
+pub mod msg;
+
+pub use client::{Client, ClientConfig};
+pub use error::{Error, FrameError, Result};

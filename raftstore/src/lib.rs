@@ -6,6 +6,8 @@
 //!   [`ShardReady`] per loop: one log batch for every region, messages, entries to apply;
 //!   [`Response`]s). No I/O, no clock.
 //! - `storage`: [`PeerStorage`], raft-rs's `Storage` served from memory.
+//! - `driver`: [`driver::Engines`], a shard's core and engines, and the one loop iteration
+//!   (ready -> group commit -> apply) that the node runtime and the simulator both run.
 //! - `apply`: the apply step into the KV engine (applied index in the same write batch),
 //!   region metadata in the `meta` CF, restoring a peer from the two engines. An I/O edge.
 //! - `cmd`: raw KV commands, their limits and their encoding in raft entries.
@@ -24,6 +26,7 @@
 
 pub mod apply;
 pub mod cmd;
+pub mod driver;
 pub mod error;
 pub mod linearizability;
 pub mod raft_core;

@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::apply;
 use crate::cmd::{Command, Outcome};
+use crate::driver::Engines;
 use crate::error::Error;
 use crate::linearizability::{Op, OpKind};
 use crate::raft_core::{batch_by_destination, RaftConfig, RaftCore, RaftMessage, RequestId, Response};
@@ -101,12 +102,6 @@ pub struct SimTiming {
     pub snapshot_chunks_sent: u64,
 }
 
-struct SimShard {
-    core: RaftCore,
-    log: LogEngine<MemDisk>,
-    kv: KvEngine,
-}
-
 struct InFlight {
     deliver_at: u64,
     seq: u64,
@@ -143,7 +138,7 @@ pub struct Sim {
     cache: SharedBlockCache,
     regions: Vec<Region>,
     disks: BTreeMap<ShardAddr, MemDisk>,
-    shards: BTreeMap<ShardAddr, SimShard>,
+    shards: BTreeMap<ShardAddr, Engines<MemDisk>>,
     net: Vec<InFlight>,
     net_seq: u64,
     /// Per receiving shard: snapshot streams being reassembled (lost with a crash).
@@ -228,6 +223,7 @@ impl Sim {
                     .get_mut(&addr)
                     .expect("started")
                     .core
+                    .borrow_mut()
                     .campaign(region.id)
                     .expect("bootstrap campaign");
             }
@@ -271,17 +267,12 @@ impl Sim {
         .await
         .expect("open the simulated log engine");
         let kv = self.open_kv(addr);
-        let mut core = RaftCore::new(addr.0, addr.1, self.cfg.raft.clone(), self.cfg.seed);
+        let core = RaftCore::new(addr.0, addr.1, self.cfg.raft.clone(), self.cfg.seed);
         let snap_dir = self.dir.path().join(format!("snap-n{}-s{}", addr.0, addr.1));
-        for region in apply::load_regions(&kv).expect("region states") {
-            let storage = apply::restore_storage(&log, &region)
-                .await
-                .expect("restore raft storage");
-            let truncated = storage.truncated().0;
-            let applied = apply::finish_staged_snapshot(&kv, &region, truncated, &snap_dir).expect("applied index");
-            core.add_peer(region, storage, applied).expect("add peer");
-        }
-        self.shards.insert(addr, SimShard { core, log, kv });
+        let engines = Engines::restore(core, log, kv, snap_dir)
+            .await
+            .expect("restore the shard's peers");
+        self.shards.insert(addr, engines);
     }
 
     /// Power loss on `node`: its engines close and whatever the log had not synced is gone.
@@ -312,7 +303,7 @@ impl Sim {
     /// How the live shards served reads so far (summed).
     pub fn read_stats(&self) -> crate::ReadStats {
         self.shards.values().fold(crate::ReadStats::default(), |mut sum, s| {
-            let r = s.core.read_stats();
+            let r = s.core.borrow().read_stats();
             sum.lease += r.lease;
             sum.read_index += r.read_index;
             sum
@@ -349,8 +340,8 @@ impl Sim {
     fn leader_addr(&self, region_id: u64) -> Option<ShardAddr> {
         self.shards
             .iter()
-            .filter(|(_, s)| s.core.is_leader(region_id))
-            .max_by_key(|(_, s)| s.core.term(region_id))
+            .filter(|(_, s)| s.core.borrow().is_leader(region_id))
+            .max_by_key(|(_, s)| s.core.borrow().term(region_id))
             .map(|(addr, _)| *addr)
     }
 
@@ -364,8 +355,8 @@ impl Sim {
     /// One tick of simulated time: every live core ticks, then the cluster runs until quiet.
     pub async fn tick(&mut self) {
         self.now += 1;
-        for shard in self.shards.values_mut() {
-            shard.core.tick();
+        for shard in self.shards.values() {
+            shard.core.borrow_mut().tick();
         }
         self.gc().await;
         self.drive_clients();
@@ -378,36 +369,11 @@ impl Sim {
         }
     }
 
-    /// Log GC on every live shard, as the shard runtime will do it: the KV engine is made
-    /// durable first (the log may then drop what it holds), then the log is compacted.
+    /// Log GC on every live shard, as the shard runtime does it.
     async fn gc(&mut self) {
         let (keep, slack) = (self.cfg.gc_keep_entries, self.cfg.gc_slack_entries);
-        for shard in self.shards.values_mut() {
-            let candidates = shard.core.gc_candidates(keep, slack);
-            if candidates.is_empty() {
-                continue;
-            }
-            for cf in corekv_storage::kv::Cf::ALL {
-                shard.kv.flush(cf).expect("flush the KV engine before log GC");
-            }
-            let mut batch = corekv_storage::raftlog::LogBatch::new();
-            for &(region, index, term) in &candidates {
-                batch.compact_to(region, index);
-                batch.put_state(
-                    region,
-                    crate::raft_core::TRUNCATED_KEY,
-                    &crate::raft_core::encode_truncated(index - 1, term),
-                );
-            }
-            shard
-                .log
-                .append(&batch)
-                .await
-                .expect("the simulated disk does not fail");
-            for &(region, index, _) in &candidates {
-                shard.core.on_compacted(region, index);
-            }
-            shard.log.purge().await.expect("purge");
+        for shard in self.shards.values() {
+            shard.gc(keep, slack).await.expect("log GC on the simulated engines");
         }
     }
 
@@ -452,8 +418,8 @@ impl Sim {
                 }
             };
             for msg in msgs {
-                if let Some(shard) = self.shards.get_mut(&(msg.to.node, msg.to.shard)) {
-                    let _ = shard.core.step(msg);
+                if let Some(shard) = self.shards.get(&(msg.to.node, msg.to.shard)) {
+                    let _ = shard.core.borrow_mut().step(msg);
                 }
             }
         }
@@ -488,8 +454,8 @@ impl Sim {
                 self.transmit(Packet::Chunk(Box::new(chunk)));
             }
 
-            if let Some(shard) = self.shards.get_mut(&from) {
-                shard.core.report_snapshot(region_id, to.id, delivered);
+            if let Some(shard) = self.shards.get(&from) {
+                shard.core.borrow_mut().report_snapshot(region_id, to.id, delivered);
             }
         }
     }
@@ -521,68 +487,36 @@ impl Sim {
         ppm > 0 && (self.rng.next_u32() % 1_000_000) < ppm
     }
 
-    /// One iteration of a shard's loop, exactly as the shard runtime will run it.
+    /// One iteration of a shard's loop, through the driver the shard runtime uses. Messages
+    /// are put on the network after the iteration (simulated time does not pass within it).
     async fn run_ready(&mut self, addr: ShardAddr) -> bool {
-        let Some(shard) = self.shards.get_mut(&addr) else {
+        let Some(shard) = self.shards.get(&addr) else {
             return false;
         };
-        let t0 = Instant::now();
-        let rd = shard.core.ready();
-        self.timing.core += t0.elapsed();
-        if rd.is_empty() {
+        let mut groups = Vec::new();
+        let stats = shard
+            .run_ready(&mut |msgs| groups.push(msgs))
+            .await
+            .unwrap_or_else(|e| panic!("seed {}: shard loop failed: {e}", self.cfg.seed));
+        let Some(stats) = stats else {
             return self.take_responses(addr);
+        };
+        self.timing.core += stats.core;
+        self.timing.log += stats.log;
+        self.timing.apply += stats.apply;
+        self.timing.snapshots_installed += stats.snapshots_installed;
+        for msgs in groups {
+            self.send(msgs);
         }
-        self.send(rd.messages);
-        let snap_dir = self.dir.path().join(format!("snap-n{}-s{}", addr.0, addr.1));
-        let shard = self.shards.get_mut(&addr).expect("present");
-        for region in &rd.generate_snapshots {
-            let (applied, data) = apply::generate_snapshot(&shard.kv, region, &snap_dir).expect("generate a snapshot");
-            shard.core.on_snapshot_generated(region.id, applied, data);
-        }
-        // A received snapshot is staged durably, then the log records it (in `log_batch`),
-        // then the KV engine installs it: a crash anywhere in between is finished on restart.
-        for (region, snap) in &rd.install_snapshots {
-            apply::stage_snapshot(&snap_dir, region.id, &snap.data).expect("stage a snapshot");
-        }
-        if !rd.log_batch.is_empty() {
-            let t0 = Instant::now();
-            shard
-                .log
-                .append(&rd.log_batch)
-                .await
-                .expect("the simulated disk does not fail");
-            self.timing.log += t0.elapsed();
-        }
-        for (region, snap) in &rd.install_snapshots {
-            let index = snap.get_metadata().index;
-            apply::install_snapshot(&shard.kv, region, index, &snap.data, &snap_dir).expect("install a snapshot");
-            apply::drop_staged_snapshot(&snap_dir, region.id);
-            self.timing.snapshots_installed += 1;
-        }
-        let t0 = Instant::now();
-        shard.core.on_persisted(&rd.persisted);
-        for (region, snap) in &rd.install_snapshots {
-            shard.core.on_applied(region.id, snap.get_metadata().index, Vec::new());
-        }
-        self.timing.core += t0.elapsed();
-        for task in rd.apply {
-            let t0 = Instant::now();
-            let (applied, outcomes) = apply::apply(&shard.kv, &task.region, &task.entries).expect("apply");
-            let t1 = Instant::now();
-            shard.core.on_applied(task.region.id, applied, outcomes);
-            self.timing.apply += t1 - t0;
-            self.timing.core += t1.elapsed();
-        }
-        self.send(rd.after_persist);
         self.take_responses(addr);
         true
     }
 
     fn take_responses(&mut self, addr: ShardAddr) -> bool {
-        let Some(shard) = self.shards.get_mut(&addr) else {
+        let Some(shard) = self.shards.get(&addr) else {
             return false;
         };
-        let responses = shard.core.take_responses();
+        let responses = shard.core.borrow_mut().take_responses();
         let moved = !responses.is_empty();
         for response in responses {
             let (id, result) = match response {
@@ -735,10 +669,10 @@ impl Sim {
         self.next_request += 1;
         self.by_request.insert(id, i);
         self.ops[i].attempt = Some((id, addr, self.now));
-        let shard = self.shards.get_mut(&addr).expect("leader is live");
+        let mut core = self.shards[&addr].core.borrow_mut();
         match self.ops[i].command.clone() {
-            Some(cmd) => shard.core.propose(id, region.id, region.epoch, cmd),
-            None => shard.core.read(id, region.id, region.epoch),
+            Some(cmd) => core.propose(id, region.id, region.epoch, cmd),
+            None => core.read(id, region.id, region.epoch),
         }
     }
 

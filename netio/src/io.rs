@@ -1,0 +1,72 @@
+//! Frames over a byte stream (glommio's io_uring TCP in production; any `AsyncRead` /
+//! `AsyncWrite`): read one checked frame, write many at once.
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::error::{Error, FrameError, Result};
+use crate::frame::{Body, Header, HEADER_BYTES};
+
+/// Read buffer per connection: many pipelined small frames per read syscall.
+pub const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// A frame whose header and checksum were checked; its archive is validated by the reader
+/// that knows its type (`frame::access`).
+pub struct Frame {
+    pub header: Header,
+    pub body: Body,
+}
+
+pub struct FrameReader<R> {
+    inner: BufReader<R>,
+    peer: String,
+    body_bytes_max: u32,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, peer: String, body_bytes_max: u32) -> FrameReader<R> {
+        FrameReader {
+            inner: BufReader::with_capacity(READ_BUFFER_BYTES, inner),
+            peer,
+            body_bytes_max,
+        }
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The next frame; `None` when the peer closed the stream between frames.
+    pub async fn next(&mut self) -> Result<Option<Frame>> {
+        let mut head = [0u8; HEADER_BYTES];
+        let mut filled = 0;
+        while filled < HEADER_BYTES {
+            let n = self
+                .inner
+                .read(&mut head[filled..])
+                .await
+                .map_err(|e| Error::io(&self.peer, e))?;
+            if n == 0 {
+                return match filled {
+                    0 => Ok(None),
+                    _ => Err(FrameError::Truncated.into()),
+                };
+            }
+            filled += n;
+        }
+        let header = Header::decode(&head, self.body_bytes_max)?;
+        let mut body = Body::with_capacity(header.body_bytes as usize);
+        body.resize(header.body_bytes as usize, 0);
+        self.inner.read_exact(&mut body).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Frame(FrameError::Truncated),
+            _ => Error::io(&self.peer, e),
+        })?;
+        header.check_body(&body)?;
+        Ok(Some(Frame { header, body }))
+    }
+}
+
+/// Writes already-encoded frames in one go and flushes.
+pub async fn write_frames<W: AsyncWrite + Unpin>(out: &mut W, peer: &str, bytes: &[u8]) -> Result<()> {
+    out.write_all(bytes).await.map_err(|e| Error::io(peer, e))?;
+    out.flush().await.map_err(|e| Error::io(peer, e))
+}

@@ -1,0 +1,250 @@
+//! What frames carry: rkyv archives, validated once per frame and read in place.
+//!
+//! Owns: the client request/reply set, the typed errors a shard answers with (each with a
+//! stable code and the hint a client needs to re-route), and the shard-to-shard messages of
+//! the raft transport. Raft messages travel as opaque protobuf bytes (`RaftEnvelope::message`):
+//! netio does not know raft; the node runtime converts at the edge.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WireEpoch {
+    pub conf_ver: u64,
+    pub version: u64,
+}
+
+/// A replica of a region and where it lives: (node, shard).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WirePeer {
+    pub id: u64,
+    pub node: u64,
+    pub shard: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireRegion {
+    pub id: u64,
+    pub start: Vec<u8>,
+    /// Empty: unbounded.
+    pub end: Vec<u8>,
+    pub epoch: WireEpoch,
+    pub peers: Vec<WirePeer>,
+}
+
+impl WireRegion {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+/// A client request for one region, checked against the epoch the client saw.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub region_id: u64,
+    pub epoch: WireEpoch,
+    pub op: Op,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Get {
+        key: Vec<u8>,
+    },
+    BatchGet {
+        keys: Vec<Vec<u8>>,
+    },
+    /// Keys in `[start, end)` (empty `end`: to the region's end), at most `limit`, descending
+    /// when `reverse`.
+    Scan {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u32,
+        reverse: bool,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    BatchPut {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    DeleteRange {
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
+    /// Sets `key` to `new` (None: deletes) if its value is `expected` (None: absent).
+    CompareAndSwap {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
+    /// The node's view of the cluster (any shard answers; `region_id` is ignored).
+    ClusterInfo,
+}
+
+impl Op {
+    /// Whether the request changes data (its outcome is unknown if its answer is lost).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Op::Get { .. } | Op::BatchGet { .. } | Op::Scan { .. } | Op::ClusterInfo
+        )
+    }
+}
+
+/// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
+pub const OP_NAMES: [&str; 9] = [
+    "get",
+    "batch_get",
+    "scan",
+    "put",
+    "batch_put",
+    "delete",
+    "delete_range",
+    "compare_and_swap",
+    "cluster_info",
+];
+
+impl ArchivedOp {
+    /// Position of this kind in [`OP_NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            ArchivedOp::Get { .. } => 0,
+            ArchivedOp::BatchGet { .. } => 1,
+            ArchivedOp::Scan { .. } => 2,
+            ArchivedOp::Put { .. } => 3,
+            ArchivedOp::BatchPut { .. } => 4,
+            ArchivedOp::Delete { .. } => 5,
+            ArchivedOp::DeleteRange { .. } => 6,
+            ArchivedOp::CompareAndSwap { .. } => 7,
+            ArchivedOp::ClusterInfo => 8,
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Value(Option<Vec<u8>>),
+    Values(Vec<Option<Vec<u8>>>),
+    Rows(Vec<(Vec<u8>, Vec<u8>)>),
+    Done,
+    Cas { succeeded: bool, previous: Option<Vec<u8>> },
+    Cluster(ClusterInfo),
+    Failed(WireError),
+}
+
+/// One node's view of the cluster: its members, and every region with the leader this node
+/// knows of (from the replicas it hosts; `term` orders conflicting claims).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    pub node_id: u64,
+    pub shards: u32,
+    /// (node id, client address of its shard 0; shard i listens on that port + i).
+    pub nodes: Vec<(u64, String)>,
+    pub regions: Vec<RegionInfo>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub region: WireRegion,
+    pub leader: Option<WirePeer>,
+    pub term: u64,
+}
+
+/// What a shard answers instead of a result. Codes are stable; the variants a client acts on
+/// carry what it needs to re-route.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("region {region_id}: not leader (leader hint: {leader:?})")]
+    NotLeader { region_id: u64, leader: Option<WirePeer> },
+    #[error("region {region_id}: epoch not match (current: {current:?})")]
+    EpochNotMatch {
+        region_id: u64,
+        current: Option<WireRegion>,
+    },
+    #[error("region {region_id} not found on this shard")]
+    RegionNotFound { region_id: u64 },
+    #[error("key is not in region {region_id}")]
+    KeyNotInRegion { region_id: u64 },
+    #[error("region {region_id}: proposal dropped ({reason}); not applied")]
+    ProposalDropped { region_id: u64, reason: String },
+    #[error("{reason}")]
+    TooLarge { reason: String },
+    #[error("server busy: {reason}")]
+    ServerBusy { reason: String },
+    #[error("storage: {reason}")]
+    Storage { reason: String },
+    /// Region `region_id` is served by shard `shard` of this node: reconnect to port + shard.
+    #[error("region {region_id} lives on shard {shard} of this node")]
+    WrongShard { region_id: u64, shard: u32 },
+    /// The request itself is malformed (bad frame, failed validation, wrong kind).
+    #[error("malformed request (code {code}): {reason}")]
+    Malformed { code: u16, reason: String },
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+impl WireError {
+    /// Stable code; the raftstore's conditions keep the raftstore's codes (200..).
+    pub fn code(&self) -> u16 {
+        match self {
+            WireError::NotLeader { .. } => 200,
+            WireError::EpochNotMatch { .. } => 201,
+            WireError::RegionNotFound { .. } => 202,
+            WireError::KeyNotInRegion { .. } => 203,
+            WireError::ProposalDropped { .. } => 204,
+            WireError::TooLarge { .. } => 205,
+            WireError::ServerBusy { .. } => 206,
+            WireError::Storage { .. } => 207,
+            WireError::WrongShard { .. } => 320,
+            WireError::Malformed { code, .. } => *code,
+            WireError::ShuttingDown => 321,
+        }
+    }
+
+    /// Whether the request was certainly not applied and may be sent again (after re-routing).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            WireError::TooLarge { .. } | WireError::Storage { .. } | WireError::Malformed { .. }
+        )
+    }
+}
+
+/// Raft messages from one shard to one (node, shard), sent together.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RaftBatch {
+    pub messages: Vec<RaftEnvelope>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RaftEnvelope {
+    pub region_id: u64,
+    pub from: WirePeer,
+    pub to: WirePeer,
+    /// A raft-rs `eraftpb::Message` in its protobuf encoding.
+    pub message: Vec<u8>,
+}
+
+/// One bounded piece of a snapshot stream (see raftstore's `snapshot_chunks`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The `MsgSnapshot` with its data taken out.
+    pub header: RaftEnvelope,
+    pub seq: u32,
+    pub count: u32,
+    pub total_bytes: u64,
+    pub crc32c: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// The receiver reassembled a whole snapshot for peer `to_peer` of `region_id` and handed it
+/// to raft: the sender may report it delivered.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotAck {
+    pub region_id: u64,
+    pub to_peer: u64,
+}

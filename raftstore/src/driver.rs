@@ -1,0 +1,191 @@
+//! One shard's engines and the loop iteration that drives its `RaftCore` over them: the ONE
+//! code path shared by the node runtime and the simulator.
+//!
+//! Owns: the order of a loop iteration, which is where durability is established:
+//! 1. `RaftCore::ready` -> messages a leader may send before its own append go out at once;
+//! 2. snapshots to install are staged durably, snapshots to send are generated (off the
+//!    shard's core, `KvEngine::offload`);
+//! 3. ONE log append for every region's entries and hard states (group commit); once it
+//!    returns, they are durable (O_DSYNC) -- only then:
+//! 4. received snapshots are installed, `on_persisted` tells raft, committed entries are
+//!    applied (applied index in the same KV write batch), and the messages that promise
+//!    durability (votes, append acks) go out.
+//!
+//! The core sits in a `RefCell` and is never borrowed across an await: other tasks of the
+//! shard (connections, the ticker) step and propose while the append is in flight, and their
+//! work joins the next iteration's group.
+//!
+//! Must not: open sockets or know about time; the caller ticks the core and moves messages.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use corekv_storage::kv::{Cf, KvEngine};
+use corekv_storage::raftlog::{Disk, LogBatch, LogEngine};
+
+use crate::apply;
+use crate::error::Result;
+use crate::raft_core::{encode_truncated, RaftCore, RaftMessage, TRUNCATED_KEY};
+
+/// How long a shard waits before retrying a log append refused for lack of space.
+pub const LOG_NO_SPACE_RETRY_MS: u64 = 200;
+
+/// A shard's raft core and the engines under it.
+pub struct Engines<D: Disk> {
+    pub core: RefCell<RaftCore>,
+    pub log: LogEngine<D>,
+    pub kv: KvEngine,
+    /// Snapshot files being built, sent or installed (and staged installs).
+    pub snap_dir: PathBuf,
+}
+
+/// What one iteration did and where its time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopStats {
+    /// In `RaftCore`: ready, persisted and applied bookkeeping.
+    pub core: Duration,
+    /// In the log append (the group commit), retries included.
+    pub log: Duration,
+    /// Applying committed entries into the KV engine.
+    pub apply: Duration,
+    /// Regions with entries or hard states in this iteration's log batch.
+    pub regions_in_batch: usize,
+    pub log_appends: u64,
+    /// Appends refused for lack of space and retried.
+    pub log_no_space: u64,
+    pub entries_applied: u64,
+    pub snapshots_generated: u64,
+    pub snapshots_installed: u64,
+}
+
+impl<D: Disk> Engines<D> {
+    /// Restores every peer the KV engine records from both engines (finishing a snapshot
+    /// install a crash cut short) into `core`.
+    pub async fn restore(mut core: RaftCore, log: LogEngine<D>, kv: KvEngine, snap_dir: PathBuf) -> Result<Engines<D>> {
+        for region in apply::load_regions(&kv)? {
+            let storage = apply::restore_storage(&log, &region).await?;
+            let truncated = storage.truncated().0;
+            let applied = apply::finish_staged_snapshot(&kv, &region, truncated, &snap_dir)?;
+            core.add_peer(region, storage, applied)?;
+        }
+        Ok(Engines {
+            core: RefCell::new(core),
+            log,
+            kv,
+            snap_dir,
+        })
+    }
+
+    /// One loop iteration (see the module doc). `send` transmits a group of messages.
+    /// `None`: there was nothing to do. Responses are left in the core (`take_responses`).
+    pub async fn run_ready(&self, send: &mut impl FnMut(Vec<RaftMessage>)) -> Result<Option<LoopStats>> {
+        let mut stats = LoopStats::default();
+        let t0 = Instant::now();
+        let rd = self.core.borrow_mut().ready();
+        stats.core += t0.elapsed();
+        if rd.is_empty() {
+            return Ok(None);
+        }
+        send(rd.messages);
+        for region in rd.generate_snapshots {
+            let dir = self.snap_dir.clone();
+            let region_id = region.id;
+            let (applied, data) = self
+                .kv
+                .offload(move |kv| apply::generate_snapshot(kv, &region, &dir))
+                .await?;
+            self.core.borrow_mut().on_snapshot_generated(region_id, applied, data);
+            stats.snapshots_generated += 1;
+        }
+        // A received snapshot is staged durably, then the log records it (in `log_batch`),
+        // then the KV engine installs it: a crash anywhere in between is finished on restart.
+        for (region, snap) in &rd.install_snapshots {
+            apply::stage_snapshot(&self.snap_dir, region.id, &snap.data)?;
+        }
+        if !rd.log_batch.is_empty() {
+            stats.regions_in_batch = rd.persisted.len();
+            let t0 = Instant::now();
+            self.append(&rd.log_batch, &mut stats).await?;
+            stats.log += t0.elapsed();
+        }
+        // Durable from here on: the batch's entries and hard states survive a crash.
+        for (region, snap) in &rd.install_snapshots {
+            let index = snap.get_metadata().index;
+            let (target, data, dir) = (region.clone(), snap.data.clone(), self.snap_dir.clone());
+            self.kv
+                .offload(move |kv| apply::install_snapshot(kv, &target, index, &data, &dir))
+                .await?;
+            apply::drop_staged_snapshot(&self.snap_dir, region.id);
+            stats.snapshots_installed += 1;
+        }
+        let t0 = Instant::now();
+        {
+            let mut core = self.core.borrow_mut();
+            core.on_persisted(&rd.persisted);
+            for (region, snap) in &rd.install_snapshots {
+                core.on_applied(region.id, snap.get_metadata().index, Vec::new());
+            }
+        }
+        stats.core += t0.elapsed();
+        for task in rd.apply {
+            let t0 = Instant::now();
+            let (applied, outcomes) = apply::apply(&self.kv, &task.region, &task.entries)?;
+            let t1 = Instant::now();
+            stats.entries_applied += task.entries.len() as u64;
+            self.core.borrow_mut().on_applied(task.region.id, applied, outcomes);
+            stats.apply += t1 - t0;
+            stats.core += t1.elapsed();
+        }
+        send(rd.after_persist);
+        Ok(Some(stats))
+    }
+
+    /// Appends `batch`, waiting out a full disk (the batch is kept and retried as it is:
+    /// raft's view already includes it). Any other failure is fatal for the shard.
+    async fn append(&self, batch: &LogBatch, stats: &mut LoopStats) -> Result<()> {
+        loop {
+            match self.log.append(batch).await {
+                Ok(_) => {
+                    stats.log_appends += 1;
+                    return Ok(());
+                }
+                Err(e @ corekv_storage::Error::NoSpace { .. }) => {
+                    if stats.log_no_space == 0 {
+                        tracing::warn!(error = %e, "raft log append refused: disk full; retrying until space is freed");
+                    }
+                    stats.log_no_space += 1;
+                    glommio::timer::sleep(Duration::from_millis(LOG_NO_SPACE_RETRY_MS)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Log GC: for regions with more than `keep + slack` applied entries in the log, makes the
+    /// KV engine durable (off the shard's core), then drops the log below the last `keep`.
+    /// Returns how many regions were compacted.
+    pub async fn gc(&self, keep_entries: u64, slack_entries: u64) -> Result<usize> {
+        let candidates = self.core.borrow().gc_candidates(keep_entries, slack_entries);
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        // The KV engine holds everything applied only once flushed: the log may drop it then.
+        self.kv
+            .offload(|kv| Cf::ALL.into_iter().try_for_each(|cf| kv.flush(cf)))
+            .await?;
+        let mut batch = LogBatch::new();
+        for &(region, index, term) in &candidates {
+            batch.compact_to(region, index);
+            batch.put_state(region, TRUNCATED_KEY, &encode_truncated(index - 1, term));
+        }
+        self.append(&batch, &mut LoopStats::default()).await?;
+        let mut core = self.core.borrow_mut();
+        for &(region, index, _) in &candidates {
+            core.on_compacted(region, index);
+        }
+        drop(core);
+        self.log.purge().await?;
+        Ok(candidates.len())
+    }
+}
