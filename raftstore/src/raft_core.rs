@@ -687,6 +687,14 @@ impl RaftCore {
         }
     }
 
+    /// Committed but not yet applied entries, summed over the shard's regions.
+    pub fn apply_lag(&self) -> u64 {
+        self.peers
+            .values()
+            .map(|p| p.raw.raft.raft_log.committed.saturating_sub(p.applied))
+            .sum()
+    }
+
     pub fn read_stats(&self) -> ReadStats {
         self.stats
     }

@@ -1,42 +1,44 @@
 //! corekv-shard: assembles a node out of shards — one glommio executor pinned to each core,
 //! each owning its KV engine, its Raft log engine and its regions.
 //!
-//! Owns today: starting pinned executors with the process limits they need
-//! ([`ensure_memlock`], [`spawn_pinned`]). With the running-cluster milestone it also owns
-//! the node runtime: shard startup, the region -> shard routing table and cross-shard
-//! channels.
+//! Map (start with `node`):
+//! - `node`: [`run_node`] starts a node: checks its config and data dir, computes the
+//!   bootstrap `layout`, starts one pinned executor per shard, serves `/metrics`, and stops
+//!   on request.
+//! - `runtime`: one shard at run time: its loop over `raftstore::driver`, its ticker, request
+//!   handling and reads.
+//! - `server`: the shard's listener and connections; `transport`: its raft transport to peer
+//!   shards; `convert`: wire <-> raftstore types at that edge.
+//! - `routing`: the node's region table (who hosts what, which leader it saw), shared by its
+//!   shards, written only on leader changes.
+//! - `config`, `metrics`, `error`; here: pinned executors and the process limits they need.
 //!
 //! Must not: contain raft or transaction logic (that is `raftstore` / `txn`, sans-I/O), or
 //! share mutable state between shards except through explicit channels.
 
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod layout;
+pub mod metrics;
+pub mod node;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod transport;
+
 use std::future::Future;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+pub use config::NodeConfig;
+pub use error::{Error, Result};
+pub use node::run_node;
 
 /// glommio registers its io_uring buffers and needs at least this much locked memory.
 pub const MEMLOCK_BYTES_MIN: u64 = 512 << 10;
 /// What we raise the soft limit to when allowed: room for several executors per process.
 const MEMLOCK_BYTES_WANTED: u64 = 64 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(
-        "locked-memory limit is {have_bytes} bytes but glommio needs at least {need_bytes}; \
-         raise it with `ulimit -l {need_kib}` (or `ulimit -l unlimited`), or set memlock in \
-         /etc/security/limits.conf, then start again"
-    )]
-    MemlockTooLow {
-        have_bytes: u64,
-        need_bytes: u64,
-        need_kib: u64,
-    },
-    #[error("CPU {cpu} is not available to this process (available: {available:?}); pick another with --cpu")]
-    NoSuchCpu { cpu: usize, available: Vec<usize> },
-    #[error("cannot start the executor for shard {shard} on CPU {cpu}: {reason}")]
-    Spawn { shard: usize, cpu: usize, reason: String },
-    #[error("shard {shard} panicked: {reason}")]
-    Panicked { shard: usize, reason: String },
-}
 
 /// Raises RLIMIT_MEMLOCK's soft limit (up to the hard limit) and fails with a message naming
 /// `ulimit -l` when even that is below [`MEMLOCK_BYTES_MIN`].
@@ -85,10 +87,10 @@ pub fn available_cpus() -> Vec<usize> {
     cpus
 }
 
-/// Runs `f` on a new glommio executor pinned to `cpu` (as shard `shard`) and waits for its
-/// result. Slow RocksDB calls offloaded from it run on a blocking pool that is NOT pinned to
-/// the shard's core, so they never stall the shard's own work.
-pub fn spawn_pinned<F, Fut, T>(shard: usize, cpu: usize, f: F) -> Result<T, Error>
+/// Starts `f` on a new glommio executor pinned to `cpu` (as shard `shard`). Slow RocksDB
+/// calls offloaded from it run on a blocking pool that is NOT pinned to the shard's core, so
+/// they never stall the shard's own work.
+pub fn start_pinned<F, Fut, T>(shard: usize, cpu: usize, f: F) -> Result<ExecutorJoinHandle<T>, Error>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
@@ -99,7 +101,7 @@ where
     if !available.contains(&cpu) {
         return Err(Error::NoSuchCpu { cpu, available });
     }
-    let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+    LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&format!("shard-{shard}"))
         .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
         .spawn(f)
@@ -107,8 +109,17 @@ where
             shard,
             cpu,
             reason: e.to_string(),
-        })?;
-    handle.join().map_err(|e| Error::Panicked {
+        })
+}
+
+/// Runs `f` as [`start_pinned`] does and waits for its result.
+pub fn spawn_pinned<F, Fut, T>(shard: usize, cpu: usize, f: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    start_pinned(shard, cpu, f)?.join().map_err(|e| Error::Panicked {
         shard,
         reason: format!("{e:?}"),
     })

@@ -55,23 +55,11 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("corekv-storage-demo: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    corekv_tools::run_main("corekv-storage-demo", run)
 }
 
 fn run() -> Result<()> {
-    // glommio logs an ERROR when its IOPOLL probe fails: that failure is what we want (see
-    // storage::raftlog::disk), so that one target is quiet unless RUST_LOG asks for it.
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,glommio::reactor=off".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    corekv_tools::init_logging("warn");
     let args = Args::parse();
     let cache = SharedBlockCache::new(args.block_cache_mib << 20);
     println!(

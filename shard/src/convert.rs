@@ -1,0 +1,106 @@
+//! The edge between the wire (netio's archives) and the raftstore's types: regions, peers,
+//! errors, raft messages (protobuf inside an envelope) and snapshot chunks.
+
+use corekv_netio::msg::{
+    ArchivedRaftEnvelope, ArchivedSnapshotChunk, RaftEnvelope, SnapshotChunk as WireChunk, WireEpoch, WireError,
+    WirePeer, WireRegion,
+};
+use corekv_raftstore::snapshot_chunks::SnapshotChunk;
+use corekv_raftstore::{Error, PeerMeta, RaftMessage, Region};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+pub fn peer(p: &PeerMeta) -> WirePeer {
+    WirePeer {
+        id: p.id,
+        node: p.node,
+        shard: p.shard,
+    }
+}
+
+fn peer_from(p: &corekv_netio::msg::ArchivedWirePeer) -> PeerMeta {
+    PeerMeta {
+        id: p.id.to_native(),
+        node: p.node.to_native(),
+        shard: p.shard.to_native(),
+    }
+}
+
+pub fn region(r: &Region) -> WireRegion {
+    WireRegion {
+        id: r.id,
+        start: r.start.clone(),
+        end: r.end.clone(),
+        epoch: WireEpoch {
+            conf_ver: r.epoch.conf_ver,
+            version: r.epoch.version,
+        },
+        peers: r.peers.iter().map(peer).collect(),
+    }
+}
+
+/// What a client is told for a raftstore error.
+pub fn error(e: Error) -> WireError {
+    match e {
+        Error::NotLeader { region_id, leader } => WireError::NotLeader {
+            region_id,
+            leader: leader.as_ref().map(peer),
+        },
+        Error::EpochNotMatch { current, .. } => WireError::EpochNotMatch {
+            region_id: current.id,
+            current: Some(region(&current)),
+        },
+        Error::RegionNotFound(region_id) => WireError::RegionNotFound { region_id },
+        Error::KeyNotInRegion { region_id, .. } => WireError::KeyNotInRegion { region_id },
+        Error::ProposalDropped { region_id, reason } => WireError::ProposalDropped {
+            region_id,
+            reason: reason.to_string(),
+        },
+        e @ Error::TooLarge { .. } => WireError::TooLarge { reason: e.to_string() },
+        Error::ServerBusy(reason) => WireError::ServerBusy {
+            reason: reason.to_string(),
+        },
+        Error::Storage(reason) => WireError::Storage { reason },
+    }
+}
+
+pub fn envelope(m: &RaftMessage) -> RaftEnvelope {
+    RaftEnvelope {
+        region_id: m.region_id,
+        from: peer(&m.from),
+        to: peer(&m.to),
+        message: m.msg.write_to_bytes().expect("encoding into memory cannot fail"),
+    }
+}
+
+/// A raft message from a peer; `Err` when its protobuf is malformed.
+pub fn message(e: &ArchivedRaftEnvelope) -> Result<RaftMessage, protobuf::ProtobufError> {
+    Ok(RaftMessage {
+        region_id: e.region_id.to_native(),
+        from: peer_from(&e.from),
+        to: peer_from(&e.to),
+        msg: Message::parse_from_bytes(e.message.as_slice())?,
+    })
+}
+
+pub fn chunk(c: &SnapshotChunk) -> WireChunk {
+    WireChunk {
+        header: envelope(&c.header),
+        seq: c.seq,
+        count: c.count,
+        total_bytes: c.total_bytes,
+        crc32c: c.crc32c,
+        bytes: c.bytes.clone(),
+    }
+}
+
+pub fn chunk_from(c: &ArchivedSnapshotChunk) -> Result<SnapshotChunk, protobuf::ProtobufError> {
+    Ok(SnapshotChunk {
+        header: message(&c.header)?,
+        seq: c.seq.to_native(),
+        count: c.count.to_native(),
+        total_bytes: c.total_bytes.to_native(),
+        crc32c: c.crc32c.to_native(),
+        bytes: c.bytes.as_slice().to_vec(),
+    })
+}

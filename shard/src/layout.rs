@@ -1,0 +1,136 @@
+//! The initial layout of a cluster: which regions exist, where their replicas live and who
+//! leads first. A pure function of the member list and the shard count, so every node
+//! computes the same layout on its own.
+//!
+//! Rules: `members * shards` regions split the key space at first bytes spread evenly over
+//! printable ASCII (`!`..`~`, where text keys start; until regions split by size, binary keys
+//! below `!` or above `~` land in the first or last region);
+//! region i lives on shard `i % shards` of `min(3, members)` consecutive members starting
+//! at member `(i / shards) % members`, the first of which campaigns at bootstrap. With three
+//! nodes every (node, shard) hosts replicas, and each leads one region.
+
+use corekv_raftstore::{Epoch, PeerMeta, Region};
+
+use crate::config::{Member, NODE_ID_MAX};
+
+pub const REPLICAS_MAX: usize = 3;
+const FIRST_PRINTABLE: u8 = b'!';
+const PRINTABLE_SPAN: u8 = b'~' - b'!' + 1;
+
+/// Raft peer id of `node`'s replica of `region_id`.
+pub fn peer_id(region_id: u64, node: u64) -> u64 {
+    debug_assert!(node <= NODE_ID_MAX);
+    region_id * (NODE_ID_MAX + 1) + node
+}
+
+/// The `j`-th of `count` split keys: one byte while the span allows, two bytes beyond.
+fn split_key(j: u64, count: u64) -> Vec<u8> {
+    let span = u64::from(PRINTABLE_SPAN);
+    if count <= span {
+        return vec![FIRST_PRINTABLE + (j * span / count) as u8];
+    }
+    let at = j * span * 256 / count;
+    vec![FIRST_PRINTABLE + (at / 256) as u8, (at % 256) as u8]
+}
+
+/// Every region of a fresh cluster, in key order.
+pub fn bootstrap(members: &[Member], shards: u32) -> Vec<Region> {
+    assert!(!members.is_empty() && shards > 0);
+    let n = members.len() as u64;
+    let count = n * u64::from(shards);
+    let bound = |j: u64| {
+        if j == 0 || j == count {
+            Vec::new()
+        } else {
+            split_key(j, count)
+        }
+    };
+    (0..count)
+        .map(|i| {
+            let id = i + 1;
+            let shard = (i % u64::from(shards)) as u32;
+            let first = (i / u64::from(shards)) % n;
+            let replicas = (n as usize).min(REPLICAS_MAX) as u64;
+            Region {
+                id,
+                start: bound(i),
+                end: bound(i + 1),
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 1,
+                },
+                peers: (0..replicas)
+                    .map(|k| {
+                        let node = members[((first + k) % n) as usize].id;
+                        PeerMeta {
+                            id: peer_id(id, node),
+                            node,
+                            shard,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The peer that campaigns at bootstrap (spreads leaders over nodes and shards).
+pub fn first_leader(region: &Region) -> PeerMeta {
+    region.peers[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: u64) -> Vec<Member> {
+        (1..=n)
+            .map(|id| Member {
+                id,
+                addr: format!("127.0.0.1:{}", 20000 + id),
+            })
+            .collect()
+    }
+
+    // Proves the layout covers the key space without gaps, gives every (node, shard) of a
+    // 3 x 2 cluster replicas and exactly one first leader, and puts each region's replicas on
+    // one shard index of distinct nodes.
+    #[test]
+    fn three_nodes_two_shards() {
+        let regions = bootstrap(&members(3), 2);
+        assert_eq!(regions.len(), 6);
+        assert!(regions[0].start.is_empty() && regions[5].end.is_empty());
+        for w in regions.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+            assert!(w[0].start < w[0].end || w[0].start.is_empty());
+        }
+        let mut leads = std::collections::BTreeMap::new();
+        for r in &regions {
+            let nodes: std::collections::BTreeSet<u64> = r.peers.iter().map(|p| p.node).collect();
+            assert_eq!(nodes.len(), 3);
+            assert!(r.peers.iter().all(|p| p.shard == r.peers[0].shard));
+            let l = first_leader(r);
+            *leads.entry((l.node, l.shard)).or_insert(0) += 1;
+        }
+        assert_eq!(leads.len(), 6);
+        assert!(leads.values().all(|&c| c == 1));
+    }
+
+    // Proves split keys stay strictly increasing for many regions (two-byte keys).
+    #[test]
+    fn many_regions_have_distinct_bounds() {
+        let regions = bootstrap(&members(5), 64);
+        assert_eq!(regions.len(), 320);
+        for w in regions.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+            assert!(w[0].start < w[0].end || w[0].start.is_empty());
+        }
+    }
+
+    // Proves a one-node cluster gets single-replica regions and five nodes get three replicas.
+    #[test]
+    fn replica_count_follows_members() {
+        assert!(bootstrap(&members(1), 2).iter().all(|r| r.peers.len() == 1));
+        assert!(bootstrap(&members(5), 1).iter().all(|r| r.peers.len() == 3));
+    }
+}

@@ -1,0 +1,189 @@
+//! Starting and stopping a node: config and data-dir checks, the bootstrap layout, one pinned
+//! executor per shard, the status server, and an orderly stop (the `stop` flag: SIGTERM in
+//! the server binary), or a stop of every shard when one of them fails.
+
+use std::fs::File;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use corekv_storage::kv::SharedBlockCache;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Member, NodeConfig};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::metrics::{NodeMetrics, StatusServer};
+use crate::routing::Routing;
+use crate::runtime::{Shard, ShardArgs};
+
+/// Who a data dir belongs to; a restart with other arguments is refused, not "recovered".
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    node_id: u64,
+    shards: u32,
+    members: Vec<String>,
+}
+
+const IDENTITY_FILE: &str = "IDENTITY";
+const LOCK_FILE: &str = "LOCK";
+
+/// Runs a node until `stop` is set (or a shard fails, which stops them all).
+pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
+    cfg.validate()?;
+    crate::ensure_memlock()?;
+    let members = cfg.members()?;
+    let cpus = crate::available_cpus();
+    let shards = if cfg.shards == 0 { cpus.len().max(1) } else { cfg.shards } as u32;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(cfg.data_dir.display().to_string(), e))?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    check_identity(&cfg.data_dir, &Identity {
+        node_id: cfg.node_id,
+        shards,
+        members: members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect(),
+    })?;
+    let regions = layout::bootstrap(&members, shards);
+    let routing = Arc::new(Routing::new(cfg.node_id, shards, members.clone(), regions.clone()));
+    let metrics = Arc::new(NodeMetrics::new(cfg.node_id));
+    let _status = match cfg.status_addr.as_str() {
+        "" => None,
+        addr => Some(StatusServer::start(addr, Arc::clone(&metrics))?),
+    };
+    let cache = SharedBlockCache::new(cfg.block_cache_bytes);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u32, Result<()>)>();
+    let mut handles = Vec::new();
+    let mut failure: Option<Error> = None;
+    for index in 0..shards {
+        let (cfg, members, regions, routing, cache, stop, ready) = (
+            cfg.clone(),
+            members.clone(),
+            regions.clone(),
+            Arc::clone(&routing),
+            cache.clone(),
+            Arc::clone(&stop),
+            ready_tx.clone(),
+        );
+        let shard_metrics = metrics.shard(index);
+        let cpu = cpus[index as usize % cpus.len()];
+        let started = crate::start_pinned(index as usize, cpu, move || async move {
+            let args = ShardArgs {
+                index,
+                cfg: Rc::new(cfg),
+                members,
+                regions,
+                routing,
+                metrics: shard_metrics,
+                cache,
+                stop: Arc::clone(&stop),
+            };
+            let (shard, listener) = match Shard::open(args).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    let _ = ready.send((index, Err(e)));
+                    return Ok(());
+                }
+            };
+            let _ = ready.send((index, Ok(())));
+            let result = shard.run(listener).await;
+            if result.is_err() {
+                stop.store(true, Ordering::Relaxed); // one failed shard takes the node down
+            }
+            result
+        });
+        match started {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..handles.len() {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((index, Err(e))) => {
+                failure.get_or_insert(Error::Shard {
+                    shard: index,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => break, // a shard died before reporting: its join says why
+        }
+    }
+    match &failure {
+        Some(_) => stop.store(true, Ordering::Relaxed),
+        None => tracing::info!(node = cfg.node_id, shards, regions = regions.len(), "node ready"),
+    }
+    for (index, h) in handles.into_iter().enumerate() {
+        let shard = index as u32;
+        let error = match h.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => Error::Shard {
+                shard,
+                reason: e.to_string(),
+            },
+            Err(e) => Error::Panicked {
+                shard: index,
+                reason: format!("{e:?}"),
+            },
+        };
+        tracing::error!(shard, error = %error, "shard stopped with an error");
+        stop.store(true, Ordering::Relaxed);
+        failure.get_or_insert(error);
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Holds an exclusive lock on the data dir for the node's life: two servers on one data dir
+/// would corrupt both engines.
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = File::create(&path).map_err(|e| Error::io(path.display().to_string(), e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Config(format!(
+            "data dir {} is in use by another corekv-server",
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Records who this data dir belongs to on first start; refuses a mismatch afterwards.
+fn check_identity(dir: &Path, me: &Identity) -> Result<()> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: Identity = toml::from_str(&text).map_err(|e| Error::DataDirMismatch {
+                dir: dir.display().to_string(),
+                reason: format!("unreadable {IDENTITY_FILE}: {e}"),
+            })?;
+            if &found != me {
+                return Err(Error::DataDirMismatch {
+                    dir: dir.display().to_string(),
+                    reason: format!("it was created as {found:?}, now started as {me:?}"),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = toml::to_string(me).expect("identity serializes");
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            let io = |e| Error::io(path.display().to_string(), e);
+            let file = File::create(&tmp).map_err(io)?;
+            std::io::Write::write_all(&mut &file, text.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        }
+        Err(e) => Err(Error::io(path.display().to_string(), e)),
+    }
+}
+
+/// Members as the server prints them.
+pub fn describe(members: &[Member]) -> String {
+    members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",")
+}

@@ -1,0 +1,594 @@
+//! One shard at run time: its engines and raft core, its listener, its transport, and the
+//! tasks of its executor. HOT PATH: requests, raft messages and the loop iteration.
+//!
+//! Tasks (all on the shard's own executor, no locks between them):
+//! - the loop (`run`): waits until something changed, then runs loop iterations
+//!   (`Engines::run_ready`) until raft has nothing ready, answering what completed;
+//! - the ticker: advances raft's clock from the monotonic clock (catching up after a pause,
+//!   so a leader that was stopped never serves reads on a lease it no longer holds), publishes
+//!   leader changes to the node's routing table, runs log GC now and then;
+//! - the listener and one reader + writer per connection (`server`), one sender per peer
+//!   shard (`transport`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corekv_netio::frame::{self, Body, FrameKind};
+use corekv_netio::io::Frame;
+use corekv_netio::msg::{
+    ArchivedOp, ArchivedRaftBatch, ArchivedRequest, ArchivedSnapshotChunk, Reply, SnapshotAck, WireError,
+};
+use corekv_netio::FrameError;
+use corekv_raftstore::cmd::BATCH_PAIRS_MAX;
+use corekv_raftstore::driver::{Engines, LoopStats};
+use corekv_raftstore::snapshot_chunks::Reassembler;
+use corekv_raftstore::{apply, Command, Epoch, Outcome, RaftConfig, RaftCore, Region, RequestId, Response};
+use corekv_storage::kv::{KvEngine, SharedBlockCache};
+use corekv_storage::raftlog::{LogEngine, UringDisk};
+
+use crate::config::{Member, NodeConfig};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::metrics::ShardMetrics;
+use crate::routing::Routing;
+use crate::server::{self, Outbox};
+use crate::transport::Transport;
+
+/// Most rows one scan request returns (the client continues from the last key).
+pub const SCAN_ROWS_MAX: u32 = 10_000;
+/// Ticks replayed at most after the executor was stopped for a while: enough to expire any
+/// lease and time out any election, few enough not to stall the shard.
+const CATCH_UP_TICKS_MAX: u64 = 64;
+/// Ticks after start before a fresh region's first leader campaigns (its peers start too).
+const CAMPAIGN_AFTER_TICKS: u64 = 2;
+
+/// What a shard is started with.
+pub struct ShardArgs {
+    pub index: u32,
+    pub cfg: Rc<NodeConfig>,
+    pub members: Vec<Member>,
+    pub regions: Vec<Region>,
+    pub routing: Arc<Routing>,
+    pub metrics: ShardMetrics,
+    pub cache: SharedBlockCache,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A read waiting for its region to catch up (lease or ReadIndex).
+enum Read {
+    Get(Vec<u8>),
+    BatchGet(Vec<Vec<u8>>),
+    Scan {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u32,
+        reverse: bool,
+    },
+}
+
+struct Pending {
+    out: Rc<Outbox>,
+    client_id: u64,
+    op: usize,
+    read: Option<Read>,
+    started: Instant,
+}
+
+/// What a request asks of the raft core.
+enum Action {
+    Write(Command),
+    Read(Read),
+}
+
+pub struct Shard {
+    index: u32,
+    cfg: Rc<NodeConfig>,
+    engines: Engines<UringDisk>,
+    transport: Transport,
+    routing: Arc<Routing>,
+    metrics: Rc<ShardMetrics>,
+    pending: RefCell<HashMap<RequestId, Pending>>,
+    next_request: Cell<RequestId>,
+    dirty: Cell<bool>,
+    wake: event_listener::Event,
+    started: Instant,
+    ticks: Cell<u64>,
+    reassembler: RefCell<Reassembler>,
+    stop: Arc<AtomicBool>,
+    stopping: Cell<bool>,
+    /// Leader (peer id) and term last published per region.
+    published: RefCell<HashMap<u64, (Option<u64>, u64)>>,
+    /// Regions this shard's replica should campaign for once the cluster had time to start.
+    campaign: RefCell<Vec<u64>>,
+    gc_running: Cell<bool>,
+}
+
+impl Shard {
+    /// Opens the shard's engines (bootstrapping its regions on first start), restores its
+    /// peers and binds its port. Runs on the shard's executor.
+    pub async fn open(args: ShardArgs) -> Result<(Rc<Shard>, glommio::net::TcpListener)> {
+        let cfg = Rc::clone(&args.cfg);
+        let dir = shard_dir(&cfg.data_dir, args.index);
+        std::fs::create_dir_all(dir.join("raftlog")).map_err(|e| Error::io(format!("{}", dir.display()), e))?;
+        let kv = KvEngine::open(&dir.join("kv"), &cfg.kv, &args.cache)?;
+        let here: Vec<&Region> = args
+            .regions
+            .iter()
+            .filter(|r| r.peer_on(cfg.node_id, args.index).is_some())
+            .collect();
+        if apply::load_regions(&kv)?.is_empty() {
+            for region in &here {
+                apply::save_region(&kv, region)?;
+            }
+        }
+        let disk = UringDisk::open(&dir.join("raftlog"))
+            .await
+            .map_err(|e| Error::io("open the raft log", e))?;
+        let (log, _) = LogEngine::open(disk, cfg.log.clone()).await?;
+        let raft = RaftConfig {
+            election_tick: cfg.raft.election_ticks,
+            heartbeat_tick: cfg.raft.heartbeat_ticks,
+            lease_ticks: cfg.raft.lease_ticks,
+            pending_requests_max: cfg.raft.pending_requests_max,
+            ..RaftConfig::default()
+        };
+        let seed = cfg.node_id << 32 | u64::from(args.index) | now_nanos() << 40;
+        let core = RaftCore::new(cfg.node_id, args.index, raft, seed);
+        let engines = Engines::restore(core, log, kv, dir.join("snap")).await?;
+        let campaign = here
+            .iter()
+            .filter(|r| layout::first_leader(r).node == cfg.node_id)
+            .filter(|r| engines.core.borrow().term(r.id) == Some(0))
+            .map(|r| r.id)
+            .collect();
+        let metrics = Rc::new(args.metrics);
+        let (host, port) = cfg
+            .addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| Error::Config(format!("--addr {} is not host:port", cfg.addr)))?;
+        let addr = format!("{host}:{}", u32::from(port) + args.index);
+        let listener = glommio::net::TcpListener::bind(addr.as_str()).map_err(|e| Error::Bind {
+            addr: addr.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let shard = Rc::new_cyclic(|weak: &std::rc::Weak<Shard>| {
+            let weak = weak.clone();
+            let report = Rc::new(move |region: u64, to: u64, delivered: bool| {
+                if let Some(shard) = weak.upgrade() {
+                    shard.engines.core.borrow_mut().report_snapshot(region, to, delivered);
+                    shard.kick();
+                }
+            });
+            Shard {
+                index: args.index,
+                transport: Transport::new(&args.members, cfg.net.clone(), Rc::clone(&metrics), report),
+                cfg: Rc::clone(&cfg),
+                engines,
+                routing: args.routing,
+                metrics,
+                pending: RefCell::new(HashMap::new()),
+                next_request: Cell::new(1),
+                dirty: Cell::new(true),
+                wake: event_listener::Event::new(),
+                started: Instant::now(),
+                ticks: Cell::new(0),
+                reassembler: RefCell::new(Reassembler::default()),
+                stop: args.stop,
+                stopping: Cell::new(false),
+                published: RefCell::new(HashMap::new()),
+                campaign: RefCell::new(campaign),
+                gc_running: Cell::new(false),
+            }
+        });
+        tracing::info!(shard = args.index, %addr, regions = here.len(), "shard listening");
+        Ok((shard, listener))
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Runs the shard until the node stops: listener, ticker and the loop.
+    pub async fn run(self: Rc<Self>, listener: glommio::net::TcpListener) -> Result<()> {
+        glommio::spawn_local(server::listen(Rc::clone(&self), listener)).detach();
+        glommio::spawn_local(Rc::clone(&self).tick_loop()).detach();
+        let result = self.run_loop().await;
+        self.stopping.set(true);
+        // Whatever is still waiting will not be answered by this process.
+        let pending: Vec<RequestId> = self.pending.borrow().keys().copied().collect();
+        for id in pending {
+            self.answer(id, Err(WireError::ShuttingDown));
+        }
+        result
+    }
+
+    /// Something changed: the loop runs an iteration.
+    fn kick(&self) {
+        self.dirty.set(true);
+        self.wake.notify(1);
+    }
+
+    async fn run_loop(&self) -> Result<()> {
+        loop {
+            let listener = self.wake.listen();
+            if self.stopping.get() {
+                return Ok(());
+            }
+            if !self.dirty.replace(false) {
+                listener.await;
+                continue;
+            }
+            loop {
+                let stats = self.engines.run_ready(&mut |msgs| self.transport.send(msgs)).await?;
+                self.serve_responses();
+                match stats {
+                    Some(stats) => self.record(&stats),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn record(&self, s: &LoopStats) {
+        let m = &self.metrics;
+        if s.log_appends > 0 {
+            m.log_appends.inc_by(s.log_appends);
+            m.log_append_seconds.observe(s.log.as_secs_f64());
+            m.log_batch_regions.observe(s.regions_in_batch as f64);
+        }
+        m.log_no_space.inc_by(s.log_no_space);
+        if s.entries_applied > 0 {
+            m.applied_entries.inc_by(s.entries_applied);
+            m.apply_seconds.observe(s.apply.as_secs_f64());
+        }
+    }
+
+    async fn tick_loop(self: Rc<Self>) {
+        let tick = Duration::from_millis(self.cfg.raft.tick_ms);
+        loop {
+            glommio::timer::sleep(tick).await;
+            if self.stop.load(Ordering::Relaxed) {
+                self.stopping.set(true);
+                self.kick();
+                return;
+            }
+            self.catch_up();
+            if self.ticks.get() >= CAMPAIGN_AFTER_TICKS {
+                for region in self.campaign.borrow_mut().drain(..) {
+                    if let Err(e) = self.engines.core.borrow_mut().campaign(region) {
+                        tracing::warn!(region, error = %e, "bootstrap campaign failed");
+                    }
+                }
+            }
+            self.publish();
+            if self.ticks.get() % self.cfg.raft.gc_interval_ticks == 0 && !self.gc_running.replace(true) {
+                let shard = Rc::clone(&self);
+                glommio::spawn_local(async move {
+                    let (keep, slack) = (shard.cfg.raft.gc_keep_entries, shard.cfg.raft.gc_slack_entries);
+                    if let Err(e) = shard.engines.gc(keep, slack).await {
+                        tracing::error!(shard = shard.index, error = %e, "log GC failed");
+                    }
+                    shard.gc_running.set(false);
+                })
+                .detach();
+            }
+            self.kick();
+        }
+    }
+
+    /// Advances raft's clock to the monotonic clock: ticks missed while the process was
+    /// paused are replayed (up to a bound), so leases expire in real time.
+    fn catch_up(&self) {
+        let due = (self.started.elapsed().as_millis() / u128::from(self.cfg.raft.tick_ms)) as u64;
+        let missed = due.saturating_sub(self.ticks.get());
+        if missed == 0 {
+            return;
+        }
+        let mut core = self.engines.core.borrow_mut();
+        for _ in 0..missed.min(CATCH_UP_TICKS_MAX) {
+            core.tick();
+        }
+        self.ticks.set(due);
+    }
+
+    /// Publishes leader changes to the node's routing table and refreshes the gauges.
+    fn publish(&self) {
+        let core = self.engines.core.borrow();
+        let mut published = self.published.borrow_mut();
+        let mut leaders = 0;
+        let ids = core.region_ids();
+        for &id in &ids {
+            let leader = core.leader_of(id);
+            let term = core.term(id).unwrap_or(0);
+            leaders += i64::from(core.is_leader(id));
+            let now = (leader.map(|l| l.id), term);
+            if published.get(&id) != Some(&now) {
+                published.insert(id, now);
+                self.routing.set_leader(id, leader, term);
+            }
+        }
+        self.metrics.regions.set(ids.len() as i64);
+        self.metrics.leaders.set(leaders);
+        self.metrics.apply_lag_entries.set(core.apply_lag() as i64);
+    }
+
+    /// A frame from a client or a peer shard. `Err`: it is malformed and the connection closes.
+    pub fn handle_frame(&self, out: &Rc<Outbox>, f: Frame) -> std::result::Result<(), FrameError> {
+        match f.header.kind {
+            FrameKind::Request => self.handle_request(out, f.header.request_id, &f.body),
+            FrameKind::RaftBatch => self.handle_raft(&f.body),
+            FrameKind::SnapshotChunk => self.handle_chunk(out, &f.body),
+            other => Err(FrameError::UnexpectedKind { kind: other as u8 }),
+        }
+    }
+
+    fn handle_raft(&self, body: &Body) -> std::result::Result<(), FrameError> {
+        let batch = frame::access::<ArchivedRaftBatch>(body)?;
+        let mut core = self.engines.core.borrow_mut();
+        for env in batch.messages.iter() {
+            let msg = crate::convert::message(env).map_err(|e| FrameError::Invalid { reason: e.to_string() })?;
+            self.metrics.raft_messages_received.inc();
+            // A message for a region not here (yet) is dropped; its sender retries.
+            let _ = core.step(msg);
+        }
+        drop(core);
+        self.kick();
+        Ok(())
+    }
+
+    fn handle_chunk(&self, out: &Outbox, body: &Body) -> std::result::Result<(), FrameError> {
+        let archived = frame::access::<ArchivedSnapshotChunk>(body)?;
+        let chunk = crate::convert::chunk_from(archived).map_err(|e| FrameError::Invalid { reason: e.to_string() })?;
+        let pushed = self.reassembler.borrow_mut().push(chunk);
+        match pushed {
+            Ok(Some(msg)) => {
+                let ack = SnapshotAck {
+                    region_id: msg.region_id,
+                    to_peer: msg.to.id,
+                };
+                if self.engines.core.borrow_mut().step(msg).is_ok() {
+                    self.metrics.snapshots_received.inc();
+                    out.push(&frame::encode(FrameKind::SnapshotAck, 0, &ack));
+                }
+                self.kick();
+            }
+            Ok(None) => {}
+            // The sender learns of it when no ack comes and its connection is reset.
+            Err(e) => tracing::warn!(error = %e, "snapshot stream dropped"),
+        }
+        Ok(())
+    }
+
+    fn handle_request(&self, out: &Rc<Outbox>, client_id: u64, body: &Body) -> std::result::Result<(), FrameError> {
+        let req = frame::access::<ArchivedRequest>(body)?;
+        let op = req.op.index();
+        self.metrics.requests[op].inc();
+        let started = Instant::now();
+        let reply_now = |reply: Reply| self.reply(out, client_id, op, started, reply);
+        if self.stopping.get() {
+            reply_now(Reply::Failed(WireError::ShuttingDown));
+            return Ok(());
+        }
+        if let ArchivedOp::ClusterInfo = req.op {
+            reply_now(Reply::Cluster(self.routing.cluster_info()));
+            return Ok(());
+        }
+        let limit = self.cfg.net.inflight_per_connection_max;
+        if out.inflight.get() >= limit {
+            reply_now(Reply::Failed(WireError::ServerBusy {
+                reason: format!("{limit} requests in flight on this connection"),
+            }));
+            return Ok(());
+        }
+        let region_id = req.region_id.to_native();
+        let epoch = Epoch {
+            conf_ver: req.epoch.conf_ver.to_native(),
+            version: req.epoch.version.to_native(),
+        };
+        let action = {
+            let core = self.engines.core.borrow();
+            match core.region(region_id) {
+                None => Err(self.not_here(region_id)),
+                Some(region) => action(&req.op, region),
+            }
+        };
+        let action = match action {
+            Ok(a) => a,
+            Err(e) => {
+                reply_now(Reply::Failed(e));
+                return Ok(());
+            }
+        };
+        let id = self.next_request.get();
+        self.next_request.set(id + 1);
+        let read = match action {
+            Action::Write(cmd) => {
+                self.metrics.proposals.inc();
+                self.engines.core.borrow_mut().propose(id, region_id, epoch, cmd);
+                None
+            }
+            Action::Read(read) => {
+                // A lease is judged by the real clock, even if the ticker has not run yet.
+                self.catch_up();
+                self.engines.core.borrow_mut().read(id, region_id, epoch);
+                Some(read)
+            }
+        };
+        out.inflight.set(out.inflight.get() + 1);
+        self.pending.borrow_mut().insert(
+            id,
+            Pending {
+                out: Rc::clone(out),
+                client_id,
+                op,
+                read,
+                started,
+            },
+        );
+        self.kick();
+        Ok(())
+    }
+
+    /// The answer for a region this shard does not host: where it is, if this node knows.
+    fn not_here(&self, region_id: u64) -> WireError {
+        match self.routing.shard_of(region_id) {
+            Some(shard) if shard != self.index => WireError::WrongShard { region_id, shard },
+            _ => WireError::RegionNotFound { region_id },
+        }
+    }
+
+    fn serve_responses(&self) {
+        let responses = self.engines.core.borrow_mut().take_responses();
+        for response in responses {
+            let (id, result) = match response {
+                Response::Written { id, outcome } => (
+                    id,
+                    Ok(match outcome {
+                        Outcome::Done => Reply::Done,
+                        Outcome::Cas { succeeded, previous } => Reply::Cas { succeeded, previous },
+                    }),
+                ),
+                Response::Failed { id, error } => (id, Err(crate::convert::error(error))),
+                Response::ReadReady { id, region_id } => (id, self.read(id, region_id)),
+            };
+            self.answer(id, result);
+        }
+    }
+
+    /// Serves a read whose region has caught up.
+    fn read(&self, id: RequestId, region_id: u64) -> std::result::Result<Reply, WireError> {
+        let pending = self.pending.borrow();
+        let Some(read) = pending.get(&id).and_then(|p| p.read.as_ref()) else {
+            return Err(WireError::Storage {
+                reason: "read state lost".into(),
+            });
+        };
+        let kv = &self.engines.kv;
+        let result = match read {
+            Read::Get(key) => apply::read(kv, key).map(Reply::Value),
+            Read::BatchGet(keys) => apply::batch_get(kv, keys).map(Reply::Values),
+            Read::Scan {
+                start,
+                end,
+                limit,
+                reverse,
+            } => {
+                let core = self.engines.core.borrow();
+                let region = core.region(region_id).ok_or(WireError::RegionNotFound { region_id })?;
+                apply::scan(kv, region, start, end, *limit as usize, *reverse).map(Reply::Rows)
+            }
+        };
+        result.map_err(crate::convert::error)
+    }
+
+    fn answer(&self, id: RequestId, result: std::result::Result<Reply, WireError>) {
+        let Some(p) = self.pending.borrow_mut().remove(&id) else {
+            return;
+        };
+        p.out.inflight.set(p.out.inflight.get() - 1);
+        let reply = result.unwrap_or_else(Reply::Failed);
+        self.reply(&p.out, p.client_id, p.op, p.started, reply);
+    }
+
+    fn reply(&self, out: &Outbox, client_id: u64, op: usize, started: Instant, reply: Reply) {
+        if let Reply::Failed(e) = &reply {
+            self.metrics.error(e.code());
+        }
+        self.metrics.request_seconds[op].observe(started.elapsed().as_secs_f64());
+        out.push(&frame::encode(FrameKind::Reply, client_id, &reply));
+    }
+}
+
+/// What `op` asks for, checked against the region (keys inside it, sizes bounded).
+fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireError> {
+    let key_in = |k: &[u8]| region.check_key(k).map_err(crate::convert::error);
+    let too_many = |n: usize| {
+        (n > BATCH_PAIRS_MAX).then(|| WireError::TooLarge {
+            reason: format!("{n} keys in one request; the maximum is {BATCH_PAIRS_MAX}"),
+        })
+    };
+    Ok(match op {
+        ArchivedOp::Get { key } => {
+            key_in(key)?;
+            Action::Read(Read::Get(key.to_vec()))
+        }
+        ArchivedOp::BatchGet { keys } => {
+            if let Some(e) = too_many(keys.len()) {
+                return Err(e);
+            }
+            keys.iter().try_for_each(|k| key_in(k))?;
+            Action::Read(Read::BatchGet(keys.iter().map(|k| k.to_vec()).collect()))
+        }
+        ArchivedOp::Scan {
+            start,
+            end,
+            limit,
+            reverse,
+        } => {
+            key_in(start)?;
+            if !end.is_empty() {
+                region.check_range(start, end).map_err(crate::convert::error)?;
+            }
+            Action::Read(Read::Scan {
+                start: start.to_vec(),
+                end: end.to_vec(),
+                limit: limit.to_native().min(SCAN_ROWS_MAX),
+                reverse: *reverse,
+            })
+        }
+        ArchivedOp::Put { key, value } => Action::Write(Command::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }),
+        ArchivedOp::BatchPut { pairs } => {
+            if let Some(e) = too_many(pairs.len()) {
+                return Err(e);
+            }
+            Action::Write(Command::BatchPut {
+                pairs: pairs.iter().map(|p| (p.0.to_vec(), p.1.to_vec())).collect(),
+            })
+        }
+        ArchivedOp::Delete { key } => Action::Write(Command::Delete { key: key.to_vec() }),
+        ArchivedOp::DeleteRange { start, end } => Action::Write(Command::DeleteRange {
+            start: start.to_vec(),
+            end: end.to_vec(),
+        }),
+        ArchivedOp::CompareAndSwap { key, expected, new } => Action::Write(Command::CompareAndSwap {
+            key: key.to_vec(),
+            expected: expected.as_ref().map(|v| v.to_vec()),
+            new: new.as_ref().map(|v| v.to_vec()),
+        }),
+        ArchivedOp::ClusterInfo => {
+            return Err(WireError::Malformed {
+                code: 308,
+                reason: "cluster info is not a region request".into(),
+            })
+        }
+    })
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Where a shard keeps its engines.
+pub fn shard_dir(data_dir: &std::path::Path, index: u32) -> PathBuf {
+    data_dir.join(format!("shard-{index}"))
+}

@@ -1,0 +1,124 @@
+//! A shard's listener: one TCP port per shard (`addr` port + shard index) for clients and
+//! peer shards alike. Each connection has a reader (frames in, handed to the shard) and a
+//! writer (answers out, several frames per write).
+//!
+//! A malformed frame gets a typed error frame, then the connection is closed; the shard and
+//! every other connection go on. Nothing a peer sends can panic the shard.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use corekv_netio::frame::{self, FrameKind};
+use corekv_netio::io::{self, FrameReader};
+use corekv_netio::msg::WireError;
+use corekv_netio::{Error as NetError, FrameError};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::runtime::Shard;
+
+/// What a connection has to send, and its state.
+pub struct Outbox {
+    buf: RefCell<Vec<u8>>,
+    wake: event_listener::Event,
+    /// Requests of this connection the shard has not answered yet.
+    pub inflight: Cell<usize>,
+    closing: Cell<bool>,
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            buf: RefCell::new(Vec::new()),
+            wake: event_listener::Event::new(),
+            inflight: Cell::new(0),
+            closing: Cell::new(false),
+        }
+    }
+
+    /// Queues an encoded frame (dropped if the connection is closing).
+    pub fn push(&self, frame: &[u8]) {
+        if !self.closing.get() {
+            self.buf.borrow_mut().extend_from_slice(frame);
+            self.wake.notify(1);
+        }
+    }
+
+    /// Sends what is queued, then closes.
+    fn close(&self) {
+        self.closing.set(true);
+        self.wake.notify(1);
+    }
+}
+
+/// Accepts connections until the shard stops.
+pub async fn listen(shard: Rc<Shard>, listener: TcpListener) {
+    while !shard.is_stopping() {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve(Rc::clone(&shard), stream)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown".into());
+    let _ = stream.set_nodelay(true);
+    shard.metrics().connections.inc();
+    let (read, mut write) = futures_lite::io::split(stream);
+    let out = Rc::new(Outbox::new());
+    let writer = {
+        let (out, peer) = (Rc::clone(&out), peer.clone());
+        glommio::spawn_local(async move {
+            loop {
+                let listener = out.wake.listen();
+                let bytes = std::mem::take(&mut *out.buf.borrow_mut());
+                if !bytes.is_empty() {
+                    if io::write_frames(&mut write, &peer, &bytes).await.is_err() {
+                        out.closing.set(true);
+                        return;
+                    }
+                } else if out.closing.get() {
+                    return;
+                } else {
+                    listener.await;
+                }
+            }
+        })
+    };
+    let mut frames = FrameReader::new(read, peer.clone(), shard.config().net.frame_bytes_max);
+    loop {
+        let rejected = match frames.next().await {
+            Ok(None) => break,
+            Ok(Some(f)) => match shard.handle_frame(&out, f) {
+                Ok(()) => continue,
+                Err(e) => e,
+            },
+            Err(NetError::Frame(e)) => e,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed");
+                break;
+            }
+        };
+        tracing::warn!(%peer, error = %rejected, "malformed frame; closing the connection");
+        shard.metrics().frames_rejected.inc();
+        reject(&out, &rejected);
+        break;
+    }
+    out.close();
+    writer.await;
+    shard.metrics().connections.dec();
+}
+
+/// Tells the peer what was wrong with its frame (its last words on this connection).
+fn reject(out: &Outbox, e: &FrameError) {
+    let wire = WireError::Malformed {
+        code: e.code(),
+        reason: e.to_string(),
+    };
+    out.push(&frame::encode(FrameKind::Error, 0, &wire));
+}

@@ -1,0 +1,263 @@
+//! The raft transport of one shard: outgoing connections to the shards that host its regions'
+//! other replicas, one per destination (node, shard), each fed by a bounded queue.
+//!
+//! Messages of one loop iteration go out as ONE `RaftBatch` frame per destination. A full
+//! queue drops the batch (raft resends); a broken connection drops its queue and reconnects
+//! with backoff. Snapshots go as bounded chunks; the sender reports a snapshot delivered only
+//! when the receiver acknowledged reassembling it (a `SnapshotAck` on the same connection),
+//! and failed when the queue was full or the connection broke first: raft-rs sends another.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use corekv_netio::frame::{self, FrameKind};
+use corekv_netio::io::{self, FrameReader};
+use corekv_netio::msg::{ArchivedSnapshotAck, RaftBatch};
+use corekv_raftstore::snapshot_chunks::{self, SNAPSHOT_CHUNK_BYTES_MAX};
+use corekv_raftstore::{batch_by_destination, Destination, RaftMessage};
+use glommio::net::TcpStream;
+
+use crate::config::{Member, NetSection};
+use crate::convert;
+use crate::metrics::ShardMetrics;
+
+/// Called with (region, receiving peer, delivered) when a snapshot's fate is known.
+pub type SnapshotReport = Rc<dyn Fn(u64, u64, bool)>;
+
+/// Bytes written to a peer connection in one go.
+const WRITE_BYTES_MAX: usize = 4 << 20;
+const RECONNECT_MS_MIN: u64 = 20;
+
+pub struct Transport {
+    members: HashMap<u64, (String, u16)>,
+    cfg: NetSection,
+    links: RefCell<HashMap<Destination, Rc<Link>>>,
+    metrics: Rc<ShardMetrics>,
+    report: SnapshotReport,
+}
+
+enum Item {
+    Frame(Vec<u8>),
+    /// The chunks before this one completed a snapshot stream (region, receiving peer).
+    SnapshotEnd(u64, u64),
+}
+
+struct Link {
+    addr: String,
+    queue: RefCell<VecDeque<Item>>,
+    queued_bytes: Cell<usize>,
+    wake: event_listener::Event,
+    /// Snapshots written whole, waiting for the receiver's ack.
+    unacked: RefCell<Vec<(u64, u64)>>,
+}
+
+impl Transport {
+    pub fn new(members: &[Member], cfg: NetSection, metrics: Rc<ShardMetrics>, report: SnapshotReport) -> Transport {
+        let members = members
+            .iter()
+            .filter_map(|m| {
+                let (host, port) = m.addr.rsplit_once(':')?;
+                Some((m.id, (host.to_string(), port.parse().ok()?)))
+            })
+            .collect();
+        Transport {
+            members,
+            cfg,
+            links: RefCell::new(HashMap::new()),
+            metrics,
+            report,
+        }
+    }
+
+    /// Queues one loop iteration's messages: one frame per destination, snapshots chunked.
+    pub fn send(&self, msgs: Vec<RaftMessage>) {
+        let (snapshots, msgs): (Vec<RaftMessage>, Vec<RaftMessage>) = msgs
+            .into_iter()
+            .partition(|m| m.msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot);
+        for (dest, batch) in batch_by_destination(msgs) {
+            let count = batch.len() as u64;
+            let frame = frame::encode(
+                FrameKind::RaftBatch,
+                0,
+                &RaftBatch {
+                    messages: batch.iter().map(convert::envelope).collect(),
+                },
+            );
+            let sent = self.link(dest).is_some_and(|link| link.push(vec![Item::Frame(frame)], self.bound()));
+            if sent {
+                self.metrics.raft_messages_sent.inc_by(count);
+            } else {
+                self.metrics.raft_messages_dropped.inc_by(count);
+            }
+        }
+        for msg in snapshots {
+            let (region_id, to, dest) = (msg.region_id, msg.to.id, (msg.to.node, msg.to.shard));
+            let mut items: Vec<Item> = snapshot_chunks::split(msg, SNAPSHOT_CHUNK_BYTES_MAX)
+                .iter()
+                .map(|c| Item::Frame(frame::encode(FrameKind::SnapshotChunk, 0, &convert::chunk(c))))
+                .collect();
+            items.push(Item::SnapshotEnd(region_id, to));
+            if self.link(dest).is_some_and(|link| link.push(items, self.bound())) {
+                self.metrics.snapshots_sent.inc();
+            } else {
+                (self.report)(region_id, to, false);
+            }
+        }
+    }
+
+    fn bound(&self) -> usize {
+        self.cfg.peer_queue_bytes_max
+    }
+
+    fn link(&self, dest: Destination) -> Option<Rc<Link>> {
+        if let Some(l) = self.links.borrow().get(&dest) {
+            return Some(Rc::clone(l));
+        }
+        let (host, port) = self.members.get(&dest.0)?;
+        let port = port.checked_add(u16::try_from(dest.1).ok()?)?;
+        let link = Rc::new(Link {
+            addr: format!("{host}:{port}"),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            wake: event_listener::Event::new(),
+            unacked: RefCell::new(Vec::new()),
+        });
+        self.links.borrow_mut().insert(dest, Rc::clone(&link));
+        let (cfg, report) = (self.cfg.clone(), Rc::clone(&self.report));
+        glommio::spawn_local(Rc::clone(&link).run(cfg, report)).detach();
+        Some(link)
+    }
+}
+
+impl Link {
+    /// Queues `items` whole, or nothing if that would exceed `bound` bytes.
+    fn push(&self, items: Vec<Item>, bound: usize) -> bool {
+        let bytes: usize = items.iter().map(Item::bytes).sum();
+        if self.queued_bytes.get() + bytes > bound {
+            return false;
+        }
+        self.queued_bytes.set(self.queued_bytes.get() + bytes);
+        self.queue.borrow_mut().extend(items);
+        self.wake.notify(1);
+        true
+    }
+
+    /// Connects when there is something to send, writes, reconnects with backoff after a failure.
+    async fn run(self: Rc<Self>, cfg: NetSection, report: SnapshotReport) {
+        let mut backoff_ms = RECONNECT_MS_MIN;
+        loop {
+            self.wait_for_work(&Cell::new(false)).await;
+            let connected = match self.addr.parse::<std::net::SocketAddr>() {
+                Ok(sock) => TcpStream::connect_timeout(sock, Duration::from_millis(cfg.connect_timeout_ms))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match connected {
+                Ok(stream) => {
+                    backoff_ms = RECONNECT_MS_MIN;
+                    let _ = stream.set_nodelay(true);
+                    self.serve(stream, cfg.frame_bytes_max, &report).await;
+                }
+                Err(e) => tracing::debug!(addr = %self.addr, error = %e, "peer shard unreachable"),
+            }
+            // Whatever was queued or unacknowledged is lost with the connection.
+            self.fail_all(&report);
+            glommio::timer::sleep(Duration::from_millis(backoff_ms)).await;
+            backoff_ms = (backoff_ms * 2).min(cfg.reconnect_ms_max);
+        }
+    }
+
+    async fn serve(self: &Rc<Self>, stream: TcpStream, frame_bytes_max: u32, report: &SnapshotReport) {
+        let (read, mut write) = futures_lite::io::split(stream);
+        let broken = Rc::new(Cell::new(false));
+        let acks = {
+            let (link, broken, report) = (Rc::clone(self), Rc::clone(&broken), Rc::clone(report));
+            glommio::spawn_local(async move {
+                let mut frames = FrameReader::new(read, link.addr.clone(), frame_bytes_max);
+                while let Ok(Some(f)) = frames.next().await {
+                    let Ok(ack) = (f.header.kind == FrameKind::SnapshotAck)
+                        .then(|| frame::access::<ArchivedSnapshotAck>(&f.body))
+                        .unwrap_or(Err(corekv_netio::FrameError::UnexpectedKind { kind: f.header.kind as u8 }))
+                    else {
+                        break;
+                    };
+                    let key = (ack.region_id.to_native(), ack.to_peer.to_native());
+                    let mut unacked = link.unacked.borrow_mut();
+                    if let Some(at) = unacked.iter().position(|k| *k == key) {
+                        unacked.remove(at);
+                        drop(unacked);
+                        report(key.0, key.1, true);
+                    }
+                }
+                broken.set(true);
+                link.wake.notify(usize::MAX);
+            })
+        };
+        let mut out = Vec::new();
+        loop {
+            self.wait_for_work(&broken).await;
+            if broken.get() {
+                break;
+            }
+            let mut ended = Vec::new();
+            out.clear();
+            {
+                let mut queue = self.queue.borrow_mut();
+                while out.len() < WRITE_BYTES_MAX {
+                    match queue.pop_front() {
+                        Some(Item::Frame(f)) => {
+                            self.queued_bytes.set(self.queued_bytes.get() - f.len());
+                            out.extend_from_slice(&f);
+                        }
+                        Some(Item::SnapshotEnd(region, to)) => ended.push((region, to)),
+                        None => break,
+                    }
+                }
+            }
+            if io::write_frames(&mut write, &self.addr, &out).await.is_err() {
+                for (region, to) in ended {
+                    report(region, to, false);
+                }
+                break;
+            }
+            self.unacked.borrow_mut().extend(ended);
+        }
+        drop(acks);
+    }
+
+    /// Waits until something is queued or `broken` is set.
+    async fn wait_for_work(&self, broken: &Cell<bool>) {
+        loop {
+            let listener = self.wake.listen();
+            if broken.get() || !self.queue.borrow().is_empty() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn fail_all(&self, report: &SnapshotReport) {
+        let queued: Vec<Item> = self.queue.borrow_mut().drain(..).collect();
+        self.queued_bytes.set(0);
+        let ended = queued.into_iter().filter_map(|i| match i {
+            Item::SnapshotEnd(region, to) => Some((region, to)),
+            Item::Frame(_) => None,
+        });
+        let unacked: Vec<(u64, u64)> = self.unacked.borrow_mut().drain(..).chain(ended).collect();
+        for (region, to) in unacked {
+            report(region, to, false);
+        }
+    }
+}
+
+impl Item {
+    fn bytes(&self) -> usize {
+        match self {
+            Item::Frame(f) => f.len(),
+            Item::SnapshotEnd(..) => 0,
+        }
+    }
+}
