@@ -81,7 +81,11 @@ fn execute(kv: &KvEngine, batch: &mut WriteBatch, region_id: u64, index: u64, cm
     match cmd {
         Command::Put { key, value } => batch.put(Cf::Default, &data_key(&key), &value)?,
         Command::Delete { key } => batch.delete(Cf::Default, &data_key(&key))?,
-        Command::DeleteRange { start, end } => batch.delete_range(Cf::Default, &data_key(&start), &data_key(&end))?,
+        Command::DeleteRange { start, end } => {
+            let range = data_range_between(&start, &end)?;
+            let end = range.end().expect("data ranges are bounded by the prefix");
+            batch.delete_range(Cf::Default, range.start(), end)?
+        }
         Command::BatchPut { pairs } => {
             for (k, v) in pairs {
                 batch.put(Cf::Default, &data_key(&k), &v)?;

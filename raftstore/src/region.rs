@@ -47,7 +47,8 @@ impl Region {
         }
     }
 
-    /// A range request `[start, end)` must lie inside the region.
+    /// A range request `[start, end)` must lie inside the region; an empty `end` means
+    /// unbounded, which only the last region contains.
     pub fn check_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
         self.check_key(start)?;
         let end_inside = if self.end.is_empty() {
@@ -55,7 +56,7 @@ impl Region {
         } else {
             !end.is_empty() && end <= self.end.as_slice()
         };
-        if end_inside && start < end {
+        if end_inside && (end.is_empty() || start < end) {
             Ok(())
         } else {
             Err(Error::KeyNotInRegion {
@@ -110,6 +111,14 @@ mod tests {
         assert!(r.check_range(b"c", b"c").is_err(), "empty range");
         let last = region(b"x", b"");
         assert!(last.contains(b"\xff\xff") && last.check_range(b"x", b"z").is_ok());
+        assert!(
+            last.check_range(b"x", b"").is_ok(),
+            "unbounded end inside the last region"
+        );
+        assert!(
+            r.check_range(b"b", b"").is_err(),
+            "unbounded end outside a bounded region"
+        );
     }
 
     // Proves a stale epoch is refused with the current region attached.

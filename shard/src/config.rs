@@ -171,7 +171,13 @@ impl NodeConfig {
 
     /// Everything else that can be checked before opening anything.
     pub fn validate(&self) -> Result<()> {
-        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(Error::Config(what.to_string())) };
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Config(what.to_string()))
+            }
+        };
         check(self.data_dir != PathBuf::new(), "--data-dir is required")?;
         check(self.shards <= SHARDS_MAX, "at most 64 shards per node")?;
         let r = &self.raft;
@@ -185,7 +191,10 @@ impl NodeConfig {
             "raft.lease_ticks must be below raft.election_ticks",
         )?;
         check(r.gc_keep_entries > 0, "raft.gc_keep_entries must be > 0")?;
-        check(self.net.frame_bytes_max >= 1 << 20, "net.frame_bytes_max must be >= 1 MiB")?;
+        check(
+            self.net.frame_bytes_max >= 1 << 20,
+            "net.frame_bytes_max must be >= 1 MiB",
+        )?;
         self.kv.validate().map_err(|e| Error::Config(e.to_string()))?;
         self.members().map(|_| ())
     }
@@ -227,7 +236,8 @@ mod tests {
     // that an unknown field is refused.
     #[test]
     fn toml_sections_default_and_reject_unknown() {
-        let cfg: NodeConfig = toml::from_str("node_id = 1\n[raft]\ntick_ms = 20\n[kv]\nmax_background_jobs = 2\n").unwrap();
+        let cfg: NodeConfig =
+            toml::from_str("node_id = 1\n[raft]\ntick_ms = 20\n[kv]\nmax_background_jobs = 2\n").unwrap();
         assert_eq!((cfg.node_id, cfg.raft.tick_ms, cfg.raft.election_ticks), (1, 20, 10));
         assert_eq!(cfg.kv.max_background_jobs, 2);
         assert!(toml::from_str::<NodeConfig>("[raft]\ntick = 1\n").is_err());

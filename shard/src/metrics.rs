@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 
 use corekv_netio::msg::OP_NAMES;
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::error::{Error, Result};
@@ -59,24 +59,30 @@ pub struct ShardMetrics {
 
 impl NodeMetrics {
     pub fn new(node_id: u64) -> NodeMetrics {
-        let registry =
-            Registry::new_custom(Some("corekv".into()), Some([("node".to_string(), node_id.to_string())].into()))
-                .expect("valid registry");
+        let registry = Registry::new_custom(
+            Some("corekv".into()),
+            Some([("node".to_string(), node_id.to_string())].into()),
+        )
+        .expect("valid registry");
         let hist = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid");
             registry.register(Box::new(h.clone())).expect("unique name");
             h
         };
-        let requests = IntCounterVec::new(Opts::new("requests_total", "Client requests by command"), &["shard", "op"])
-            .expect("valid");
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Client requests by command"),
+            &["shard", "op"],
+        )
+        .expect("valid");
         let errors = IntCounterVec::new(
             Opts::new("request_errors_total", "Requests answered with an error, by wire code"),
             &["shard", "code"],
         )
         .expect("valid");
-        let counters = IntCounterVec::new(Opts::new("events_total", "Shard events by kind"), &["shard", "event"])
-            .expect("valid");
-        let gauges = IntGaugeVec::new(Opts::new("shard_state", "Shard state by kind"), &["shard", "what"]).expect("valid");
+        let counters =
+            IntCounterVec::new(Opts::new("events_total", "Shard events by kind"), &["shard", "event"]).expect("valid");
+        let gauges =
+            IntGaugeVec::new(Opts::new("shard_state", "Shard state by kind"), &["shard", "what"]).expect("valid");
         for c in [&requests, &errors, &counters] {
             registry.register(Box::new(c.clone())).expect("unique name");
         }
@@ -119,7 +125,10 @@ impl NodeMetrics {
         let counter = |event: &str| self.counters.with_label_values(&[s.as_str(), event]);
         let gauge = |what: &str| self.gauges.with_label_values(&[s.as_str(), what]);
         ShardMetrics {
-            requests: OP_NAMES.iter().map(|op| self.requests.with_label_values(&[s.as_str(), op])).collect(),
+            requests: OP_NAMES
+                .iter()
+                .map(|op| self.requests.with_label_values(&[s.as_str(), op]))
+                .collect(),
             request_seconds: OP_NAMES
                 .iter()
                 .map(|op| self.request_seconds.with_label_values(&[s.as_str(), op]))
@@ -156,7 +165,9 @@ impl NodeMetrics {
 impl ShardMetrics {
     /// An error answer (rare: the label is looked up here).
     pub fn error(&self, code: u16) {
-        self.errors.with_label_values(&[self.shard.as_str(), &code.to_string()]).inc();
+        self.errors
+            .with_label_values(&[self.shard.as_str(), &code.to_string()])
+            .inc();
     }
 }
 

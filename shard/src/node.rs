@@ -38,11 +38,14 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
     let shards = if cfg.shards == 0 { cpus.len().max(1) } else { cfg.shards } as u32;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(cfg.data_dir.display().to_string(), e))?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    check_identity(&cfg.data_dir, &Identity {
-        node_id: cfg.node_id,
-        shards,
-        members: members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect(),
-    })?;
+    check_identity(
+        &cfg.data_dir,
+        &Identity {
+            node_id: cfg.node_id,
+            shards,
+            members: members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect(),
+        },
+    )?;
     let regions = layout::bootstrap(&members, shards);
     let routing = Arc::new(Routing::new(cfg.node_id, shards, members.clone(), regions.clone()));
     let metrics = Arc::new(NodeMetrics::new(cfg.node_id));
@@ -185,5 +188,9 @@ fn check_identity(dir: &Path, me: &Identity) -> Result<()> {
 
 /// Members as the server prints them.
 pub fn describe(members: &[Member]) -> String {
-    members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",")
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.addr))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -51,7 +51,12 @@ impl Routing {
     pub fn shard_of(&self, region_id: u64) -> Option<u32> {
         let table = self.table.read().expect("routing lock");
         let route = table.get(&region_id)?;
-        route.region.peers.iter().find(|p| p.node == self.node_id).map(|p| p.shard)
+        route
+            .region
+            .peers
+            .iter()
+            .find(|p| p.node == self.node_id)
+            .map(|p| p.shard)
     }
 
     /// A shard's replica saw `leader` at `term`.

@@ -66,7 +66,10 @@ pub async fn listen(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown".into());
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown".into());
     let _ = stream.set_nodelay(true);
     shard.metrics().connections.inc();
     let (read, mut write) = futures_lite::io::split(stream);

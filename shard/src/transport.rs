@@ -85,7 +85,9 @@ impl Transport {
                     messages: batch.iter().map(convert::envelope).collect(),
                 },
             );
-            let sent = self.link(dest).is_some_and(|link| link.push(vec![Item::Frame(frame)], self.bound()));
+            let sent = self
+                .link(dest)
+                .is_some_and(|link| link.push(vec![Item::Frame(frame)], self.bound()));
             if sent {
                 self.metrics.raft_messages_sent.inc_by(count);
             } else {
@@ -180,7 +182,9 @@ impl Link {
                 while let Ok(Some(f)) = frames.next().await {
                     let Ok(ack) = (f.header.kind == FrameKind::SnapshotAck)
                         .then(|| frame::access::<ArchivedSnapshotAck>(&f.body))
-                        .unwrap_or(Err(corekv_netio::FrameError::UnexpectedKind { kind: f.header.kind as u8 }))
+                        .unwrap_or(Err(corekv_netio::FrameError::UnexpectedKind {
+                            kind: f.header.kind as u8,
+                        }))
                     else {
                         break;
                     };

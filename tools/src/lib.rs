@@ -5,6 +5,7 @@
 //! `corekv-playground` (a local cluster of server processes), `corekv-storage-demo` (both
 //! engines of one shard, no network).
 
+pub mod cluster;
 pub mod demo;
 
 use std::process::ExitCode;

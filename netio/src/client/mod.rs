@@ -272,7 +272,7 @@ impl Client {
     /// retrying cannot help; `Ok(false)` means "try again".
     async fn reroute(&self, info: &RegionInfo, target: WirePeer, e: WireError, backoff: &mut Duration) -> Result<bool> {
         let id = info.region.id;
-        match e {
+        match e.clone() {
             WireError::NotLeader { leader, .. } => {
                 self.count(|s| s.redirects += 1);
                 let known = leader.is_some() && leader != Some(target);
@@ -300,9 +300,23 @@ impl Client {
                     }
                 }
             }
-            WireError::RegionNotFound { .. } | WireError::KeyNotInRegion { .. } => {
+            WireError::RegionNotFound { .. } => {
                 self.refresh().await.ok();
                 self.backoff(backoff).await;
+            }
+            // The request did not fit the region the client knew: fine after a refresh shows
+            // the region changed, a bad request if it did not.
+            WireError::KeyNotInRegion { .. } => {
+                self.refresh().await.ok();
+                let same = self
+                    .inner
+                    .routes
+                    .borrow()
+                    .regions_by_id(id)
+                    .is_some_and(|r| r.epoch == info.region.epoch);
+                if same {
+                    return Err(Error::Server(e));
+                }
             }
             WireError::ServerBusy { .. } | WireError::ProposalDropped { .. } | WireError::ShuttingDown => {
                 self.inner.routes.borrow_mut().set_leader(id, None);

@@ -141,9 +141,9 @@ fn print_status(out: &mut impl Write, views: &[ClusterInfo], regions: &[RegionIn
             .iter()
             .map(|p| format!("n{}/s{}", p.node, p.shard))
             .collect();
-        let leader = r
-            .leader
-            .map_or("none".to_string(), |l| format!("n{}/s{} (term {})", l.node, l.shard, r.term));
+        let leader = r.leader.map_or("none".to_string(), |l| {
+            format!("n{}/s{} (term {})", l.node, l.shard, r.term)
+        });
         writeln!(
             out,
             "  region {:<3} [{:?}, {:?})  epoch {}/{}  peers {}  leader {}",

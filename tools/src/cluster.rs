@@ -1,0 +1,233 @@
+//! A local cluster of `corekv-server` processes: what the playground runs, and what the
+//! multi-process tests (and the chaos harness) drive — start, kill -9, restart, stop.
+//!
+//! Node k listens on base-port + 10*(k-1) (+ shard) and serves /metrics on that + 9.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use corekv_netio::{Client, ClientConfig};
+
+/// Ports one node takes: shards on +0..+8, metrics on +9.
+pub const PORTS_PER_NODE: u16 = 10;
+pub const SHARDS_MAX: u32 = 9;
+const STOP_WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: u64,
+    pub shards: u32,
+    pub data_dir: PathBuf,
+    pub host: String,
+    pub base_port: u16,
+    /// The `corekv-server` binary.
+    pub server: PathBuf,
+    /// Extra arguments for every server (e.g. `--config FILE`).
+    pub extra_args: Vec<String>,
+}
+
+pub struct LocalCluster {
+    spec: ClusterSpec,
+    children: Vec<Option<Child>>,
+}
+
+impl ClusterSpec {
+    pub fn port(&self, node: u64) -> u16 {
+        self.base_port + PORTS_PER_NODE * (node as u16 - 1)
+    }
+
+    pub fn endpoint(&self, node: u64) -> String {
+        format!("{}:{}", self.host, self.port(node))
+    }
+
+    pub fn status_addr(&self, node: u64) -> String {
+        format!("{}:{}", self.host, self.port(node) + PORTS_PER_NODE - 1)
+    }
+
+    pub fn log(&self, node: u64) -> PathBuf {
+        self.data_dir.join(format!("node-{node}.log"))
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (1..=self.nodes).map(|k| self.endpoint(k)).collect()
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.nodes == 0 || self.shards == 0 || self.shards > SHARDS_MAX {
+            bail!("nodes must be >= 1 and shards in 1..={SHARDS_MAX}");
+        }
+        let last = u64::from(self.base_port) + u64::from(PORTS_PER_NODE) * self.nodes;
+        if last > u64::from(u16::MAX) {
+            bail!("base port {} is too high for {} nodes", self.base_port, self.nodes);
+        }
+        Ok(())
+    }
+}
+
+impl LocalCluster {
+    /// Starts every node (each in its own process).
+    pub fn start(spec: ClusterSpec) -> Result<LocalCluster> {
+        spec.check()?;
+        std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("create {}", spec.data_dir.display()))?;
+        let mut cluster = LocalCluster {
+            children: (0..spec.nodes).map(|_| None).collect(),
+            spec,
+        };
+        for k in 1..=cluster.spec.nodes {
+            cluster.restart(k)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// Starts node `k` (again) with its data dir: a restart recovers it.
+    pub fn restart(&mut self, k: u64) -> Result<()> {
+        let s = &self.spec;
+        let cluster: Vec<String> = (1..=s.nodes).map(|n| format!("{n}={}", s.endpoint(n))).collect();
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(s.log(k))?;
+        let mut cmd = Command::new(&s.server);
+        cmd.arg("--node-id")
+            .arg(k.to_string())
+            .arg("--addr")
+            .arg(s.endpoint(k))
+            .arg("--data-dir")
+            .arg(s.data_dir.join(format!("node-{k}")))
+            .arg("--initial-cluster")
+            .arg(cluster.join(","))
+            .arg("--shards")
+            .arg(s.shards.to_string())
+            .arg("--status-addr")
+            .arg(s.status_addr(k))
+            .args(&s.extra_args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe; the kernel stops the child if its parent dies.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("start {}", s.server.display()))?;
+        self.children[(k - 1) as usize] = Some(child);
+        Ok(())
+    }
+
+    /// kill -9 of node `k`: no shutdown of any kind.
+    pub fn kill(&mut self, k: u64) -> Result<()> {
+        if let Some(mut child) = self.children[(k - 1) as usize].take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Fails with the tail of its log if a node that should run has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for (i, slot) in self.children.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            if let Some(status) = child.try_wait()? {
+                let k = i as u64 + 1;
+                bail!("node {k} exited ({status}); {}", log_tail(&self.spec.log(k), 8));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every region has a leader (as the nodes report it).
+    pub fn wait_for_leaders(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let endpoints = self.spec.endpoints();
+            let ready = crate::on_executor(move || async move {
+                let mut cfg = ClientConfig::new(endpoints);
+                cfg.attempt_timeout = Duration::from_millis(500);
+                Ok(match Client::connect(cfg).await {
+                    Ok(client) => {
+                        let regions = client.regions();
+                        !regions.is_empty() && regions.iter().all(|r| r.leader.is_some())
+                    }
+                    Err(_) => false,
+                })
+            })?;
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not every region had a leader after {timeout:?}; see the node logs");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM to node `k`; waits for it to exit and returns whether it exited cleanly.
+    pub fn stop_node(&mut self, k: u64) -> Result<bool> {
+        let Some(mut child) = self.children[(k - 1) as usize].take() else {
+            return Ok(true);
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_WAIT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("node {k} did not stop within {STOP_WAIT:?} of SIGTERM; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops every node; `Ok(true)` if all exited cleanly.
+    pub fn stop(&mut self) -> Result<bool> {
+        let mut clean = true;
+        for k in 1..=self.spec.nodes {
+            clean &= self.stop_node(k)?;
+        }
+        Ok(clean)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last `lines` lines of a log, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    format!(
+        "last lines of {}:\n{}",
+        path.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// Another binary of this build, next to the running one.
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locate this executable")?;
+    let path = me.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found next to {} (build the workspace first)",
+            name,
+            me.display()
+        );
+    }
+    Ok(path)
+}

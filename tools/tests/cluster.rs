@@ -1,0 +1,424 @@
+//! Multi-process tests: 3 nodes x 2 shards of the real `corekv-server` binary on loopback,
+//! driven through `corekv-ctl`, the client library and raw frames.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use corekv_netio::frame::{self, Body, FrameKind, Header, HEADER_BYTES};
+use corekv_netio::msg::{ArchivedReply, ArchivedWireError, ClusterInfo, Op, Reply, Request, WireError, WireRegion};
+use corekv_netio::{Client, ClientConfig};
+use corekv_tools::cluster::{ClusterSpec, LocalCluster, PORTS_PER_NODE};
+
+const NODES: u64 = 3;
+const SHARDS: u32 = 2;
+const LEADERS_WAIT: Duration = Duration::from_secs(30);
+
+struct TestCluster {
+    cluster: LocalCluster,
+    _dir: tempfile::TempDir,
+}
+
+/// A base port whose node port blocks are all free now (tests run in parallel: each start
+/// takes the next block of a per-process sequence).
+fn free_base_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = PORTS_PER_NODE * NODES as u16;
+    loop {
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = 20000 + ((std::process::id() as u16 % 200) * 7 + slot * span) % 40000;
+        let free = (0..span).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+fn start() -> TestCluster {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterSpec {
+        nodes: NODES,
+        shards: SHARDS,
+        data_dir: dir.path().to_path_buf(),
+        host: "127.0.0.1".into(),
+        base_port: free_base_port(),
+        server: PathBuf::from(env!("CARGO_BIN_EXE_corekv-server")),
+        extra_args: Vec::new(),
+    };
+    let mut cluster = LocalCluster::start(spec).unwrap();
+    cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
+    TestCluster { cluster, _dir: dir }
+}
+
+impl TestCluster {
+    fn endpoints(&self) -> Vec<String> {
+        self.cluster.spec().endpoints()
+    }
+
+    /// Runs `f` with a fresh client on its own executor.
+    fn with_client<T, F, Fut>(&self, f: F) -> T
+    where
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<T>> + 'static,
+        T: Send + 'static,
+    {
+        let endpoints = self.endpoints();
+        corekv_tools::on_executor(move || async move {
+            let client = Client::connect(ClientConfig::new(endpoints)).await?;
+            f(client).await
+        })
+        .unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_corekv-ctl"))
+            .arg("--endpoints")
+            .arg(self.endpoints().join(","))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn info(&self) -> ClusterInfo {
+        match raw_call(&self.endpoints()[0], &cluster_info_request()) {
+            Reply::Cluster(info) => info,
+            other => panic!("cluster info: {other:?}"),
+        }
+    }
+}
+
+/// A key inside `region`.
+fn key_in(region: &WireRegion, suffix: &str) -> Vec<u8> {
+    let mut k = if region.start.is_empty() {
+        b"!".to_vec()
+    } else {
+        region.start.clone()
+    };
+    k.extend_from_slice(suffix.as_bytes());
+    assert!(region.contains(&k));
+    k
+}
+
+fn cluster_info_request() -> Request {
+    Request {
+        region_id: 0,
+        epoch: Default::default(),
+        op: Op::ClusterInfo,
+    }
+}
+
+fn read_frame(s: &mut TcpStream) -> Option<(Header, Body)> {
+    let mut head = [0u8; HEADER_BYTES];
+    s.read_exact(&mut head).ok()?;
+    let header = Header::decode(&head, u32::MAX).unwrap();
+    let mut body = Body::with_capacity(header.body_bytes as usize);
+    body.resize(header.body_bytes as usize, 0);
+    s.read_exact(&mut body).unwrap();
+    header.check_body(&body).unwrap();
+    Some((header, body))
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// One request over a connection; its reply.
+fn call_on(s: &mut TcpStream, request: &Request) -> Reply {
+    s.write_all(&frame::encode(FrameKind::Request, 42, request)).unwrap();
+    let (header, body) = read_frame(s).expect("a reply");
+    assert_eq!((header.kind, header.request_id), (FrameKind::Reply, 42));
+    let archived = frame::access::<ArchivedReply>(&body).unwrap();
+    rkyv::deserialize::<Reply, rkyv::rancor::Error>(archived).unwrap()
+}
+
+fn raw_call(addr: &str, request: &Request) -> Reply {
+    call_on(&mut connect(addr), request)
+}
+
+/// Sends `bytes`, expects a typed error frame with `code`, then the connection closed.
+fn expect_rejected(addr: &str, bytes: &[u8], code: u16) {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    let (header, body) = read_frame(&mut s).expect("an error frame before the close");
+    assert_eq!(header.kind, FrameKind::Error);
+    let e = rkyv::deserialize::<WireError, rkyv::rancor::Error>(frame::access::<ArchivedWireError>(&body).unwrap())
+        .unwrap();
+    assert_eq!(e.code(), code, "{e}");
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.read_to_end(&mut rest).unwrap(),
+        0,
+        "the connection is closed after the error"
+    );
+}
+
+/// Where node `node`'s shard `shard` listens.
+fn shard_addr(info: &ClusterInfo, node: u64, shard: u32) -> String {
+    let (_, addr) = info.nodes.iter().find(|(id, _)| *id == node).unwrap();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    format!("{host}:{}", port.parse::<u16>().unwrap() + shard as u16)
+}
+
+// Proves the binaries work end to end: corekv-ctl's commands and exit codes, every client
+// API call on every region, /metrics, and a clean stop on SIGTERM.
+#[test]
+fn ctl_and_client_serve_every_region() {
+    let mut t = start();
+    assert_eq!(t.ctl(&["raw", "put", "hello", "world"]).1, "OK\n");
+    assert_eq!(t.ctl(&["raw", "get", "hello"]).1, "world\n");
+    let (code, out, err) = t.ctl(&["raw", "get", "absent"]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(err.contains("not found"), "{err}");
+    t.ctl(&["raw", "put", "Zebra", "z"]);
+    t.ctl(&["raw", "put", "apple", "a"]);
+    assert_eq!(t.ctl(&["raw", "scan", "", ""]).1, "Zebra\tz\napple\ta\nhello\tworld\n");
+    assert_eq!(
+        t.ctl(&["raw", "scan", "", "", "--limit", "2", "--reverse"]).1,
+        "hello\tworld\napple\ta\n"
+    );
+    assert_eq!(t.ctl(&["raw", "delete", "hello"]).1, "OK\n");
+    assert_eq!(t.ctl(&["raw", "get", "hello"]).0, 1);
+    let status = t.ctl(&["cluster", "status"]).1;
+    assert!(
+        status.contains("regions: 6") && !status.contains("leader none"),
+        "{status}"
+    );
+    assert_eq!(status.matches(" up").count(), 3, "{status}");
+
+    let regions: Vec<WireRegion> = t.info().regions.into_iter().map(|r| r.region).collect();
+    assert_eq!(regions.len(), 6);
+    t.with_client(move |c| async move {
+        let keys: Vec<Vec<u8>> = regions.iter().map(|r| key_in(r, "key")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            c.put(k, format!("v{i}").as_bytes()).await?;
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(c.get(k).await?, Some(format!("v{i}").into_bytes()));
+        }
+        let got = c.batch_get(&keys).await?;
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, v)| v.as_deref() == Some(format!("v{i}").as_bytes())));
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = regions.iter().map(|r| (key_in(r, "pair"), b"p".to_vec())).collect();
+        c.batch_put(&pairs).await?;
+        let all = c.scan(b"", b"", 1000, false).await?;
+        assert_eq!(all.len(), 12 + 2, "every region's keys plus Zebra and apple");
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        let back = c.scan(b"", b"", 5, true).await?;
+        let mut expect: Vec<_> = all.iter().rev().take(5).cloned().collect();
+        assert_eq!(back, std::mem::take(&mut expect));
+        assert_eq!(
+            c.compare_and_swap(&keys[0], Some(b"v0"), Some(b"w")).await?,
+            (true, Some(b"v0".to_vec()))
+        );
+        assert_eq!(
+            c.compare_and_swap(&keys[0], Some(b"v0"), None).await?,
+            (false, Some(b"w".to_vec()))
+        );
+        c.delete(&keys[1]).await?;
+        assert_eq!(c.get(&keys[1]).await?, None);
+        c.delete_range(b"", b"").await?;
+        assert!(c.scan(b"", b"", 1000, false).await?.is_empty());
+        Ok(())
+    });
+
+    let mut http = connect(&t.cluster.spec().status_addr(1));
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    http.read_to_string(&mut metrics).unwrap();
+    for needle in [
+        "corekv_requests_total{op=\"put\"",
+        "corekv_request_duration_seconds_bucket",
+        "event=\"log_syncs\"",
+        "corekv_log_batch_regions",
+        "what=\"leaders\"",
+        "what=\"apply_lag_entries\"",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle}");
+    }
+    assert!(t.cluster.stop().unwrap(), "every node exits cleanly on SIGTERM");
+}
+
+/// Puts one key in every region, retrying what fails, until all succeed; returns how long.
+fn write_every_region(t: &TestCluster, regions: &[WireRegion], tag: &str, budget: Duration) -> Duration {
+    let keys: Vec<Vec<u8>> = regions.iter().map(|r| key_in(r, tag)).collect();
+    let started = Instant::now();
+    t.with_client(move |c| async move {
+        for k in keys {
+            loop {
+                match c.put(&k, b"after").await {
+                    Ok(()) => break,
+                    Err(e) if started.elapsed() < budget => {
+                        let _ = e;
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => anyhow::bail!("no write to {k:?} within {budget:?}: {e}"),
+                }
+            }
+        }
+        Ok(())
+    });
+    started.elapsed()
+}
+
+// Proves kill -9 of a node leading regions: writes to every region resume within a few
+// election timeouts, no acknowledged write is lost, and the restarted node catches up (the
+// cluster keeps serving every key with it as one of the two live replicas).
+#[test]
+fn killing_a_leader_node_loses_no_acknowledged_write() {
+    let mut t = start();
+    let info = t.info();
+    let regions: Vec<WireRegion> = info.regions.iter().map(|r| r.region.clone()).collect();
+    let victim = info.regions[0].leader.expect("led").node;
+    let acked = t.with_client(move |c| async move {
+        let mut acked = Vec::new();
+        for i in 0..300u32 {
+            let k = format!("{}{i:04}", (b'!' + (i % 94) as u8) as char).into_bytes();
+            c.put(&k, &i.to_le_bytes()).await?;
+            acked.push((k, i.to_le_bytes().to_vec()));
+        }
+        Ok(acked)
+    });
+    t.cluster.kill(victim).unwrap();
+    let took = write_every_region(&t, &regions, "after-kill", Duration::from_secs(20));
+    eprintln!("writes to every region resumed {took:?} after kill -9 of node {victim}");
+    // Election timeout is 10 ticks of 50 ms (randomized up to 2x): a few of them.
+    assert!(took < Duration::from_secs(5), "writes resumed only after {took:?}");
+
+    t.cluster.restart(victim).unwrap();
+    t.cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
+    let other = (1..=NODES).find(|&n| n != victim).unwrap();
+    t.cluster.kill(other).unwrap();
+    write_every_region(&t, &regions, "after-restart", Duration::from_secs(20));
+    t.with_client(move |c| async move {
+        for (k, v) in acked {
+            assert_eq!(c.get(&k).await?, Some(v), "acknowledged write of {k:?} lost");
+        }
+        Ok(())
+    });
+    t.cluster.restart(other).unwrap();
+    t.cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
+}
+
+// Proves garbage, an oversized frame, a bad checksum and an invalid archive each get a typed
+// error frame and a closed connection, while an open connection and new clients of the same
+// shard keep being served.
+#[test]
+fn malformed_frames_close_only_that_connection() {
+    let t = start();
+    let addr = t.endpoints()[0].clone();
+    let mut good = connect(&addr);
+    assert!(matches!(call_on(&mut good, &cluster_info_request()), Reply::Cluster(_)));
+
+    expect_rejected(&addr, &[0xAB; 64], 300);
+    let valid = frame::encode(FrameKind::Request, 1, &cluster_info_request());
+    let mut oversized = valid[..HEADER_BYTES].to_vec();
+    oversized[16..20].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    expect_rejected(&addr, &oversized, 304);
+    let mut bad_crc = valid.clone();
+    *bad_crc.last_mut().unwrap() ^= 0xFF;
+    expect_rejected(&addr, &bad_crc, 305);
+    let junk = [0x5Au8; 40];
+    let header = Header {
+        kind: FrameKind::Request,
+        request_id: 1,
+        body_bytes: junk.len() as u32,
+        crc32c: crc32c::crc32c(&junk),
+    };
+    let mut invalid = header.encode().to_vec();
+    invalid.extend_from_slice(&junk);
+    expect_rejected(&addr, &invalid, 306);
+
+    assert!(matches!(call_on(&mut good, &cluster_info_request()), Reply::Cluster(_)));
+    assert_eq!(t.ctl(&["raw", "put", "still", "serving"]).1, "OK\n");
+    assert_eq!(t.ctl(&["raw", "get", "still"]).1, "serving\n");
+}
+
+// Proves each misrouting gets its typed answer with the hint to follow (WrongShard,
+// NotLeader with the leader, EpochNotMatch with the current region, KeyNotInRegion,
+// RegionNotFound), and that a client whose view has every region on the wrong shard follows
+// the redirects and serves every region.
+#[test]
+fn misrouted_requests_get_typed_redirects_and_the_client_follows() {
+    let t = start();
+    let info = t.info();
+    let r = &info.regions[0];
+    let leader = r.leader.expect("led");
+    let put = |region: &WireRegion, key: Vec<u8>| Request {
+        region_id: region.id,
+        epoch: region.epoch,
+        op: Op::Put {
+            key,
+            value: b"v".to_vec(),
+        },
+    };
+    let key = key_in(&r.region, "k");
+    let wrong = shard_addr(&info, leader.node, 1 - leader.shard);
+    match raw_call(&wrong, &put(&r.region, key.clone())) {
+        Reply::Failed(WireError::WrongShard { region_id, shard }) => {
+            assert_eq!((region_id, shard), (r.region.id, leader.shard))
+        }
+        other => panic!("expected WrongShard, got {other:?}"),
+    }
+    let follower = r.region.peers.iter().find(|p| p.node != leader.node).unwrap();
+    match raw_call(
+        &shard_addr(&info, follower.node, follower.shard),
+        &put(&r.region, key.clone()),
+    ) {
+        Reply::Failed(WireError::NotLeader { leader: Some(hint), .. }) => assert_eq!(hint, leader),
+        other => panic!("expected NotLeader with a hint, got {other:?}"),
+    }
+    let at_leader = shard_addr(&info, leader.node, leader.shard);
+    let mut stale = r.region.clone();
+    stale.epoch.version = 0;
+    match raw_call(&at_leader, &put(&stale, key.clone())) {
+        Reply::Failed(WireError::EpochNotMatch {
+            current: Some(current), ..
+        }) => assert_eq!(current, r.region),
+        other => panic!("expected EpochNotMatch, got {other:?}"),
+    }
+    let outside = key_in(&info.regions[5].region, "k");
+    assert!(matches!(
+        raw_call(&at_leader, &put(&r.region, outside)),
+        Reply::Failed(WireError::KeyNotInRegion { .. })
+    ));
+    let mut unknown = r.region.clone();
+    unknown.id = 999;
+    assert!(matches!(
+        raw_call(&at_leader, &put(&unknown, key)),
+        Reply::Failed(WireError::RegionNotFound { region_id: 999 })
+    ));
+
+    // A view with every replica on the other shard and no leaders known.
+    let mut doctored = info.clone();
+    for r in &mut doctored.regions {
+        r.leader = None;
+        for p in &mut r.region.peers {
+            p.shard = 1 - p.shard;
+        }
+    }
+    let regions: Vec<WireRegion> = info.regions.iter().map(|r| r.region.clone()).collect();
+    let endpoints = t.endpoints();
+    let stats = corekv_tools::on_executor(move || async move {
+        let c = Client::with_view(ClientConfig::new(endpoints), vec![doctored]);
+        for r in &regions {
+            let k = key_in(r, "routed");
+            c.put(&k, b"ok").await?;
+            assert_eq!(c.get(&k).await?, Some(b"ok".to_vec()));
+        }
+        Ok(c.stats())
+    })
+    .unwrap();
+    assert!(stats.wrong_shard >= 6, "every region was redirected once: {stats:?}");
+}
