@@ -3,15 +3,21 @@
 # RocksDB from a cache built once per machine (see scripts/rocksdb-lib.sh).
 
 CARGO := scripts/cargo.sh
-DATA_DIR ?= /tmp/corekv-demo
+DATA_DIR ?= /tmp/corekv-playground
 
-.PHONY: run test build lint bench-storage bench-raft deps
+.PHONY: run storage-demo test build lint bench-storage bench-raft deps
 
-## run: build and run the storage demo (both engines, real figures) until the cluster lands
+## run: build, start a local 3-node x 2-shard cluster (corekv-playground), run a demo workload, stay up until Ctrl-C
 run:
 	$(CARGO) build --release --locked -p corekv-tools
 	rm -rf $(DATA_DIR)
-	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-storage-demo -- --data-dir $(DATA_DIR)
+	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-playground -- --nodes 3 --shards 2 --data-dir $(DATA_DIR) --demo-keys 20000
+
+## storage-demo: both storage engines of one pinned shard, no network (figures of the log engine and RocksDB)
+storage-demo:
+	$(CARGO) build --release --locked -p corekv-tools
+	rm -rf $(DATA_DIR)-storage
+	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-storage-demo -- --data-dir $(DATA_DIR)-storage
 
 ## test: the whole test suite (unit, integration, property tests)
 test:

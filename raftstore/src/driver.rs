@@ -7,9 +7,12 @@
 //!    shard's core, `KvEngine::offload`);
 //! 3. ONE log append for every region's entries and hard states (group commit); once it
 //!    returns, they are durable (O_DSYNC) -- only then:
-//! 4. received snapshots are installed, `on_persisted` tells raft, committed entries are
-//!    applied (applied index in the same KV write batch), and the messages that promise
-//!    durability (votes, append acks) go out.
+//! 4. received snapshots are installed, `on_persisted` tells raft, and the messages that
+//!    promise durability (votes, append acks) go out.
+//!
+//! Committed entries are applied (applied index in the same KV write batch) BEFORE step 3:
+//! raft-rs only hands out entries this replica made durable in an earlier iteration, so a
+//! write is answered without waiting for the next group commit.
 //!
 //! The core sits in a `RefCell` and is never borrowed across an await: other tasks of the
 //! shard (connections, the ticker) step and propose while the append is in flight, and their
@@ -26,7 +29,7 @@ use corekv_storage::raftlog::{Disk, LogBatch, LogEngine};
 
 use crate::apply;
 use crate::error::Result;
-use crate::raft_core::{encode_truncated, RaftCore, RaftMessage, TRUNCATED_KEY};
+use crate::raft_core::{encode_truncated, ApplyTask, RaftCore, RaftMessage, TRUNCATED_KEY};
 
 /// How long a shard waits before retrying a log append refused for lack of space.
 pub const LOG_NO_SPACE_RETRY_MS: u64 = 200;
@@ -77,14 +80,21 @@ impl<D: Disk> Engines<D> {
         })
     }
 
-    /// One loop iteration (see the module doc). `send` transmits a group of messages.
-    /// `None`: there was nothing to do. Responses are left in the core (`take_responses`).
-    pub async fn run_ready(&self, send: &mut impl FnMut(Vec<RaftMessage>)) -> Result<Option<LoopStats>> {
+    /// One loop iteration (see the module doc). `send` transmits a group of messages;
+    /// `answer` is called whenever the core may hold new responses (`take_responses`): once
+    /// before the log append (writes applied from earlier, already durable entries; reads)
+    /// and once at the end. `None`: there was nothing to do.
+    pub async fn run_ready(
+        &self,
+        send: &mut impl FnMut(Vec<RaftMessage>),
+        answer: &mut impl FnMut(),
+    ) -> Result<Option<LoopStats>> {
         let mut stats = LoopStats::default();
         let t0 = Instant::now();
         let rd = self.core.borrow_mut().ready();
         stats.core += t0.elapsed();
         if rd.is_empty() {
+            answer(); // reads served within the lease need no iteration
             return Ok(None);
         }
         send(rd.messages);
@@ -103,6 +113,16 @@ impl<D: Disk> Engines<D> {
         for (region, snap) in &rd.install_snapshots {
             apply::stage_snapshot(&self.snap_dir, region.id, &snap.data)?;
         }
+        // Committed entries are ones this replica made durable in EARLIER iterations
+        // (raft-rs hands out min(committed, persisted)): they are applied, and their clients
+        // answered, without waiting for this iteration's append. Regions installing a
+        // snapshot now apply after it.
+        let (late, early): (Vec<ApplyTask>, Vec<ApplyTask>) = rd
+            .apply
+            .into_iter()
+            .partition(|t| rd.install_snapshots.iter().any(|(r, _)| r.id == t.region.id));
+        self.apply_all(early, &mut stats)?;
+        answer();
         if !rd.log_batch.is_empty() {
             stats.regions_in_batch = rd.persisted.len();
             let t0 = Instant::now();
@@ -128,7 +148,14 @@ impl<D: Disk> Engines<D> {
             }
         }
         stats.core += t0.elapsed();
-        for task in rd.apply {
+        self.apply_all(late, &mut stats)?;
+        send(rd.after_persist);
+        answer();
+        Ok(Some(stats))
+    }
+
+    fn apply_all(&self, tasks: Vec<ApplyTask>, stats: &mut LoopStats) -> Result<()> {
+        for task in tasks {
             let t0 = Instant::now();
             let (applied, outcomes) = apply::apply(&self.kv, &task.region, &task.entries)?;
             let t1 = Instant::now();
@@ -137,8 +164,7 @@ impl<D: Disk> Engines<D> {
             stats.apply += t1 - t0;
             stats.core += t1.elapsed();
         }
-        send(rd.after_persist);
-        Ok(Some(stats))
+        Ok(())
     }
 
     /// Appends `batch`, waiting out a full disk (the batch is kept and retried as it is:
@@ -180,11 +206,12 @@ impl<D: Disk> Engines<D> {
             batch.put_state(region, TRUNCATED_KEY, &encode_truncated(index - 1, term));
         }
         self.append(&batch, &mut LoopStats::default()).await?;
-        let mut core = self.core.borrow_mut();
-        for &(region, index, _) in &candidates {
-            core.on_compacted(region, index);
+        {
+            let mut core = self.core.borrow_mut();
+            for &(region, index, _) in &candidates {
+                core.on_compacted(region, index);
+            }
         }
-        drop(core);
         self.log.purge().await?;
         Ok(candidates.len())
     }

@@ -495,7 +495,7 @@ impl Sim {
         };
         let mut groups = Vec::new();
         let stats = shard
-            .run_ready(&mut |msgs| groups.push(msgs))
+            .run_ready(&mut |msgs| groups.push(msgs), &mut || {})
             .await
             .unwrap_or_else(|e| panic!("seed {}: shard loop failed: {e}", self.cfg.seed));
         let Some(stats) = stats else {

@@ -191,6 +191,7 @@ impl NodeConfig {
             "raft.lease_ticks must be below raft.election_ticks",
         )?;
         check(r.gc_keep_entries > 0, "raft.gc_keep_entries must be > 0")?;
+        check(r.gc_interval_ticks > 0, "raft.gc_interval_ticks must be > 0")?;
         check(
             self.net.frame_bytes_max >= 1 << 20,
             "net.frame_bytes_max must be >= 1 MiB",

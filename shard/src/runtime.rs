@@ -233,8 +233,10 @@ impl Shard {
                 continue;
             }
             loop {
-                let stats = self.engines.run_ready(&mut |msgs| self.transport.send(msgs)).await?;
-                self.serve_responses();
+                let stats = self
+                    .engines
+                    .run_ready(&mut |msgs| self.transport.send(msgs), &mut || self.serve_responses())
+                    .await?;
                 match stats {
                     Some(stats) => self.record(&stats),
                     None => break,
@@ -275,7 +277,7 @@ impl Shard {
                 }
             }
             self.publish();
-            if self.ticks.get() % self.cfg.raft.gc_interval_ticks == 0 && !self.gc_running.replace(true) {
+            if self.ticks.get().is_multiple_of(self.cfg.raft.gc_interval_ticks) && !self.gc_running.replace(true) {
                 let shard = Rc::clone(&self);
                 glommio::spawn_local(async move {
                     let (keep, slack) = (shard.cfg.raft.gc_keep_entries, shard.cfg.raft.gc_slack_entries);

@@ -180,12 +180,10 @@ impl Link {
             glommio::spawn_local(async move {
                 let mut frames = FrameReader::new(read, link.addr.clone(), frame_bytes_max);
                 while let Ok(Some(f)) = frames.next().await {
-                    let Ok(ack) = (f.header.kind == FrameKind::SnapshotAck)
-                        .then(|| frame::access::<ArchivedSnapshotAck>(&f.body))
-                        .unwrap_or(Err(corekv_netio::FrameError::UnexpectedKind {
-                            kind: f.header.kind as u8,
-                        }))
-                    else {
+                    if f.header.kind != FrameKind::SnapshotAck {
+                        break;
+                    }
+                    let Ok(ack) = frame::access::<ArchivedSnapshotAck>(&f.body) else {
                         break;
                     };
                     let key = (ack.region_id.to_native(), ack.to_peer.to_native());

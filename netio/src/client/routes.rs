@@ -71,7 +71,7 @@ impl Routes {
     pub(crate) fn locate(&self, at: Locate<'_>) -> Option<&RegionInfo> {
         let found = match at {
             Locate::Key(key) => self.regions.range(..=key.to_vec()).next_back(),
-            Locate::Below(bound) if bound.is_empty() => self.regions.iter().next_back(),
+            Locate::Below([]) => self.regions.iter().next_back(),
             Locate::Below(bound) => self.regions.range(..bound.to_vec()).next_back(),
         };
         let (_, info) = found?;

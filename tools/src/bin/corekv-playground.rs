@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use corekv_netio::{Client, ClientConfig};
 use corekv_tools::cluster::{sibling_binary, ClusterSpec, LocalCluster};
@@ -61,7 +61,9 @@ fn run() -> Result<()> {
         extra_args: Vec::new(),
     };
     let mut cluster = LocalCluster::start(spec.clone())?;
-    cluster.wait_for_leaders(LEADERS_WAIT)?;
+    cluster
+        .wait_for_leaders(LEADERS_WAIT)
+        .context("the cluster did not come up (a port in use? pick another --base-port)")?;
     let demo = match args.demo_keys {
         Some(keys) => {
             let endpoints = spec.endpoints();
