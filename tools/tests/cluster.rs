@@ -38,7 +38,18 @@ fn free_base_port() -> u16 {
 }
 
 fn start() -> TestCluster {
+    start_with("")
+}
+
+/// Starts the cluster with `config` as every server's `--config` file (empty: none).
+fn start_with(config: &str) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
+    let mut extra_args = Vec::new();
+    if !config.is_empty() {
+        let path = dir.path().join("corekv.toml");
+        std::fs::write(&path, config).unwrap();
+        extra_args = vec!["--config".to_string(), path.display().to_string()];
+    }
     let spec = ClusterSpec {
         nodes: NODES,
         shards: SHARDS,
@@ -46,7 +57,7 @@ fn start() -> TestCluster {
         host: "127.0.0.1".into(),
         base_port: free_base_port(),
         server: PathBuf::from(env!("CARGO_BIN_EXE_corekv-server")),
-        extra_args: Vec::new(),
+        extra_args,
     };
     let mut cluster = LocalCluster::start(spec).unwrap();
     cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
@@ -87,11 +98,16 @@ impl TestCluster {
         )
     }
 
+    /// The cluster as the nodes together see it: members from node 1, every region with
+    /// the leader of the highest term any node reports.
     fn info(&self) -> ClusterInfo {
-        match raw_call(&self.endpoints()[0], &cluster_info_request()) {
+        let mut info = match raw_call(&self.endpoints()[0], &cluster_info_request()) {
             Reply::Cluster(info) => info,
             other => panic!("cluster info: {other:?}"),
-        }
+        };
+        info.regions = self.with_client(|c| async move { Ok(c.regions()) });
+        assert!(info.regions.iter().all(|r| r.leader.is_some()), "{info:?}");
+        info
     }
 }
 
@@ -272,12 +288,31 @@ fn write_every_region(t: &TestCluster, regions: &[WireRegion], tag: &str, budget
     started.elapsed()
 }
 
+/// Log GC keeps little, so a node that was down must catch up by snapshot.
+const SMALL_LOG: &str = "[raft]\ngc_keep_entries = 8\ngc_slack_entries = 16\ngc_interval_ticks = 2\n";
+
+/// The value of a counter summed over a node's shards, from its /metrics.
+fn metric(t: &TestCluster, node: u64, needle: &str) -> f64 {
+    // Not serving yet (just restarted): nothing counted yet.
+    let Ok(mut http) = TcpStream::connect(t.cluster.spec().status_addr(node)) else {
+        return 0.0;
+    };
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 // Proves kill -9 of a node leading regions: writes to every region resume within a few
-// election timeouts, no acknowledged write is lost, and the restarted node catches up (the
-// cluster keeps serving every key with it as one of the two live replicas).
+// election timeouts, no acknowledged write is lost, and the restarted node catches up -- by
+// snapshots over the network, as the log it missed was collected meanwhile -- so the cluster
+// keeps serving every key with it as one of the two live replicas.
 #[test]
 fn killing_a_leader_node_loses_no_acknowledged_write() {
-    let mut t = start();
+    let mut t = start_with(SMALL_LOG);
     let info = t.info();
     let regions: Vec<WireRegion> = info.regions.iter().map(|r| r.region.clone()).collect();
     let victim = info.regions[0].leader.expect("led").node;
@@ -296,8 +331,25 @@ fn killing_a_leader_node_loses_no_acknowledged_write() {
     // Election timeout is 10 ticks of 50 ms (randomized up to 2x): a few of them.
     assert!(took < Duration::from_secs(5), "writes resumed only after {took:?}");
 
+    // Enough writes while it is down that every region's log moves past what it has.
+    for round in 0..40 {
+        write_every_region(&t, &regions, &format!("down-{round}"), Duration::from_secs(20));
+    }
     t.cluster.restart(victim).unwrap();
     t.cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&t, victim, "event=\"snapshots_received\"") < regions.len() as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not receive a snapshot per region; {}\n{}",
+            corekv_tools::cluster::log_tail(&t.cluster.spec().log(victim), 20),
+            (1..=NODES)
+                .map(|n| format!("node {n} sent {}", metric(&t, n, "event=\"snapshots_sent\"")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let other = (1..=NODES).find(|&n| n != victim).unwrap();
     t.cluster.kill(other).unwrap();
     write_every_region(&t, &regions, "after-restart", Duration::from_secs(20));
