@@ -129,9 +129,17 @@ impl ArchivedOp {
 pub enum Reply {
     Value(Option<Vec<u8>>),
     Values(Vec<Option<Vec<u8>>>),
-    Rows(Vec<(Vec<u8>, Vec<u8>)>),
+    /// `more`: the shard stopped at its own bound (rows or bytes), before the request's
+    /// limit and range were exhausted; ask again from the last key.
+    Rows {
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
     Done,
-    Cas { succeeded: bool, previous: Option<Vec<u8>> },
+    Cas {
+        succeeded: bool,
+        previous: Option<Vec<u8>>,
+    },
     Cluster(ClusterInfo),
     Failed(WireError),
 }
@@ -185,6 +193,9 @@ pub enum WireError {
     Malformed { code: u16, reason: String },
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The write may or may not have taken effect (the client reports `Undetermined`).
+    #[error("region {region_id}: the write's outcome is unknown")]
+    OutcomeUnknown { region_id: u64 },
 }
 
 impl WireError {
@@ -202,6 +213,7 @@ impl WireError {
             WireError::WrongShard { .. } => 320,
             WireError::Malformed { code, .. } => *code,
             WireError::ShuttingDown => 321,
+            WireError::OutcomeUnknown { .. } => 208,
         }
     }
 
@@ -209,7 +221,10 @@ impl WireError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            WireError::TooLarge { .. } | WireError::Storage { .. } | WireError::Malformed { .. }
+            WireError::TooLarge { .. }
+                | WireError::Storage { .. }
+                | WireError::Malformed { .. }
+                | WireError::OutcomeUnknown { .. }
         )
     }
 }
@@ -241,10 +256,12 @@ pub struct SnapshotChunk {
     pub bytes: Vec<u8>,
 }
 
-/// The receiver reassembled a whole snapshot for peer `to_peer` of `region_id` and handed it
-/// to raft: the sender may report it delivered.
+/// The receiver's verdict on a snapshot stream for peer `to_peer` of `region_id`: reassembled
+/// and handed to raft (`accepted`: the sender reports it delivered), or dropped (checksum,
+/// size, or raft refused it: the sender reports it failed and raft sends another).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotAck {
     pub region_id: u64,
     pub to_peer: u64,
+    pub accepted: bool,
 }

@@ -14,6 +14,9 @@ pub const KEY_BYTES_MAX: usize = 4 << 10;
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
 /// Most pairs in one `BatchPut`.
 pub const BATCH_PAIRS_MAX: usize = 4096;
+/// Most key and value bytes in one command: a raft entry stays far below the log engine's
+/// entry limit and the transport's frame limit.
+pub const COMMAND_BYTES_MAX: usize = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Command {
@@ -91,6 +94,14 @@ impl Command {
                         what: "batch",
                         size: pairs.len(),
                         max: BATCH_PAIRS_MAX,
+                    });
+                }
+                let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if bytes > COMMAND_BYTES_MAX {
+                    return Err(Error::TooLarge {
+                        what: "batch bytes",
+                        size: bytes,
+                        max: COMMAND_BYTES_MAX,
                     });
                 }
                 pairs.iter().try_for_each(|(k, v)| key(k).and(value(v)))
@@ -224,5 +235,14 @@ mod tests {
         }
         .check(&r)
         .is_err());
+        // Each value is within its limit; together they are not.
+        let pairs = (0..5u8).map(|i| (vec![b'b', i], vec![0u8; VALUE_BYTES_MAX])).collect();
+        assert!(matches!(
+            Command::BatchPut { pairs }.check(&r),
+            Err(Error::TooLarge {
+                what: "batch bytes",
+                ..
+            })
+        ));
     }
 }

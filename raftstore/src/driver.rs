@@ -200,6 +200,19 @@ impl<D: Disk> Engines<D> {
         self.kv
             .offload(|kv| Cf::ALL.into_iter().try_for_each(|cf| kv.flush(cf)))
             .await?;
+        // A snapshot installed while the flush ran moved the log past some candidates: those
+        // are left alone (their older truncation must not overwrite the snapshot's). From
+        // here to the append's admission nothing yields.
+        let candidates: Vec<(u64, u64, u64)> = {
+            let core = self.core.borrow();
+            candidates
+                .into_iter()
+                .filter(|&(region, index, _)| core.truncated(region).is_some_and(|t| t + 1 < index))
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Ok(0);
+        }
         let mut batch = LogBatch::new();
         for &(region, index, term) in &candidates {
             batch.compact_to(region, index);

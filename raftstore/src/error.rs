@@ -38,6 +38,10 @@ pub enum Error {
     /// The shard is at its bound of in-flight work.
     #[error("server busy: {0}")]
     ServerBusy(&'static str),
+    /// The write may or may not have been applied (its entry was covered by a snapshot, or
+    /// the node stopped before it knew): the client must not blindly retry it.
+    #[error("region {region_id}: the write's outcome is unknown")]
+    OutcomeUnknown { region_id: u64 },
     /// A storage engine failed; the message is the storage error.
     #[error("storage: {0}")]
     Storage(String),
@@ -55,6 +59,7 @@ impl Error {
             Error::TooLarge { .. } => 205,
             Error::ServerBusy(_) => 206,
             Error::Storage(_) => 207,
+            Error::OutcomeUnknown { .. } => 208,
         }
     }
 
@@ -62,7 +67,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            Error::TooLarge { .. } | Error::Storage(_) | Error::KeyNotInRegion { .. }
+            Error::TooLarge { .. } | Error::Storage(_) | Error::KeyNotInRegion { .. } | Error::OutcomeUnknown { .. }
         )
     }
 }

@@ -231,6 +231,33 @@ impl Peer {
             && raft.commit_to_current_term()
     }
 
+    /// Fails ReadIndex requests raft-rs will never answer: it drops them silently when the
+    /// leader has not committed in its term yet or steps down. A read is safe to retry.
+    fn expire_reads(&mut self, now: u64, timeout_ticks: u64, responses: &mut Vec<Response>) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        let expired: Vec<RequestId> = self
+            .reads_in_flight
+            .iter()
+            .filter(|(_, &sent)| !leader || now >= sent + timeout_ticks)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.reads_in_flight.remove(&id);
+            let error = if leader {
+                Error::ProposalDropped {
+                    region_id: self.region.id,
+                    reason: "read index not confirmed in time",
+                }
+            } else {
+                Error::NotLeader {
+                    region_id: self.region.id,
+                    leader: self.leader(),
+                }
+            };
+            responses.push(Response::Failed { id, error });
+        }
+    }
+
     /// Answers the reads whose ReadIndex the state machine has reached.
     fn serve_reads(&mut self, responses: &mut Vec<Response>) {
         while self.reads.front().is_some_and(|(index, _)| *index <= self.applied) {
@@ -409,8 +436,11 @@ impl RaftCore {
     pub fn tick(&mut self) {
         self.now += 1;
         let ids: Vec<u64> = self.peers.keys().copied().collect();
+        let timeout = self.cfg.election_tick as u64;
         for id in ids {
-            self.peers.get_mut(&id).expect("listed").raw.tick();
+            let peer = self.peers.get_mut(&id).expect("listed");
+            peer.raw.tick();
+            peer.expire_reads(self.now, timeout, &mut self.responses);
             self.rearm(id);
         }
     }
@@ -605,16 +635,29 @@ impl RaftCore {
                         error: e.clone(),
                     },
                     // Another leader's entry took this index: the proposal never committed.
-                    _ => Response::Failed {
+                    (_, false) if w.index == index => Response::Failed {
                         id: w.id,
                         error: Error::ProposalDropped {
                             region_id,
                             reason: "superseded",
                         },
                     },
+                    // Covered by a snapshot (no entry seen): it may be in it or not.
+                    _ => Response::Failed {
+                        id: w.id,
+                        error: Error::OutcomeUnknown { region_id },
+                    },
                 };
                 self.responses.push(response);
             }
+        }
+        // Writes at or below `applied` that no outcome matched were covered by a snapshot.
+        while peer.writes.front().is_some_and(|w| w.index <= applied) {
+            let w = peer.writes.pop_front().expect("front exists");
+            self.responses.push(Response::Failed {
+                id: w.id,
+                error: Error::OutcomeUnknown { region_id },
+            });
         }
         peer.applied = applied;
         peer.raw.advance_apply_to(applied);
@@ -677,6 +720,11 @@ impl RaftCore {
             };
             peer.raw.report_snapshot(to, status);
         }
+    }
+
+    /// The index raft's log of `region_id` is truncated at (a snapshot's or log GC's).
+    pub fn truncated(&self, region_id: u64) -> Option<u64> {
+        self.peers.get(&region_id).map(|p| p.raw.store().truncated().0)
     }
 
     /// The log engine dropped `region_id`'s entries below `index`.

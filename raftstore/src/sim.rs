@@ -684,6 +684,10 @@ impl Sim {
             // Definitely not applied: the client may try again.
             Err(Error::NotLeader { .. } | Error::ServerBusy(_) | Error::EpochNotMatch { .. }) => {}
             Err(Error::ProposalDropped { .. }) if !self.ops[i].ambiguous => {}
+            Err(Error::OutcomeUnknown { .. }) => {
+                self.ops[i].ambiguous = true;
+                self.finish(i, None);
+            }
             Err(e) => panic!("seed {}: request failed for good: {e}", self.cfg.seed),
         }
     }

@@ -61,6 +61,7 @@ pub fn error(e: Error) -> WireError {
             reason: reason.to_string(),
         },
         Error::Storage(reason) => WireError::Storage { reason },
+        Error::OutcomeUnknown { region_id } => WireError::OutcomeUnknown { region_id },
     }
 }
 

@@ -41,6 +41,8 @@ use crate::transport::Transport;
 
 /// Most rows one scan request returns (the client continues from the last key).
 pub const SCAN_ROWS_MAX: u32 = 10_000;
+/// Most key and value bytes one read reply carries: far below the frame limit.
+pub const REPLY_BYTES_MAX: usize = 4 << 20;
 /// Ticks replayed at most after the executor was stopped for a while: enough to expire any
 /// lease and time out any election, few enough not to stall the shard.
 const CATCH_UP_TICKS_MAX: u64 = 64;
@@ -66,7 +68,10 @@ enum Read {
     Scan {
         start: Vec<u8>,
         end: Vec<u8>,
+        /// The request's limit, capped at `SCAN_ROWS_MAX`...
         limit: u32,
+        /// ...and as asked.
+        asked: u32,
         reverse: bool,
     },
 }
@@ -208,10 +213,20 @@ impl Shard {
         glommio::spawn_local(Rc::clone(&self).tick_loop()).detach();
         let result = self.run_loop().await;
         self.stopping.set(true);
-        // Whatever is still waiting will not be answered by this process.
-        let pending: Vec<RequestId> = self.pending.borrow().keys().copied().collect();
-        for id in pending {
-            self.answer(id, Err(WireError::ShuttingDown));
+        // Whatever is still waiting will not be answered by this process: a read may be
+        // retried elsewhere, a write may have committed already.
+        let pending: Vec<(RequestId, bool)> = self
+            .pending
+            .borrow()
+            .iter()
+            .map(|(&id, p)| (id, p.read.is_some()))
+            .collect();
+        for (id, is_read) in pending {
+            let error = match is_read {
+                true => WireError::ShuttingDown,
+                false => WireError::OutcomeUnknown { region_id: 0 },
+            };
+            self.answer(id, Err(error));
         }
         result
     }
@@ -355,23 +370,29 @@ impl Shard {
     fn handle_chunk(&self, out: &Outbox, body: &Body) -> std::result::Result<(), FrameError> {
         let archived = frame::access::<ArchivedSnapshotChunk>(body)?;
         let chunk = crate::convert::chunk_from(archived).map_err(|e| FrameError::Invalid { reason: e.to_string() })?;
+        let (region_id, to_peer) = (chunk.header.region_id, chunk.header.to.id);
         let pushed = self.reassembler.borrow_mut().push(chunk);
-        match pushed {
+        let accepted = match pushed {
+            Ok(None) => return Ok(()),
             Ok(Some(msg)) => {
-                let ack = SnapshotAck {
-                    region_id: msg.region_id,
-                    to_peer: msg.to.id,
-                };
-                if self.engines.core.borrow_mut().step(msg).is_ok() {
-                    self.metrics.snapshots_received.inc();
-                    out.push(&frame::encode(FrameKind::SnapshotAck, 0, &ack));
-                }
+                let stepped = self.engines.core.borrow_mut().step(msg);
                 self.kick();
+                stepped.is_ok()
             }
-            Ok(None) => {}
-            // The sender learns of it when no ack comes and its connection is reset.
-            Err(e) => tracing::warn!(error = %e, "snapshot stream dropped"),
+            Err(e) => {
+                tracing::warn!(region_id, error = %e, "snapshot stream dropped");
+                false
+            }
+        };
+        if accepted {
+            self.metrics.snapshots_received.inc();
         }
+        let ack = SnapshotAck {
+            region_id,
+            to_peer,
+            accepted,
+        };
+        out.push(&frame::encode(FrameKind::SnapshotAck, 0, &ack));
         Ok(())
     }
 
@@ -482,16 +503,37 @@ impl Shard {
         let kv = &self.engines.kv;
         let result = match read {
             Read::Get(key) => apply::read(kv, key).map(Reply::Value),
-            Read::BatchGet(keys) => apply::batch_get(kv, keys).map(Reply::Values),
+            Read::BatchGet(keys) => {
+                let values = apply::batch_get(kv, keys).map_err(crate::convert::error)?;
+                let bytes: usize = values.iter().flatten().map(Vec::len).sum();
+                if bytes > REPLY_BYTES_MAX {
+                    return Err(WireError::TooLarge {
+                        reason: format!("{bytes} bytes of values in one batch_get; at most {REPLY_BYTES_MAX}"),
+                    });
+                }
+                Ok(Reply::Values(values))
+            }
             Read::Scan {
                 start,
                 end,
                 limit,
+                asked,
                 reverse,
             } => {
                 let core = self.engines.core.borrow();
                 let region = core.region(region_id).ok_or(WireError::RegionNotFound { region_id })?;
-                apply::scan(kv, region, start, end, *limit as usize, *reverse).map(Reply::Rows)
+                apply::scan(kv, region, start, end, *limit as usize, *reverse).map(|mut rows| {
+                    let mut more = rows.len() as u32 == *limit && limit < asked;
+                    let mut bytes = 0;
+                    if let Some(cut) = rows.iter().position(|(k, v)| {
+                        bytes += k.len() + v.len();
+                        bytes > REPLY_BYTES_MAX
+                    }) {
+                        rows.truncate(cut.max(1));
+                        more = true;
+                    }
+                    Reply::Rows { rows, more }
+                })
             }
         };
         result.map_err(crate::convert::error)
@@ -549,6 +591,7 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
                 start: start.to_vec(),
                 end: end.to_vec(),
                 limit: limit.to_native().min(SCAN_ROWS_MAX),
+                asked: limit.to_native(),
                 reverse: *reverse,
             })
         }

@@ -16,10 +16,16 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::runtime::Shard;
 
+/// Answers queued for one connection beyond which the shard stops reading its requests until
+/// the peer reads (a client that never reads cannot grow the shard's memory).
+const OUTBOX_BYTES_MAX: usize = 16 << 20;
+
 /// What a connection has to send, and its state.
 pub struct Outbox {
     buf: RefCell<Vec<u8>>,
     wake: event_listener::Event,
+    /// Notified after each write: room in `buf` again.
+    drained: event_listener::Event,
     /// Requests of this connection the shard has not answered yet.
     pub inflight: Cell<usize>,
     closing: Cell<bool>,
@@ -30,6 +36,7 @@ impl Outbox {
         Outbox {
             buf: RefCell::new(Vec::new()),
             wake: event_listener::Event::new(),
+            drained: event_listener::Event::new(),
             inflight: Cell::new(0),
             closing: Cell::new(false),
         }
@@ -81,7 +88,9 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 let listener = out.wake.listen();
                 let bytes = std::mem::take(&mut *out.buf.borrow_mut());
                 if !bytes.is_empty() {
-                    if io::write_frames(&mut write, &peer, &bytes).await.is_err() {
+                    let failed = io::write_frames(&mut write, &peer, &bytes).await.is_err();
+                    out.drained.notify(usize::MAX);
+                    if failed {
                         out.closing.set(true);
                         return;
                     }
@@ -95,6 +104,17 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     };
     let mut frames = FrameReader::new(read, peer.clone(), shard.config().net.frame_bytes_max);
     loop {
+        // Backpressure: no new requests while this peer's answers pile up unread.
+        loop {
+            let listener = out.drained.listen();
+            if out.closing.get() || out.buf.borrow().len() <= OUTBOX_BYTES_MAX {
+                break;
+            }
+            listener.await;
+        }
+        if out.closing.get() {
+            break;
+        }
         let rejected = match frames.next().await {
             Ok(None) => break,
             Ok(Some(f)) => match shard.handle_frame(&out, f) {

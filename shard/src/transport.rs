@@ -77,21 +77,15 @@ impl Transport {
             .into_iter()
             .partition(|m| m.msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot);
         for (dest, batch) in batch_by_destination(msgs) {
-            let count = batch.len() as u64;
-            let frame = frame::encode(
-                FrameKind::RaftBatch,
-                0,
-                &RaftBatch {
-                    messages: batch.iter().map(convert::envelope).collect(),
-                },
-            );
-            let sent = self
-                .link(dest)
-                .is_some_and(|link| link.push(vec![Item::Frame(frame)], self.bound()));
-            if sent {
-                self.metrics.raft_messages_sent.inc_by(count);
-            } else {
-                self.metrics.raft_messages_dropped.inc_by(count);
+            for (count, frame) in self.frames(&batch) {
+                let sent = self
+                    .link(dest)
+                    .is_some_and(|link| link.push(vec![Item::Frame(frame)], self.bound()));
+                if sent {
+                    self.metrics.raft_messages_sent.inc_by(count);
+                } else {
+                    self.metrics.raft_messages_dropped.inc_by(count);
+                }
             }
         }
         for msg in snapshots {
@@ -107,6 +101,32 @@ impl Transport {
                 (self.report)(region_id, to, false);
             }
         }
+    }
+
+    /// One destination's messages as `RaftBatch` frames of at most half the frame limit each
+    /// (a single larger message goes alone; commands are bounded far below the limit).
+    fn frames(&self, batch: &[RaftMessage]) -> Vec<(u64, Vec<u8>)> {
+        let budget = self.cfg.frame_bytes_max as usize / 2;
+        let mut parts = Vec::new();
+        let mut envelopes = Vec::new();
+        let mut bytes = 0;
+        for m in batch {
+            let e = convert::envelope(m);
+            if !envelopes.is_empty() && bytes + e.message.len() > budget {
+                parts.push(std::mem::take(&mut envelopes));
+                bytes = 0;
+            }
+            bytes += e.message.len();
+            envelopes.push(e);
+        }
+        parts.push(envelopes);
+        parts
+            .into_iter()
+            .map(|messages| {
+                let count = messages.len() as u64;
+                (count, frame::encode(FrameKind::RaftBatch, 0, &RaftBatch { messages }))
+            })
+            .collect()
     }
 
     fn bound(&self) -> usize {
@@ -191,7 +211,7 @@ impl Link {
                     if let Some(at) = unacked.iter().position(|k| *k == key) {
                         unacked.remove(at);
                         drop(unacked);
-                        report(key.0, key.1, true);
+                        report(key.0, key.1, ack.accepted);
                     }
                 }
                 broken.set(true);

@@ -244,6 +244,17 @@ fn ctl_and_client_serve_every_region() {
         );
         c.delete(&keys[1]).await?;
         assert_eq!(c.get(&keys[1]).await?, None);
+        // More rows in one region than a shard returns per scan request: the client follows
+        // the shard's "more" until its own limit.
+        let many: Vec<(Vec<u8>, Vec<u8>)> = (0..12_000u32)
+            .map(|i| (format!("m{i:05}").into_bytes(), b"x".to_vec()))
+            .collect();
+        for chunk in many.chunks(4000) {
+            c.batch_put(chunk).await?;
+        }
+        assert_eq!(c.scan(b"m", b"n", 20_000, false).await?.len(), 12_000);
+        let tail = c.scan(b"m", b"n", 11_000, true).await?;
+        assert_eq!((tail.len(), tail[0].0.as_slice()), (11_000, b"m11999".as_slice()));
         c.delete_range(b"", b"").await?;
         assert!(c.scan(b"", b"", 1000, false).await?.is_empty());
         Ok(())

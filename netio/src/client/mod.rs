@@ -213,6 +213,11 @@ impl Client {
                 continue;
             };
             tries += 1;
+            if info.region.peers.is_empty() {
+                self.refresh().await.ok();
+                self.backoff(&mut backoff).await;
+                continue;
+            }
             let target = info
                 .leader
                 .unwrap_or_else(|| info.region.peers[tries % info.region.peers.len().max(1)]);
@@ -322,6 +327,7 @@ impl Client {
                 self.inner.routes.borrow_mut().set_leader(id, None);
                 self.backoff(backoff).await;
             }
+            WireError::OutcomeUnknown { .. } => return Err(Error::Undetermined),
             fatal => return Err(Error::Server(fatal)),
         }
         Ok(false)
@@ -468,10 +474,10 @@ impl Client {
                     }
                 })
                 .await?;
-            let Reply::Rows(got) = reply else {
+            let Reply::Rows { rows: got, more } = reply else {
                 return Err(unexpected(reply));
             };
-            let full = got.len() as u32 >= want;
+            let full = more || got.len() as u32 >= want;
             let last = got.last().map(|(k, _)| k.clone());
             rows.extend(got);
             match (full, last) {

@@ -77,8 +77,12 @@ impl Routes {
         let (_, info) = found?;
         let ok = match at {
             Locate::Key(key) => info.region.contains(key),
+            // The region must hold the keys right below `bound`: start below it, end at or
+            // past it (a gap in the cache is a miss, not the region to its left).
+            Locate::Below([]) => info.region.end.is_empty(),
             Locate::Below(bound) => {
-                info.region.start.as_slice() < bound || bound.is_empty() && info.region.end.is_empty()
+                info.region.start.as_slice() < bound
+                    && (info.region.end.is_empty() || info.region.end.as_slice() >= bound)
             }
         };
         ok.then_some(info)
