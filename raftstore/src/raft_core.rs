@@ -451,8 +451,21 @@ impl RaftCore {
             .peers
             .get_mut(&msg.region_id)
             .ok_or(Error::RegionNotFound(msg.region_id))?;
-        if msg.to.id != peer.me.id {
+        if msg.to.id != peer.me.id || peer.region.peer(msg.from.id) != Some(&msg.from) {
             return Err(Error::RegionNotFound(msg.region_id));
+        }
+        // raft-rs aborts on a heartbeat committing past this replica's log. A leader never
+        // sends one (it commits a follower only up to what the follower acknowledged), so it
+        // is refused as forged or corrupt rather than taking the shard down.
+        if msg.msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+            && msg.msg.commit > peer.raw.raft.raft_log.last_index()
+        {
+            tracing::warn!(
+                region = msg.region_id,
+                from = msg.from.id,
+                "heartbeat commits past the log; dropped"
+            );
+            return Ok(());
         }
         // raft-rs rejects messages from stale terms itself; an error here is not the
         // sender's business.

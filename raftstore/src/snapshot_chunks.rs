@@ -80,6 +80,7 @@ struct Partial {
     total_bytes: u64,
     crc32c: u32,
     pieces: BTreeMap<u32, Vec<u8>>,
+    received_bytes: u64,
 }
 
 /// Reassembles snapshots per (region, sending peer).
@@ -116,6 +117,7 @@ impl Reassembler {
                     total_bytes: chunk.total_bytes,
                     crc32c: chunk.crc32c,
                     pieces: BTreeMap::new(),
+                    received_bytes: 0,
                 };
                 self.partial.insert(key, fresh);
             }
@@ -128,6 +130,17 @@ impl Reassembler {
                 count: chunk.count,
             });
         }
+        // Memory held for a stream never exceeds the size it announced.
+        let replaced = p.pieces.get(&chunk.seq).map_or(0, |b| b.len() as u64);
+        let received = p.received_bytes - replaced + chunk.bytes.len() as u64;
+        if received > p.total_bytes {
+            self.partial.remove(&key);
+            return Err(ChunkError::Inconsistent {
+                seq: chunk.seq,
+                count: chunk.count,
+            });
+        }
+        p.received_bytes = received;
         p.pieces.insert(chunk.seq, chunk.bytes);
         if p.pieces.len() < p.count as usize {
             return Ok(None);
@@ -214,5 +227,19 @@ mod tests {
         let empty = split(snapshot_msg(4, Vec::new()), 1024);
         assert_eq!(empty.len(), 1);
         assert!(r.push(empty[0].clone()).unwrap().is_some());
+    }
+
+    // Proves a stream cannot hold more memory than the size it announced: chunks whose bytes
+    // exceed it are refused (a forged huge `count` with a small total cannot grow the map).
+    #[test]
+    fn chunks_beyond_the_announced_size_are_refused() {
+        let chunks = split(snapshot_msg(3, data(2048)), 1024);
+        let mut r = Reassembler::default();
+        let mut liar = chunks[0].clone();
+        liar.count = u32::MAX;
+        liar.total_bytes = 1500;
+        r.push(liar.clone()).unwrap();
+        liar.seq = 1;
+        assert!(matches!(r.push(liar), Err(ChunkError::Inconsistent { .. })));
     }
 }

@@ -26,7 +26,6 @@ use corekv_netio::msg::{
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::BATCH_PAIRS_MAX;
 use corekv_raftstore::driver::{Engines, LoopStats};
-use corekv_raftstore::snapshot_chunks::Reassembler;
 use corekv_raftstore::{apply, Command, Epoch, Outcome, RaftConfig, RaftCore, Region, RequestId, Response};
 use corekv_storage::kv::{KvEngine, SharedBlockCache};
 use corekv_storage::raftlog::{LogEngine, UringDisk};
@@ -36,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::metrics::ShardMetrics;
 use crate::routing::Routing;
-use crate::server::{self, Outbox};
+use crate::server::{self, Connection};
 use crate::transport::Transport;
 
 /// Most rows one scan request returns (the client continues from the last key).
@@ -77,7 +76,7 @@ enum Read {
 }
 
 struct Pending {
-    out: Rc<Outbox>,
+    out: Rc<Connection>,
     client_id: u64,
     op: usize,
     read: Option<Read>,
@@ -103,7 +102,6 @@ pub struct Shard {
     wake: event_listener::Event,
     started: Instant,
     ticks: Cell<u64>,
-    reassembler: RefCell<Reassembler>,
     stop: Arc<AtomicBool>,
     stopping: Cell<bool>,
     /// Leader (peer id) and term last published per region.
@@ -183,7 +181,6 @@ impl Shard {
                 wake: event_listener::Event::new(),
                 started: Instant::now(),
                 ticks: Cell::new(0),
-                reassembler: RefCell::new(Reassembler::default()),
                 stop: args.stop,
                 stopping: Cell::new(false),
                 published: RefCell::new(HashMap::new()),
@@ -344,7 +341,7 @@ impl Shard {
     }
 
     /// A frame from a client or a peer shard. `Err`: it is malformed and the connection closes.
-    pub fn handle_frame(&self, out: &Rc<Outbox>, f: Frame) -> std::result::Result<(), FrameError> {
+    pub fn handle_frame(&self, out: &Rc<Connection>, f: Frame) -> std::result::Result<(), FrameError> {
         match f.header.kind {
             FrameKind::Request => self.handle_request(out, f.header.request_id, &f.body),
             FrameKind::RaftBatch => self.handle_raft(&f.body),
@@ -367,11 +364,11 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_chunk(&self, out: &Outbox, body: &Body) -> std::result::Result<(), FrameError> {
+    fn handle_chunk(&self, out: &Connection, body: &Body) -> std::result::Result<(), FrameError> {
         let archived = frame::access::<ArchivedSnapshotChunk>(body)?;
         let chunk = crate::convert::chunk_from(archived).map_err(|e| FrameError::Invalid { reason: e.to_string() })?;
         let (region_id, to_peer) = (chunk.header.region_id, chunk.header.to.id);
-        let pushed = self.reassembler.borrow_mut().push(chunk);
+        let pushed = out.snapshots.borrow_mut().push(chunk);
         let accepted = match pushed {
             Ok(None) => return Ok(()),
             Ok(Some(msg)) => {
@@ -396,7 +393,7 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_request(&self, out: &Rc<Outbox>, client_id: u64, body: &Body) -> std::result::Result<(), FrameError> {
+    fn handle_request(&self, out: &Rc<Connection>, client_id: u64, body: &Body) -> std::result::Result<(), FrameError> {
         let req = frame::access::<ArchivedRequest>(body)?;
         let op = req.op.index();
         self.metrics.requests[op].inc();
@@ -548,7 +545,7 @@ impl Shard {
         self.reply(&p.out, p.client_id, p.op, p.started, reply);
     }
 
-    fn reply(&self, out: &Outbox, client_id: u64, op: usize, started: Instant, reply: Reply) {
+    fn reply(&self, out: &Connection, client_id: u64, op: usize, started: Instant, reply: Reply) {
         if let Reply::Failed(e) = &reply {
             self.metrics.error(e.code());
         }

@@ -14,14 +14,18 @@ use corekv_netio::msg::WireError;
 use corekv_netio::{Error as NetError, FrameError};
 use glommio::net::{TcpListener, TcpStream};
 
+use corekv_raftstore::snapshot_chunks::Reassembler;
+
 use crate::runtime::Shard;
 
 /// Answers queued for one connection beyond which the shard stops reading its requests until
 /// the peer reads (a client that never reads cannot grow the shard's memory).
 const OUTBOX_BYTES_MAX: usize = 16 << 20;
 
-/// What a connection has to send, and its state.
-pub struct Outbox {
+/// One connection's state: what it has to send, its requests in flight, and the snapshot
+/// streams arriving on it (dropped with the connection: a broken stream frees its memory).
+pub struct Connection {
+    pub snapshots: RefCell<Reassembler>,
     buf: RefCell<Vec<u8>>,
     wake: event_listener::Event,
     /// Notified after each write: room in `buf` again.
@@ -31,12 +35,13 @@ pub struct Outbox {
     closing: Cell<bool>,
 }
 
-impl Outbox {
-    fn new() -> Outbox {
-        Outbox {
+impl Connection {
+    fn new() -> Connection {
+        Connection {
             buf: RefCell::new(Vec::new()),
             wake: event_listener::Event::new(),
             drained: event_listener::Event::new(),
+            snapshots: RefCell::new(Reassembler::default()),
             inflight: Cell::new(0),
             closing: Cell::new(false),
         }
@@ -80,7 +85,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     shard.metrics().connections.inc();
     let (read, mut write) = futures_lite::io::split(stream);
-    let out = Rc::new(Outbox::new());
+    let out = Rc::new(Connection::new());
     let writer = {
         let (out, peer) = (Rc::clone(&out), peer.clone());
         glommio::spawn_local(async move {
@@ -138,7 +143,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// Tells the peer what was wrong with its frame (its last words on this connection).
-fn reject(out: &Outbox, e: &FrameError) {
+fn reject(out: &Connection, e: &FrameError) {
     let wire = WireError::Malformed {
         code: e.code(),
         reason: e.to_string(),
