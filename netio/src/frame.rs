@@ -129,16 +129,20 @@ where
     T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
     let body = rkyv::to_bytes::<rancor::Error>(value).expect("serializing into memory cannot fail");
-    let body_bytes = u32::try_from(body.len()).expect("frames are far below 4 GiB");
+    frame_of(kind, request_id, &body)
+}
+
+/// A frame around `body` as it is (whatever it holds): header with length and checksum.
+pub fn frame_of(kind: FrameKind, request_id: u64, body: &[u8]) -> Vec<u8> {
     let header = Header {
         kind,
         request_id,
-        body_bytes,
-        crc32c: crc32c::crc32c(&body),
+        body_bytes: u32::try_from(body.len()).expect("frames are far below 4 GiB"),
+        crc32c: crc32c::crc32c(body),
     };
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
     out.extend_from_slice(&header.encode());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
 }
 
@@ -220,15 +224,7 @@ mod tests {
     // Proves a body with a valid checksum that is not a valid archive is refused, not read.
     #[test]
     fn invalid_archive_is_refused() {
-        let junk = vec![0xffu8; 64];
-        let header = Header {
-            kind: FrameKind::Request,
-            request_id: 1,
-            body_bytes: junk.len() as u32,
-            crc32c: crc32c::crc32c(&junk),
-        };
-        let mut bytes = header.encode().to_vec();
-        bytes.extend_from_slice(&junk);
+        let bytes = frame_of(FrameKind::Request, 1, &[0xffu8; 64]);
         assert!(matches!(decode(&bytes), Err(FrameError::Invalid { .. })));
     }
 
@@ -245,15 +241,7 @@ mod tests {
         // Arbitrary bytes behind a VALID header and checksum (so they reach the validator).
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let header = Header {
-                kind: FrameKind::Request,
-                request_id: 3,
-                body_bytes: body.len() as u32,
-                crc32c: crc32c::crc32c(&body),
-            };
-            let mut bytes = header.encode().to_vec();
-            bytes.extend_from_slice(&body);
-            let _ = decode(&bytes);
+            let _ = decode(&frame_of(FrameKind::Request, 3, &body));
         }
 
         // Single-byte corruption of a real frame is caught or harmless, never a panic.

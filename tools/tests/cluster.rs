@@ -392,16 +392,7 @@ fn malformed_frames_close_only_that_connection() {
     let mut bad_crc = valid.clone();
     *bad_crc.last_mut().unwrap() ^= 0xFF;
     expect_rejected(&addr, &bad_crc, 305);
-    let junk = [0x5Au8; 40];
-    let header = Header {
-        kind: FrameKind::Request,
-        request_id: 1,
-        body_bytes: junk.len() as u32,
-        crc32c: crc32c::crc32c(&junk),
-    };
-    let mut invalid = header.encode().to_vec();
-    invalid.extend_from_slice(&junk);
-    expect_rejected(&addr, &invalid, 306);
+    expect_rejected(&addr, &frame::frame_of(FrameKind::Request, 1, &[0x5A; 40]), 306);
 
     assert!(matches!(call_on(&mut good, &cluster_info_request()), Reply::Cluster(_)));
     assert_eq!(t.ctl(&["raw", "put", "still", "serving"]).1, "OK\n");
