@@ -192,9 +192,11 @@ impl NodeConfig {
         )?;
         check(r.gc_keep_entries > 0, "raft.gc_keep_entries must be > 0")?;
         check(r.gc_interval_ticks > 0, "raft.gc_interval_ticks must be > 0")?;
+        // A raft frame carries one command whole: the largest one plus room for its message.
+        let frame_min = corekv_raftstore::cmd::COMMAND_BYTES_MAX + (1 << 20);
         check(
-            self.net.frame_bytes_max >= 1 << 20,
-            "net.frame_bytes_max must be >= 1 MiB",
+            self.net.frame_bytes_max as usize >= frame_min,
+            "net.frame_bytes_max must be at least 5 MiB (the largest command + 1 MiB)",
         )?;
         self.kv.validate().map_err(|e| Error::Config(e.to_string()))?;
         self.members().map(|_| ())

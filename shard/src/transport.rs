@@ -224,7 +224,6 @@ impl Link {
             if broken.get() {
                 break;
             }
-            let mut ended = Vec::new();
             out.clear();
             {
                 let mut queue = self.queue.borrow_mut();
@@ -234,18 +233,16 @@ impl Link {
                             self.queued_bytes.set(self.queued_bytes.get() - f.len());
                             out.extend_from_slice(&f);
                         }
-                        Some(Item::SnapshotEnd(region, to)) => ended.push((region, to)),
+                        // Awaiting its ack from now on: the verdict may arrive before this
+                        // write returns. A broken connection fails it (`fail_all`).
+                        Some(Item::SnapshotEnd(region, to)) => self.unacked.borrow_mut().push((region, to)),
                         None => break,
                     }
                 }
             }
             if io::write_frames(&mut write, &self.addr, &out).await.is_err() {
-                for (region, to) in ended {
-                    report(region, to, false);
-                }
                 break;
             }
-            self.unacked.borrow_mut().extend(ended);
         }
         drop(acks);
     }

@@ -255,6 +255,9 @@ fn ctl_and_client_serve_every_region() {
         assert_eq!(c.scan(b"m", b"n", 20_000, false).await?.len(), 12_000);
         let tail = c.scan(b"m", b"n", 11_000, true).await?;
         assert_eq!((tail.len(), tail[0].0.as_slice()), (11_000, b"m11999".as_slice()));
+        // A page ending exactly at the bound ends the scan (no empty range asked for).
+        assert_eq!(c.scan(b"m", b"m09999\0", 20_000, false).await?.len(), 10_000);
+        assert_eq!(c.scan(b"m02000", b"n", 20_000, true).await?.len(), 10_000);
         c.delete_range(b"", b"").await?;
         assert!(c.scan(b"", b"", 1000, false).await?.is_empty());
         Ok(())

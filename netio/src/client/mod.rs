@@ -484,9 +484,16 @@ impl Client {
                 // The region may hold more: continue right after (or before) the last key.
                 (true, Some(mut k)) => {
                     if reverse {
+                        // Nothing lies below `start` (or below the empty key).
+                        if k.as_slice() <= start || k.is_empty() {
+                            break;
+                        }
                         cursor = k;
                     } else {
                         k.push(0);
+                        if !end.is_empty() && k.as_slice() >= end {
+                            break;
+                        }
                         cursor = k;
                     }
                 }
