@@ -2,12 +2,13 @@
 //!
 //! Owns: the command line. Each subcommand lives in its own module: `storage` (both engines
 //! against the disk's floor and RocksDB-as-raft-log), `raft` (the Multi-Raft core in the
-//! simulator). The YCSB harness against etcd joins as `ycsb` with the running cluster.
+//! simulator), `ycsb` (YCSB workloads against a running cluster; etcd side by side next).
 
 mod floor;
 mod raft;
 mod report;
 mod storage;
+mod ycsb;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     Storage(storage::StorageArgs),
     /// The Multi-Raft core in the simulator: proposals/s per shard, core vs log engine time.
     Raft(raft::RaftArgs),
+    /// YCSB workloads against a running cluster (e.g. the playground's endpoints).
+    Ycsb(ycsb::YcsbArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,5 +50,6 @@ fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
         Command::Raft(args) => raft::run(&args),
+        Command::Ycsb(args) => ycsb::run(&args),
     }
 }
