@@ -132,22 +132,18 @@ pub fn read(kv: &KvEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(kv.get(Cf::Default, &data_key(key))?)
 }
 
-/// Reads several user keys as applied (after `ReadReady`), in the order asked.
-pub fn batch_get(kv: &KvEngine, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-    keys.iter().map(|k| read(kv, k)).collect()
-}
-
 /// Scans user keys in `[start, end)` (empty `end`: to the region's end) as applied (after
-/// `ReadReady`), at most `limit` pairs, forward or in reverse. The range must lie inside the
-/// region: the caller checked it against the region (and its epoch) before the read.
+/// `ReadReady`), at most `limit` pairs, forward or in reverse, and stops after the row that
+/// brings the key and value bytes past `bytes_max` (the second value is then `true`: more may
+/// follow). The range must lie inside the region.
 pub fn scan(
     kv: &KvEngine,
     region: &Region,
-    start: &[u8],
-    end: &[u8],
+    (start, end): (&[u8], &[u8]),
     limit: usize,
     reverse: bool,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    bytes_max: usize,
+) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
     region.check_key(start)?;
     let end = if end.is_empty() { region.end.as_slice() } else { end };
     if !end.is_empty() {
@@ -159,11 +155,17 @@ pub fn scan(
     } else {
         corekv_storage::kv::Direction::Forward
     };
-    let rows = kv.scan(Cf::Default, &range, direction, limit)?;
-    Ok(rows
-        .into_iter()
-        .map(|(k, v)| (k[DATA_PREFIX.len()..].to_vec(), v))
-        .collect())
+    let mut iter = kv.iter(Cf::Default, &range, direction, Some(limit));
+    let (mut rows, mut bytes) = (Vec::new(), 0);
+    while let Some((k, v)) = iter.next_entry()? {
+        let key = &k[DATA_PREFIX.len()..];
+        bytes += key.len() + v.len();
+        rows.push((key.to_vec(), v.to_vec()));
+        if bytes > bytes_max {
+            return Ok((rows, true));
+        }
+    }
+    Ok((rows, false))
 }
 
 /// Records a region this shard hosts (bootstrap, later splits and membership changes), synced.

@@ -504,6 +504,22 @@ impl RaftCore {
                 reason: "not appended",
             });
         }
+        // Writes of an earlier term at this index or above were cut from this leader's log
+        // when it appended here: they can never commit.
+        while peer.writes.back().is_some_and(|w| w.index >= index) {
+            let w = peer.writes.pop_back().expect("back exists");
+            self.responses.push(Response::Failed {
+                id: w.id,
+                error: Error::ProposalDropped {
+                    region_id,
+                    reason: "superseded",
+                },
+            });
+        }
+        debug_assert!(
+            peer.writes.back().is_none_or(|w| w.index < index),
+            "pending writes in index order"
+        );
         peer.writes.push_back(PendingWrite {
             index,
             term: peer.raw.raft.term,

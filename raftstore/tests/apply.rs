@@ -120,15 +120,24 @@ fn apply_commands_and_read_them_back() {
         Some(Err(corekv_raftstore::Error::EpochNotMatch { .. }))
     ));
     assert_eq!(apply::read(&kv, b"c").unwrap(), Some(b"2".to_vec()));
-    let got = apply::batch_get(&kv, &[b"d".to_vec(), b"e".to_vec(), b"zz".to_vec()]).unwrap();
+    let got: Vec<Option<Vec<u8>>> = [&b"d"[..], b"e", b"zz"]
+        .iter()
+        .map(|k| apply::read(&kv, k).unwrap())
+        .collect();
     assert_eq!(got, vec![Some(b"x".to_vec()), None, None]);
-    let fwd = apply::scan(&kv, &r, b"b", b"", 10, false).unwrap();
+    let fwd = apply::scan(&kv, &r, (b"b", b""), 10, false, usize::MAX).unwrap().0;
     let keys: Vec<&[u8]> = fwd.iter().map(|(k, _)| k.as_slice()).collect();
     assert_eq!(keys, vec![&b"c"[..], b"d", b"f"]);
-    let rev = apply::scan(&kv, &r, b"c", b"f", 1, true).unwrap();
+    let budget = apply::scan(&kv, &r, (b"b", b""), 10, false, 1).unwrap();
+    assert_eq!(
+        budget,
+        (vec![fwd[0].clone()], true),
+        "stops after the row past the byte budget"
+    );
+    let rev = apply::scan(&kv, &r, (b"c", b"f"), 1, true, usize::MAX).unwrap().0;
     assert_eq!(rev, vec![(b"d".to_vec(), b"x".to_vec())]);
     assert!(
-        apply::scan(&kv, &r, b"a", b"c", 10, false).is_err(),
+        apply::scan(&kv, &r, (b"a", b"c"), 10, false, usize::MAX).is_err(),
         "outside the region"
     );
 }

@@ -501,12 +501,16 @@ impl Shard {
         let result = match read {
             Read::Get(key) => apply::read(kv, key).map(Reply::Value),
             Read::BatchGet(keys) => {
-                let values = apply::batch_get(kv, keys).map_err(crate::convert::error)?;
-                let bytes: usize = values.iter().flatten().map(Vec::len).sum();
-                if bytes > REPLY_BYTES_MAX {
-                    return Err(WireError::TooLarge {
-                        reason: format!("{bytes} bytes of values in one batch_get; at most {REPLY_BYTES_MAX}"),
-                    });
+                let (mut values, mut bytes) = (Vec::with_capacity(keys.len()), 0);
+                for key in keys {
+                    let value = apply::read(kv, key).map_err(crate::convert::error)?;
+                    bytes += value.as_ref().map_or(0, Vec::len);
+                    if bytes > REPLY_BYTES_MAX {
+                        return Err(WireError::TooLarge {
+                            reason: format!("batch_get values exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys"),
+                        });
+                    }
+                    values.push(value);
                 }
                 Ok(Reply::Values(values))
             }
@@ -519,16 +523,8 @@ impl Shard {
             } => {
                 let core = self.engines.core.borrow();
                 let region = core.region(region_id).ok_or(WireError::RegionNotFound { region_id })?;
-                apply::scan(kv, region, start, end, *limit as usize, *reverse).map(|mut rows| {
-                    let mut more = rows.len() as u32 == *limit && limit < asked;
-                    let mut bytes = 0;
-                    if let Some(cut) = rows.iter().position(|(k, v)| {
-                        bytes += k.len() + v.len();
-                        bytes > REPLY_BYTES_MAX
-                    }) {
-                        rows.truncate(cut.max(1));
-                        more = true;
-                    }
+                apply::scan(kv, region, (start, end), *limit as usize, *reverse, REPLY_BYTES_MAX).map(|(rows, cut)| {
+                    let more = cut || (rows.len() as u32 == *limit && limit < asked);
                     Reply::Rows { rows, more }
                 })
             }
