@@ -132,6 +132,9 @@ pub fn read(kv: &KvEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(kv.get(Cf::Default, &data_key(key))?)
 }
 
+/// Key-value pairs in key order (or reverse), as a scan returns them.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Scans user keys in `[start, end)` (empty `end`: to the region's end) as applied (after
 /// `ReadReady`), at most `limit` pairs, forward or in reverse, and stops after the row that
 /// brings the key and value bytes past `bytes_max` (the second value is then `true`: more may
@@ -143,7 +146,7 @@ pub fn scan(
     limit: usize,
     reverse: bool,
     bytes_max: usize,
-) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+) -> Result<(Rows, bool)> {
     region.check_key(start)?;
     let end = if end.is_empty() { region.end.as_slice() } else { end };
     if !end.is_empty() {
