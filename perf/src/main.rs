@@ -33,20 +33,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("corekv-bench: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    corekv_tools::run_main("corekv-bench", run)
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    corekv_tools::init_logging("warn");
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
         Command::Raft(args) => raft::run(&args),

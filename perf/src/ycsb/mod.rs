@@ -72,32 +72,24 @@ struct Phase {
 }
 
 pub fn run(args: &YcsbArgs) -> Result<()> {
-    corekv_shard::ensure_memlock()?;
     let workload = Workload::named(&args.workload)?;
     let endpoints = args.endpoints.clone();
     let (record_count, concurrency, seed, skip_load) = (args.record_count, args.concurrency, args.seed, args.skip_load);
     let record_bytes = args.field_count * args.field_length;
     let (ops, deadline) = (args.operation_count, args.duration_secs.map(Duration::from_secs));
-    let report = glommio::LocalExecutorBuilder::default()
-        .name("ycsb")
-        .spawn(move || async move {
-            let client = Client::connect(ClientConfig::new(endpoints)).await?;
-            let mut report = String::new();
-            if !skip_load {
-                let load = Rc::new(Phase::new(Workload::named("put")?, record_bytes, 0, record_count, None));
-                load.next_insert.set(0);
-                let elapsed = drive(&client, &load, concurrency, seed, true).await;
-                report += &load.table("load", elapsed);
-            }
-            let phase = Rc::new(Phase::new(workload, record_bytes, record_count, ops, deadline));
-            let elapsed = drive(&client, &phase, concurrency, seed + 1, false).await;
-            report += &phase.table("run", elapsed);
-            Ok::<_, anyhow::Error>((report, phase.summary(elapsed)))
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the benchmark's executor: {e}"))?
-        .join()
-        .map_err(|e| anyhow::anyhow!("benchmark executor failed: {e:?}"))?;
-    let (table, summary) = report?;
+    let (table, summary) = corekv_tools::on_executor(move || async move {
+        let client = Client::connect(ClientConfig::new(endpoints)).await?;
+        let mut report = String::new();
+        if !skip_load {
+            let load = Rc::new(Phase::new(Workload::named("put")?, record_bytes, 0, record_count, None));
+            let elapsed = drive(&client, &load, concurrency, seed, true).await;
+            report += &load.table("load", elapsed);
+        }
+        let phase = Rc::new(Phase::new(workload, record_bytes, record_count, ops, deadline));
+        let elapsed = drive(&client, &phase, concurrency, seed + 1, false).await;
+        report += &phase.table("run", elapsed);
+        Ok((report, phase.summary(elapsed)))
+    })?;
     print!("{table}");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
