@@ -402,6 +402,42 @@ fn malformed_frames_close_only_that_connection() {
     assert_eq!(t.ctl(&["raw", "get", "still"]).1, "serving\n");
 }
 
+// Proves the per-connection bound on requests in flight: 64 pipelined writes on one
+// connection with a bound of 4 get exactly one answer each, the excess a typed ServerBusy
+// (nothing queued without bound), and the rest applied.
+#[test]
+fn pipelined_requests_beyond_the_bound_get_server_busy() {
+    let t = start_with("[net]\ninflight_per_connection_max = 4\n");
+    let info = t.info();
+    let r = &info.regions[0];
+    let leader = r.leader.expect("led");
+    let mut s = connect(&shard_addr(&info, leader.node, leader.shard));
+    let mut burst = Vec::new();
+    for i in 0..64u64 {
+        let request = Request {
+            region_id: r.region.id,
+            epoch: r.region.epoch,
+            op: Op::Put {
+                key: key_in(&r.region, &format!("p{i:02}")),
+                value: b"v".to_vec(),
+            },
+        };
+        burst.extend_from_slice(&frame::encode(FrameKind::Request, i, &request));
+    }
+    s.write_all(&burst).unwrap();
+    let (mut done, mut busy, mut seen) = (0, 0, std::collections::BTreeSet::new());
+    for _ in 0..64 {
+        let (header, body) = read_frame(&mut s).expect("one answer per request");
+        assert!(seen.insert(header.request_id), "answered twice: {}", header.request_id);
+        match rkyv::deserialize::<Reply, rkyv::rancor::Error>(frame::access::<ArchivedReply>(&body).unwrap()).unwrap() {
+            Reply::Done => done += 1,
+            Reply::Failed(WireError::ServerBusy { .. }) => busy += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(done >= 4 && busy > 0, "done {done}, busy {busy}");
+}
+
 // Proves each misrouting gets its typed answer with the hint to follow (WrongShard,
 // NotLeader with the leader, EpochNotMatch with the current region, KeyNotInRegion,
 // RegionNotFound), and that a client whose view has every region on the wrong shard follows
