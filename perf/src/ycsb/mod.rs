@@ -2,8 +2,13 @@
 //! client library: a load phase (inserts), a run phase (the workload's mix), latency per
 //! operation type in HdrHistograms, a table and a JSON summary per run.
 //!
-//! Not yet (the etcd comparison milestone): the etcd driver on the same operation stream,
-//! coordinated-omission correction for a target rate, `.hgrm` files and PNG plots.
+//! With a target rate (`--target-ops-per-sec`), operation i is due at start + i / rate and its
+//! latency counts from when it was due, not from when a busy task got to send it: the
+//! correction for coordinated omission. Results: a table, `summary.json` and one `.hgrm`
+//! percentile file per operation type.
+//!
+//! Not yet (the etcd comparison milestone): the etcd driver on the same operation stream and
+//! PNG plots.
 
 pub mod generator;
 pub mod workload;
@@ -13,7 +18,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use corekv_netio::{Client, ClientConfig};
 use hdrhistogram::Histogram;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -51,6 +56,10 @@ pub struct YcsbArgs {
     skip_load: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Issue operations at this rate and count latency from when each was due (corrects
+    /// coordinated omission) [default: as fast as the in-flight bound allows].
+    #[arg(long)]
+    target_ops_per_sec: Option<f64>,
     /// Where each run's folder of results goes.
     #[arg(long, default_value = "/var/tmp/corekv-bench/results")]
     results: PathBuf,
@@ -66,6 +75,9 @@ struct Phase {
     next_insert: Cell<u64>,
     issued: Cell<u64>,
     ops_max: u64,
+    /// Operation i is due at `started + i * interval` (a target rate), else when a task is free.
+    interval: Option<Duration>,
+    started: Instant,
     deadline: Option<Instant>,
     latency_us: RefCell<Vec<Histogram<u64>>>,
     errors: RefCell<Vec<u64>>,
@@ -77,7 +89,11 @@ pub fn run(args: &YcsbArgs) -> Result<()> {
     let (record_count, concurrency, seed, skip_load) = (args.record_count, args.concurrency, args.seed, args.skip_load);
     let record_bytes = args.field_count * args.field_length;
     let (ops, deadline) = (args.operation_count, args.duration_secs.map(Duration::from_secs));
-    let (table, summary) = corekv_tools::on_executor(move || async move {
+    let interval = match args.target_ops_per_sec {
+        Some(rate) if !(rate > 0.0 && rate.is_finite()) => bail!("--target-ops-per-sec must be positive"),
+        rate => rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+    };
+    let (table, summary, hgrms) = corekv_tools::on_executor(move || async move {
         let client = Client::connect(ClientConfig::new(endpoints)).await?;
         let mut report = String::new();
         if !skip_load {
@@ -85,10 +101,12 @@ pub fn run(args: &YcsbArgs) -> Result<()> {
             let elapsed = drive(&client, &load, concurrency, seed, true).await;
             report += &load.table("load", elapsed);
         }
-        let phase = Rc::new(Phase::new(workload, record_bytes, record_count, ops, deadline));
+        let mut phase = Phase::new(workload, record_bytes, record_count, ops, deadline);
+        phase.interval = interval;
+        let phase = Rc::new(phase);
         let elapsed = drive(&client, &phase, concurrency, seed + 1, false).await;
         report += &phase.table("run", elapsed);
-        Ok((report, phase.summary(elapsed)))
+        Ok((report, phase.summary(elapsed), phase.hgrm_files()))
     })?;
     print!("{table}");
     let stamp = std::time::SystemTime::now()
@@ -98,6 +116,9 @@ pub fn run(args: &YcsbArgs) -> Result<()> {
     let dir = args.results.join(format!("ycsb-{}-{stamp}", args.workload));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::write(dir.join("summary.json"), summary).context("write summary.json")?;
+    for (name, text) in hgrms {
+        std::fs::write(dir.join(&name), text).with_context(|| format!("write {name}"))?;
+    }
     println!("results: {}", dir.display());
     Ok(())
 }
@@ -111,15 +132,18 @@ async fn drive(client: &Client, phase: &Rc<Phase>, concurrency: u64, seed: u64, 
             glommio::spawn_local(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(t));
                 let mut keys = KeyChooser::new(phase.workload.distribution, phase.records.get());
-                while phase.take_ticket() {
+                while let Some(ticket) = phase.take_ticket() {
                     let op = if load {
                         OpKind::Insert
                     } else {
                         phase.workload.pick(unit(&mut rng))
                     };
-                    let t0 = Instant::now();
+                    let due = phase.due(ticket);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        glommio::timer::sleep(wait).await;
+                    }
                     let ok = phase.execute(&client, op, &mut rng, &mut keys).await;
-                    phase.record(op, t0.elapsed(), ok);
+                    phase.record(op, due.elapsed(), ok);
                 }
             })
         })
@@ -165,18 +189,42 @@ impl Phase {
             next_insert: Cell::new(records),
             issued: Cell::new(0),
             ops_max,
+            interval: None,
+            started: Instant::now(),
             deadline: limit.map(|d| Instant::now() + d),
             latency_us: RefCell::new(OpKind::ALL.iter().map(|_| new_histogram()).collect()),
             errors: RefCell::new(vec![0; OpKind::ALL.len()]),
         }
     }
 
-    fn take_ticket(&self) -> bool {
-        let more = self.issued.get() < self.ops_max && self.deadline.is_none_or(|d| Instant::now() < d);
-        if more {
-            self.issued.set(self.issued.get() + 1);
+    /// The next operation's number, until the count or the deadline is reached.
+    fn take_ticket(&self) -> Option<u64> {
+        let ticket = self.issued.get();
+        let more = ticket < self.ops_max && self.deadline.is_none_or(|d| Instant::now() < d);
+        more.then(|| {
+            self.issued.set(ticket + 1);
+            ticket
+        })
+    }
+
+    /// When operation `ticket` is due: on the target rate's schedule, or now.
+    fn due(&self, ticket: u64) -> Instant {
+        match self.interval {
+            Some(interval) => self.started + interval.mul_f64(ticket as f64),
+            None => Instant::now(),
         }
-        more
+    }
+
+    /// One `.hgrm` text per operation type that ran: HdrHistogram's percentile distribution
+    /// (value in µs, percentile, count up to it, 1/(1-percentile)).
+    fn hgrm_files(&self) -> Vec<(String, String)> {
+        let hists = self.latency_us.borrow();
+        OpKind::ALL
+            .iter()
+            .zip(hists.iter())
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(kind, h)| (format!("{}.hgrm", kind.name()), hgrm(h)))
+            .collect()
     }
 
     fn value(&self, rng: &mut ChaCha8Rng) -> Vec<u8> {
@@ -281,5 +329,74 @@ impl Phase {
             "operations": ops,
         })
         .to_string()
+    }
+}
+
+/// HdrHistogram's percentile distribution text (the `.hgrm` format its plotters read),
+/// values in µs.
+fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = format!(
+        "{:>12} {:>14} {:>10} {:>14}\n\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 {
+            format!("{:14.2}", 1.0 / (1.0 - q))
+        } else {
+            format!("{:>14}", "inf")
+        };
+        out += &format!(
+            "{:12.3} {:2.12} {:10} {inverse}\n",
+            v.value_iterated_to() as f64,
+            q,
+            total
+        );
+    }
+    out += &format!(
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n",
+        h.mean(),
+        h.stdev(),
+        h.max() as f64,
+        h.len()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the .hgrm text walks the percentiles up to 100% with cumulative counts that end
+    // at the histogram's total, and carries its max and count.
+    #[test]
+    fn hgrm_is_a_percentile_distribution() {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            h.record(v).unwrap();
+        }
+        let text = hgrm(&h);
+        let rows: Vec<Vec<f64>> = text
+            .lines()
+            .skip(2)
+            .take_while(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().take(3).map(|x| x.parse().unwrap()).collect())
+            .collect();
+        assert!(rows.windows(2).all(|w| w[0][1] <= w[1][1] && w[0][2] <= w[1][2]));
+        assert_eq!(rows.last().unwrap()[1..], [1.0, 1000.0]);
+        assert!(text.contains("Total count    =         1000"), "{text}");
+    }
+
+    // Proves the schedule of a target rate: operation i is due i intervals after the start,
+    // whenever it is sent.
+    #[test]
+    fn operations_are_due_on_the_target_schedule() {
+        let mut p = Phase::new(Workload::named("get").unwrap(), 10, 10, 3, None);
+        p.interval = Some(Duration::from_millis(10));
+        let tickets: Vec<u64> = std::iter::from_fn(|| p.take_ticket()).collect();
+        assert_eq!(tickets, vec![0, 1, 2]);
+        assert_eq!(p.due(2) - p.due(0), Duration::from_millis(20));
     }
 }
