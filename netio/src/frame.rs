@@ -123,27 +123,41 @@ impl Header {
     }
 }
 
+/// What a frame can carry: any type rkyv serializes with its default serializer.
+pub trait Message: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>> {}
+
+impl<T> Message for T where T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>> {}
+
 /// Serializes `value` as a frame of `kind`: header and body, ready to write.
-pub fn encode<T>(kind: FrameKind, request_id: u64, value: &T) -> Vec<u8>
-where
-    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
-{
+pub fn encode<T: Message>(kind: FrameKind, request_id: u64, value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(&mut out, kind, request_id, value);
+    out
+}
+
+/// Appends the frame of `value` to `out` (a connection's send buffer): no frame of its own.
+pub fn encode_into<T: Message>(out: &mut Vec<u8>, kind: FrameKind, request_id: u64, value: &T) {
     let body = rkyv::to_bytes::<rancor::Error>(value).expect("serializing into memory cannot fail");
-    frame_of(kind, request_id, &body)
+    append(out, kind, request_id, &body);
 }
 
 /// A frame around `body` as it is (whatever it holds): header with length and checksum.
 pub fn frame_of(kind: FrameKind, request_id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    append(&mut out, kind, request_id, body);
+    out
+}
+
+fn append(out: &mut Vec<u8>, kind: FrameKind, request_id: u64, body: &[u8]) {
     let header = Header {
         kind,
         request_id,
         body_bytes: u32::try_from(body.len()).expect("frames are far below 4 GiB"),
         crc32c: crc32c::crc32c(body),
     };
-    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    out.reserve(HEADER_BYTES + body.len());
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(body);
-    out
 }
 
 /// Validates a checked body as an archive of `T` and gives access to it in place.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use corekv_storage::kv::SharedBlockCache;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Member, NodeConfig};
+use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::metrics::{NodeMetrics, StatusServer};
@@ -184,13 +184,4 @@ fn check_identity(dir: &Path, me: &Identity) -> Result<()> {
         }
         Err(e) => Err(Error::io(path.display().to_string(), e)),
     }
-}
-
-/// Members as the server prints them.
-pub fn describe(members: &[Member]) -> String {
-    members
-        .iter()
-        .map(|m| format!("{}={}", m.id, m.addr))
-        .collect::<Vec<_>>()
-        .join(",")
 }

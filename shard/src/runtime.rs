@@ -389,7 +389,7 @@ impl Shard {
             to_peer,
             accepted,
         };
-        out.push(&frame::encode(FrameKind::SnapshotAck, 0, &ack));
+        out.push(FrameKind::SnapshotAck, 0, &ack);
         Ok(())
     }
 
@@ -546,7 +546,7 @@ impl Shard {
             self.metrics.error(e.code());
         }
         self.metrics.request_seconds[op].observe(started.elapsed().as_secs_f64());
-        out.push(&frame::encode(FrameKind::Reply, client_id, &reply));
+        out.push(FrameKind::Reply, client_id, &reply);
     }
 }
 

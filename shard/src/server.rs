@@ -47,10 +47,11 @@ impl Connection {
         }
     }
 
-    /// Queues an encoded frame (dropped if the connection is closing).
-    pub fn push(&self, frame: &[u8]) {
+    /// Queues a frame of `value`, encoded straight into the send buffer (dropped if the
+    /// connection is closing).
+    pub fn push<T: frame::Message>(&self, kind: FrameKind, request_id: u64, value: &T) {
         if !self.closing.get() {
-            self.buf.borrow_mut().extend_from_slice(frame);
+            frame::encode_into(&mut self.buf.borrow_mut(), kind, request_id, value);
             self.wake.notify(1);
         }
     }
@@ -148,5 +149,5 @@ fn reject(out: &Connection, e: &FrameError) {
         code: e.code(),
         reason: e.to_string(),
     };
-    out.push(&frame::encode(FrameKind::Error, 0, &wire));
+    out.push(FrameKind::Error, 0, &wire);
 }

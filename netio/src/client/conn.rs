@@ -115,9 +115,7 @@ impl Conn {
         self.next_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
-        self.out
-            .borrow_mut()
-            .extend_from_slice(&frame::encode(FrameKind::Request, id, request));
+        frame::encode_into(&mut self.out.borrow_mut(), FrameKind::Request, id, request);
         self.wake_writer.notify(1);
         Ok(rx)
     }
