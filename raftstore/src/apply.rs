@@ -14,6 +14,7 @@ use std::path::Path;
 
 use corekv_storage::kv::{Cf, KeyRange, KvEngine, KvRead, WriteBatch};
 use corekv_storage::raftlog::{Disk, LogEngine};
+use corekv_storage::Error as StorageError;
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType, HardState};
 
@@ -45,11 +46,23 @@ fn meta_key(region_id: u64, suffix: u8) -> Vec<u8> {
 pub type Applied = (u64, u64, Option<Result<Outcome>>);
 
 /// Applies `entries` (committed, durable, in order) of `region` to the KV engine. Returns the
-/// new applied index and one item per entry. An entry this version cannot decode stops the
-/// apply with an error: the region must not skip it.
-pub fn apply(kv: &KvEngine, region: &Region, entries: &[Entry]) -> Result<(u64, Vec<Applied>)> {
+/// new applied index and one item per entry.
+///
+/// An entry's own rejection (stale epoch, a key or value over its limit: the same on every
+/// replica) is that entry's outcome. A failure of the engine itself (a write or a read, e.g.
+/// a full disk), or an entry this version cannot decode, stops the apply: the region must not
+/// skip an entry, and a replica must never decide an outcome its peers could decide otherwise.
+/// The `ApplyFailure` then says how far the KV engine got; the caller answers those entries
+/// and applies the rest again later.
+pub fn apply(
+    kv: &KvEngine,
+    region: &Region,
+    entries: &[Entry],
+) -> std::result::Result<(u64, Vec<Applied>), ApplyFailure> {
     let mut results = Vec::with_capacity(entries.len());
     let mut batch = kv.write_batch();
+    // The first `written.0` results are in the KV engine, which has applied up to `written.1`.
+    let mut written = (0, 0);
     let mut last = 0;
     for entry in entries {
         assert!(
@@ -62,22 +75,64 @@ pub fn apply(kv: &KvEngine, region: &Region, entries: &[Entry]) -> Result<(u64, 
             results.push((entry.index, entry.term, None));
             continue;
         }
-        let (epoch, cmd) = Command::decode(&entry.data)?;
-        let outcome = match region.check_epoch(epoch) {
-            Err(e) => Err(e),
-            Ok(()) => execute(kv, &mut batch, region.id, entry.index, cmd),
+        let (epoch, cmd) = match Command::decode(&entry.data) {
+            Ok(decoded) => decoded,
+            Err(error) => return Err(ApplyFailure::new(results, written, error)),
         };
+        if let Err(e) = region.check_epoch(epoch) {
+            results.push((entry.index, entry.term, Some(Err(e))));
+            continue;
+        }
+        // A compare-and-swap reads what the entries before it wrote: they are written first,
+        // with the applied index they bring the region to.
+        let current = match &cmd {
+            Command::CompareAndSwap { key, .. } => {
+                let done = std::mem::replace(&mut batch, kv.write_batch());
+                if let Err(error) = finish(kv, done, region.id, entry.index - 1) {
+                    return Err(ApplyFailure::new(results, written, error));
+                }
+                written = (results.len(), entry.index - 1);
+                match kv.get(Cf::Default, &data_key(key)) {
+                    Ok(value) => value,
+                    Err(error) => return Err(ApplyFailure::new(results, written, error.into())),
+                }
+            }
+            _ => None,
+        };
+        let outcome = execute(&mut batch, cmd, current);
         results.push((entry.index, entry.term, Some(outcome)));
     }
     if last > 0 {
-        finish(kv, batch, region.id, last)?;
+        if let Err(error) = finish(kv, batch, region.id, last) {
+            return Err(ApplyFailure::new(results, written, error));
+        }
     }
     Ok((last, results))
 }
 
-/// Adds `cmd` to `batch`. A compare-and-swap must read what the entries before it wrote, so
-/// the batch is written (with its applied index) before the read.
-fn execute(kv: &KvEngine, batch: &mut WriteBatch, region_id: u64, index: u64, cmd: Command) -> Result<Outcome> {
+/// An apply stopped by `error` after the KV engine had applied the region up to `applied`
+/// (0: nothing of this call): `results` are the outcomes of the entries up to there.
+#[derive(Debug)]
+pub struct ApplyFailure {
+    pub applied: u64,
+    pub results: Vec<Applied>,
+    pub error: Error,
+}
+
+impl ApplyFailure {
+    fn new(mut results: Vec<Applied>, (count, applied): (usize, u64), error: Error) -> ApplyFailure {
+        results.truncate(count);
+        debug_assert!(results.last().is_none_or(|r| r.0 == applied));
+        ApplyFailure {
+            applied,
+            results,
+            error,
+        }
+    }
+}
+
+/// Adds `cmd` to `batch`; `current` is the key's applied value for a compare-and-swap.
+fn execute(batch: &mut WriteBatch, cmd: Command, current: Option<Vec<u8>>) -> Result<Outcome> {
     match cmd {
         Command::Put { key, value } => batch.put(Cf::Default, &data_key(&key), &value)?,
         Command::Delete { key } => batch.delete(Cf::Default, &data_key(&key))?,
@@ -92,17 +147,17 @@ fn execute(kv: &KvEngine, batch: &mut WriteBatch, region_id: u64, index: u64, cm
             }
         }
         Command::CompareAndSwap { key, expected, new } => {
-            let done = std::mem::replace(batch, kv.write_batch());
-            finish(kv, done, region_id, index - 1)?;
-            let previous = kv.get(Cf::Default, &data_key(&key))?;
-            let succeeded = previous == expected;
+            let succeeded = current == expected;
             if succeeded {
                 match new {
                     Some(v) => batch.put(Cf::Default, &data_key(&key), &v)?,
                     None => batch.delete(Cf::Default, &data_key(&key))?,
                 }
             }
-            return Ok(Outcome::Cas { succeeded, previous });
+            return Ok(Outcome::Cas {
+                succeeded,
+                previous: current,
+            });
         }
     }
     Ok(Outcome::Done)
@@ -376,13 +431,13 @@ pub fn install_snapshot(kv: &KvEngine, region: &Region, index: u64, data: &[u8],
     }
     kv.write(clear, false)?;
     let dir = dir.join(format!("install-{}-{index}", region.id));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(format!("snapshot dir: {e}")))?;
+    std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating a snapshot dir", e))?;
     for (i, file) in snap.files.iter().enumerate() {
         let cf = *SNAPSHOT_CFS
             .get(file.cf as usize)
             .ok_or_else(|| Error::Storage("unknown snapshot CF".into()))?;
         let path = dir.join(format!("{i}.sst"));
-        std::fs::write(&path, &file.sst).map_err(|e| Error::Storage(format!("writing {}: {e}", path.display())))?;
+        std::fs::write(&path, &file.sst).map_err(|e| StorageError::io("writing a snapshot file", e))?;
         kv.ingest(cf, std::slice::from_ref(&path))?;
         let got = kv.snapshot().digest(cf, &range)?;
         if (got.keys, got.crc32c) != (file.keys, file.crc32c) {
@@ -408,17 +463,15 @@ fn staged_path(dir: &Path, region_id: u64) -> std::path::PathBuf {
 /// `finish_staged_snapshot` completes the install from this copy on restart.
 pub fn stage_snapshot(dir: &Path, region_id: u64, data: &[u8]) -> Result<()> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir).map_err(|e| Error::Storage(format!("snapshot dir: {e}")))?;
+    let staging = |e| StorageError::io("staging a snapshot", e);
+    std::fs::create_dir_all(dir).map_err(staging)?;
     let path = staged_path(dir, region_id);
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::Storage(format!("staging a snapshot: {e}")))
+    let mut f = std::fs::File::create(&tmp).map_err(staging)?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(staging)?;
+    std::fs::rename(&tmp, &path).map_err(staging)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(staging)?;
+    Ok(())
 }
 
 /// The staged copy is no longer needed once the KV engine holds the snapshot.

@@ -28,11 +28,11 @@ use corekv_storage::kv::{Cf, KvEngine};
 use corekv_storage::raftlog::{Disk, LogBatch, LogEngine};
 
 use crate::apply;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::raft_core::{encode_truncated, ApplyTask, RaftCore, RaftMessage, TRUNCATED_KEY};
 
-/// How long a shard waits before retrying a log append refused for lack of space.
-pub const LOG_NO_SPACE_RETRY_MS: u64 = 200;
+/// How long a shard waits before retrying work its disk refused for lack of space.
+pub const NO_SPACE_RETRY_MS: u64 = 200;
 
 /// A shard's raft core and the engines under it.
 pub struct Engines<D: Disk> {
@@ -55,8 +55,8 @@ pub struct LoopStats {
     /// Regions with entries or hard states in this iteration's log batch.
     pub regions_in_batch: usize,
     pub log_appends: u64,
-    /// Appends refused for lack of space and retried.
-    pub log_no_space: u64,
+    /// Log appends, applies and snapshot installs refused for lack of space and retried.
+    pub no_space_waits: u64,
     pub entries_applied: u64,
     pub snapshots_generated: u64,
     pub snapshots_installed: u64,
@@ -101,17 +101,29 @@ impl<D: Disk> Engines<D> {
         for region in rd.generate_snapshots {
             let dir = self.snap_dir.clone();
             let region_id = region.id;
-            let (applied, data) = self
+            match self
                 .kv
                 .offload(move |kv| apply::generate_snapshot(kv, &region, &dir))
-                .await?;
-            self.core.borrow_mut().on_snapshot_generated(region_id, applied, data);
-            stats.snapshots_generated += 1;
+                .await
+            {
+                Ok((applied, data)) => {
+                    self.core.borrow_mut().on_snapshot_generated(region_id, applied, data);
+                    stats.snapshots_generated += 1;
+                }
+                // raft-rs asks again at its next attempt to catch the follower up.
+                Err(e @ Error::NoSpace(_)) => {
+                    tracing::warn!(region_id, error = %e, "snapshot not generated: disk full")
+                }
+                Err(e) => return Err(e),
+            }
         }
         // A received snapshot is staged durably, then the log records it (in `log_batch`),
         // then the KV engine installs it: a crash anywhere in between is finished on restart.
         for (region, snap) in &rd.install_snapshots {
-            apply::stage_snapshot(&self.snap_dir, region.id, &snap.data)?;
+            until_space(&mut stats, "staging a snapshot", || async {
+                apply::stage_snapshot(&self.snap_dir, region.id, &snap.data)
+            })
+            .await?;
         }
         // Committed entries are ones this replica made durable in EARLIER iterations
         // (raft-rs hands out min(committed, persisted)): they are applied, and their clients
@@ -121,7 +133,7 @@ impl<D: Disk> Engines<D> {
             .apply
             .into_iter()
             .partition(|t| rd.install_snapshots.iter().any(|(r, _)| r.id == t.region.id));
-        self.apply_all(early, &mut stats)?;
+        self.apply_all(early, &mut stats).await?;
         answer();
         if !rd.log_batch.is_empty() {
             stats.regions_in_batch = rd.persisted.len();
@@ -132,10 +144,12 @@ impl<D: Disk> Engines<D> {
         // Durable from here on: the batch's entries and hard states survive a crash.
         for (region, snap) in &rd.install_snapshots {
             let index = snap.get_metadata().index;
-            let (target, data, dir) = (region.clone(), snap.data.clone(), self.snap_dir.clone());
-            self.kv
-                .offload(move |kv| apply::install_snapshot(kv, &target, index, &data, &dir))
-                .await?;
+            until_space(&mut stats, "installing a snapshot", || {
+                let (target, data, dir) = (region.clone(), snap.data.clone(), self.snap_dir.clone());
+                self.kv
+                    .offload(move |kv| apply::install_snapshot(kv, &target, index, &data, &dir))
+            })
+            .await?;
             apply::drop_staged_snapshot(&self.snap_dir, region.id);
             stats.snapshots_installed += 1;
         }
@@ -148,21 +162,40 @@ impl<D: Disk> Engines<D> {
             }
         }
         stats.core += t0.elapsed();
-        self.apply_all(late, &mut stats)?;
+        self.apply_all(late, &mut stats).await?;
         send(rd.after_persist);
         answer();
         Ok(Some(stats))
     }
 
-    fn apply_all(&self, tasks: Vec<ApplyTask>, stats: &mut LoopStats) -> Result<()> {
+    /// Applies each task's entries. A full disk is waited out: the entries the KV engine took
+    /// before it filled are answered, the rest applied again once space is freed.
+    async fn apply_all(&self, tasks: Vec<ApplyTask>, stats: &mut LoopStats) -> Result<()> {
         for task in tasks {
-            let t0 = Instant::now();
-            let (applied, outcomes) = apply::apply(&self.kv, &task.region, &task.entries)?;
-            let t1 = Instant::now();
-            stats.entries_applied += task.entries.len() as u64;
-            self.core.borrow_mut().on_applied(task.region.id, applied, outcomes);
-            stats.apply += t1 - t0;
-            stats.core += t1.elapsed();
+            let mut entries = &task.entries[..];
+            while !entries.is_empty() {
+                let t0 = Instant::now();
+                let result = apply::apply(&self.kv, &task.region, entries);
+                let t1 = Instant::now();
+                stats.apply += t1 - t0;
+                let (applied, outcomes, failure) = match result {
+                    Ok((applied, outcomes)) => (applied, outcomes, None),
+                    Err(f) => (f.applied, f.results, Some(f.error)),
+                };
+                let done = outcomes.len();
+                stats.entries_applied += done as u64;
+                if done > 0 {
+                    debug_assert_eq!(applied, entries[done - 1].index);
+                    self.core.borrow_mut().on_applied(task.region.id, applied, outcomes);
+                }
+                stats.core += t1.elapsed();
+                entries = &entries[done..];
+                match failure {
+                    None => debug_assert!(entries.is_empty()),
+                    Some(e @ Error::NoSpace(_)) => wait_for_space(stats, "applying", &e).await,
+                    Some(e) => return Err(e),
+                }
+            }
         }
         Ok(())
     }
@@ -170,22 +203,9 @@ impl<D: Disk> Engines<D> {
     /// Appends `batch`, waiting out a full disk (the batch is kept and retried as it is:
     /// raft's view already includes it). Any other failure is fatal for the shard.
     async fn append(&self, batch: &LogBatch, stats: &mut LoopStats) -> Result<()> {
-        loop {
-            match self.log.append(batch).await {
-                Ok(_) => {
-                    stats.log_appends += 1;
-                    return Ok(());
-                }
-                Err(e @ corekv_storage::Error::NoSpace { .. }) => {
-                    if stats.log_no_space == 0 {
-                        tracing::warn!(error = %e, "raft log append refused: disk full; retrying until space is freed");
-                    }
-                    stats.log_no_space += 1;
-                    glommio::timer::sleep(Duration::from_millis(LOG_NO_SPACE_RETRY_MS)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        until_space(stats, "appending to the raft log", || self.log.append(batch)).await?;
+        stats.log_appends += 1;
+        Ok(())
     }
 
     /// Log GC: for regions with more than `keep + slack` applied entries in the log, makes the
@@ -237,4 +257,28 @@ impl<D: Disk> Engines<D> {
         self.log.purge().await?;
         Ok(candidates.len())
     }
+}
+
+/// Runs `op` until it does not fail for lack of space, waiting between tries. Only for work
+/// that writes nothing when it fails that way, so that trying again is safe.
+async fn until_space<T, E, F, Fut>(stats: &mut LoopStats, what: &'static str, mut op: F) -> Result<T>
+where
+    E: Into<Error>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    loop {
+        match op().await.map_err(Into::into) {
+            Err(e @ Error::NoSpace(_)) => wait_for_space(stats, what, &e).await,
+            other => return other,
+        }
+    }
+}
+
+async fn wait_for_space(stats: &mut LoopStats, what: &'static str, e: &Error) {
+    if stats.no_space_waits == 0 {
+        tracing::warn!(error = %e, "{what} refused: disk full; retrying until space is freed");
+    }
+    stats.no_space_waits += 1;
+    glommio::timer::sleep(Duration::from_millis(NO_SPACE_RETRY_MS)).await;
 }

@@ -45,6 +45,9 @@ pub enum Error {
     /// A storage engine failed; the message is the storage error.
     #[error("storage: {0}")]
     Storage(String),
+    /// A storage engine found its disk full; nothing was written, retry once space is freed.
+    #[error("disk full: {0}")]
+    NoSpace(String),
 }
 
 impl Error {
@@ -60,6 +63,7 @@ impl Error {
             Error::ServerBusy(_) => 206,
             Error::Storage(_) => 207,
             Error::OutcomeUnknown { .. } => 208,
+            Error::NoSpace(_) => 209,
         }
     }
 
@@ -74,6 +78,9 @@ impl Error {
 
 impl From<corekv_storage::Error> for Error {
     fn from(e: corekv_storage::Error) -> Error {
+        if e.is_no_space() {
+            return Error::NoSpace(e.to_string());
+        }
         Error::Storage(e.to_string())
     }
 }

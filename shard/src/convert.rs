@@ -61,6 +61,8 @@ pub fn error(e: Error) -> WireError {
             reason: reason.to_string(),
         },
         Error::Storage(reason) => WireError::Storage { reason },
+        // Nothing was written: the client backs off and retries.
+        Error::NoSpace(reason) => WireError::ServerBusy { reason },
         Error::OutcomeUnknown { region_id } => WireError::OutcomeUnknown { region_id },
     }
 }

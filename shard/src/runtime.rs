@@ -264,7 +264,7 @@ impl Shard {
             m.log_append_seconds.observe(s.log.as_secs_f64());
             m.log_batch_regions.observe(s.regions_in_batch as f64);
         }
-        m.log_no_space.inc_by(s.log_no_space);
+        m.no_space_waits.inc_by(s.no_space_waits);
         if s.entries_applied > 0 {
             m.applied_entries.inc_by(s.entries_applied);
             m.apply_seconds.observe(s.apply.as_secs_f64());
@@ -293,8 +293,13 @@ impl Shard {
                 let shard = Rc::clone(&self);
                 glommio::spawn_local(async move {
                     let (keep, slack) = (shard.cfg.raft.gc_keep_entries, shard.cfg.raft.gc_slack_entries);
-                    if let Err(e) = shard.engines.gc(keep, slack).await {
-                        tracing::error!(shard = shard.index, error = %e, "log GC failed");
+                    match shard.engines.gc(keep, slack).await {
+                        // The apply path reports the full disk; GC tries again next round.
+                        Err(e @ corekv_raftstore::Error::NoSpace(_)) => {
+                            tracing::debug!(shard = shard.index, error = %e, "log GC skipped")
+                        }
+                        Err(e) => tracing::error!(shard = shard.index, error = %e, "log GC failed"),
+                        Ok(_) => {}
                     }
                     shard.gc_running.set(false);
                 })

@@ -66,9 +66,9 @@ pub enum Error {
     #[error("cannot open {path}: {reason}")]
     Open { path: String, reason: String },
 
-    /// RocksDB reported an error.
+    /// RocksDB reported an error (other than a full disk, which is `NoSpace`).
     #[error("rocksdb: {0}")]
-    Rocks(#[from] rocksdb::Error),
+    Rocks(rocksdb::Error),
 
     /// The log engine stopped accepting writes after a write or sync failed: what reached the
     /// disk is unknown, so nothing more is appended until the engine is reopened (recovery
@@ -121,11 +121,30 @@ impl Error {
         }
     }
 
+    /// Whether this is a full disk (retry once space is freed).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::NoSpace { .. })
+    }
+
     /// Classifies an `io::Error` from operation `op`: ENOSPC/EDQUOT become `NoSpace`.
     pub fn io(op: &'static str, source: io::Error) -> Error {
         match source.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace { op },
             _ => Error::Io { op, source },
         }
+    }
+}
+
+/// A full disk inside RocksDB (its `IOError` with ENOSPC's text, the only form it reports it
+/// in) becomes `NoSpace`: RocksDB recovers from it by itself once space is freed (its
+/// SstFileManager polls for space and resumes writes), so the caller may retry.
+impl From<rocksdb::Error> for Error {
+    fn from(error: rocksdb::Error) -> Error {
+        if error.kind() == rocksdb::ErrorKind::IOError && error.as_ref().contains("No space left on device") {
+            return Error::NoSpace {
+                op: "writing the KV engine",
+            };
+        }
+        Error::Rocks(error)
     }
 }

@@ -755,3 +755,65 @@ proptest! {
         check(&engine, &snapshot, &model, &then, &queries);
     }
 }
+
+// Proves a full disk is a typed, retryable `NoSpace` in the KV engine, and that RocksDB takes
+// writes again by itself once space is freed, with every acknowledged write still there.
+#[test]
+fn real_enospc_on_tmpfs_is_no_space_and_writes_resume_once_space_is_freed() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("real_enospc_on_tmpfs: needs root to mount a tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_path_buf();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "corekv-kv-enospc"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount tmpfs at {}", mnt.display());
+    /// Unmounts even when an assertion fails.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let engine = open(&mnt.join("kv"));
+    // Ballast takes most of the disk; freeing it later gives the engine room again.
+    std::fs::write(mnt.join("ballast"), vec![1u8; 16 * MIB]).unwrap();
+    let value = noise(1, 64 << 10);
+    let put = |i: u32| {
+        let mut batch = engine.write_batch();
+        batch.put(Cf::Default, &i.to_be_bytes(), &value).unwrap();
+        engine.write(batch, false)
+    };
+    let mut acked = 0u32;
+    let error = loop {
+        match put(acked) {
+            Ok(()) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 1000, "the tmpfs must fill up");
+    };
+    assert!(error.is_no_space() && error.is_retryable(), "{error:?}");
+    assert!(put(acked).unwrap_err().is_no_space(), "still full: still NoSpace");
+    std::fs::remove_file(mnt.join("ballast")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = put(acked) {
+        assert!(e.is_no_space(), "{e:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RocksDB did not resume writes after space was freed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for i in 0..=acked {
+        assert_eq!(
+            engine.get(Cf::Default, &i.to_be_bytes()).unwrap().as_deref(),
+            Some(&value[..]),
+            "key {i}"
+        );
+    }
+}
