@@ -5,7 +5,7 @@
 CARGO := scripts/cargo.sh
 DATA_DIR ?= /tmp/corekv-playground
 
-.PHONY: run storage-demo test build lint bench-storage bench-raft deps
+.PHONY: run storage-demo test build lint chaos bench-storage bench-raft deps
 
 ## run: build, start a local 3-node x 2-shard cluster (corekv-playground), run a demo workload, stay up until Ctrl-C
 run:
@@ -22,6 +22,11 @@ storage-demo:
 ## test: the whole test suite (unit, integration, property tests)
 test:
 	$(CARGO) test --workspace --locked
+
+## chaos: faults (kill -9, pauses, partitions, packet loss, full disk) against a 3-node cluster in a private network namespace, then a linearizability check (root; a few minutes)
+chaos:
+	$(CARGO) build --release --locked -p corekv-tools
+	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-chaos -- --duration-secs $(or $(CHAOS_SECS),180) $(if $(SEED),--seed $(SEED))
 
 ## build: release binaries
 build:

@@ -10,6 +10,9 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so
 fi
 command -v c++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
+# The chaos harness (corekv-chaos, in `make test` too): network namespaces and nftables rules.
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "deps: installing ${need[*]} with apt-get" >&2

@@ -1,13 +1,40 @@
 //! Frames over a byte stream (glommio's io_uring TCP in production; any `AsyncRead` /
 //! `AsyncWrite`): read one checked frame, write many at once.
 
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::time::Duration;
+
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use glommio::net::TcpStream;
 
 use crate::error::{Error, FrameError, Result};
 use crate::frame::{Body, Header, HEADER_BYTES};
 
 /// Read buffer per connection: many pipelined small frames per read syscall.
 pub const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// Connects to `addr` within `timeout`, from `source` (port chosen by the kernel) when given:
+/// a node bound to its own address for outgoing connections too is one that firewall rules
+/// (the chaos harness's partitions) can tell apart from its neighbours on the same host.
+///
+/// glommio's connect cannot bind first, so a bound connect runs on the executor's blocking pool
+/// (it may wait out `timeout` when SYNs are dropped) and hands the socket to glommio after.
+pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(addr, timeout).await.map_err(Into::into);
+    };
+    let socket = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<socket2::Socket> {
+            let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(source, 0).into())?;
+            socket.connect_timeout(&addr.into(), timeout)?;
+            Ok(socket)
+        })
+        .await?;
+    // SAFETY: the descriptor is a connected TCP socket whose ownership moves to the stream.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
+}
 
 /// A frame whose header and checksum were checked; its archive is validated by the reader
 /// that knows its type (`frame::access`).

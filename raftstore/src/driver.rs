@@ -33,6 +33,13 @@ use crate::raft_core::{encode_truncated, ApplyTask, RaftCore, RaftMessage, TRUNC
 
 /// How long a shard waits before retrying work its disk refused for lack of space.
 pub const NO_SPACE_RETRY_MS: u64 = 200;
+/// RocksDB resumes writes within seconds of its disk having room again (its SstFileManager
+/// polls every 5 s), except after failures it never recovers from without a reopen (a
+/// memtable switch that could not create its WAL, say). Refused this long after the disk had
+/// room, the shard stops instead of waiting forever: a restart recovers from both engines.
+pub const NO_SPACE_STUCK_MS: u64 = 30_000;
+/// Free bytes from which the KV engine's disk counts as having room again.
+const DISK_ROOM_BYTES_MIN: u64 = 64 << 20;
 
 /// A shard's raft core and the engines under it.
 pub struct Engines<D: Disk> {
@@ -173,6 +180,8 @@ impl<D: Disk> Engines<D> {
     async fn apply_all(&self, tasks: Vec<ApplyTask>, stats: &mut LoopStats) -> Result<()> {
         for task in tasks {
             let mut entries = &task.entries[..];
+            // Since when the disk has had room while the engine still refused (see above).
+            let mut roomy_since: Option<Instant> = None;
             while !entries.is_empty() {
                 let t0 = Instant::now();
                 let result = apply::apply(&self.kv, &task.region, entries);
@@ -192,7 +201,17 @@ impl<D: Disk> Engines<D> {
                 entries = &entries[done..];
                 match failure {
                     None => debug_assert!(entries.is_empty()),
-                    Some(e @ Error::NoSpace(_)) => wait_for_space(stats, "applying", &e).await,
+                    Some(e @ Error::NoSpace(_)) => {
+                        let room = self.kv.available_bytes().is_ok_and(|b| b >= DISK_ROOM_BYTES_MIN);
+                        let since = roomy_since.filter(|_| room).unwrap_or_else(Instant::now);
+                        roomy_since = room.then_some(since);
+                        if since.elapsed() > Duration::from_millis(NO_SPACE_STUCK_MS) {
+                            return Err(Error::Storage(format!(
+                                "the KV engine still refuses writes ({e}) {NO_SPACE_STUCK_MS} ms after its disk had room again; restart the node to recover"
+                            )));
+                        }
+                        wait_for_space(stats, "applying", &e).await
+                    }
                     Some(e) => return Err(e),
                 }
             }

@@ -248,7 +248,11 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
         let _ = std::fs::remove_file(ballast.join(chunk.to_string()));
     }
     let failure = apply::apply(&kv, &r, &entries).expect_err("the disk fills up");
-    assert!(matches!(failure.error, corekv_raftstore::Error::NoSpace(_)), "{:?}", failure.error);
+    assert!(
+        matches!(failure.error, corekv_raftstore::Error::NoSpace(_)),
+        "{:?}",
+        failure.error
+    );
     let done = failure.results.len();
     // The disk filled part-way: some swaps had written the entries before them.
     assert!(done > 0 && done < entries.len(), "{done} of {} entries", entries.len());

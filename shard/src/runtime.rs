@@ -155,6 +155,7 @@ impl Shard {
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
             .ok_or_else(|| Error::Config(format!("--addr {} is not host:port", cfg.addr)))?;
+        let source = host.parse::<std::net::IpAddr>().ok();
         let addr = format!("{host}:{}", u32::from(port) + args.index);
         let listener = glommio::net::TcpListener::bind(addr.as_str()).map_err(|e| Error::Bind {
             addr: addr.clone(),
@@ -170,7 +171,7 @@ impl Shard {
             });
             Shard {
                 index: args.index,
-                transport: Transport::new(&args.members, cfg.net.clone(), Rc::clone(&metrics), report),
+                transport: Transport::new(&args.members, source, cfg.net.clone(), Rc::clone(&metrics), report),
                 cfg: Rc::clone(&cfg),
                 engines,
                 routing: args.routing,
@@ -336,6 +337,9 @@ impl Shard {
             leaders += i64::from(core.is_leader(id));
             let now = (leader.map(|l| l.id), term);
             if published.get(&id) != Some(&now) {
+                if core.is_leader(id) {
+                    tracing::info!(region = id, term, "became leader");
+                }
                 published.insert(id, now);
                 self.routing.set_leader(id, leader, term);
             }

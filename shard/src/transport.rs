@@ -31,7 +31,9 @@ const WRITE_BYTES_MAX: usize = 4 << 20;
 const RECONNECT_MS_MIN: u64 = 20;
 
 pub struct Transport {
-    members: HashMap<u64, (String, u16)>,
+    members: HashMap<u64, std::net::SocketAddr>,
+    /// This node's own address, bound for outgoing connections (`None` when it listens on all).
+    source: Option<std::net::IpAddr>,
     cfg: NetSection,
     links: RefCell<HashMap<Destination, Rc<Link>>>,
     metrics: Rc<ShardMetrics>,
@@ -45,7 +47,7 @@ enum Item {
 }
 
 struct Link {
-    addr: String,
+    addr: std::net::SocketAddr,
     queue: RefCell<VecDeque<Item>>,
     queued_bytes: Cell<usize>,
     wake: event_listener::Event,
@@ -54,16 +56,21 @@ struct Link {
 }
 
 impl Transport {
-    pub fn new(members: &[Member], cfg: NetSection, metrics: Rc<ShardMetrics>, report: SnapshotReport) -> Transport {
+    /// `members` were validated as socket addresses (`NodeConfig::members`).
+    pub fn new(
+        members: &[Member],
+        source: Option<std::net::IpAddr>,
+        cfg: NetSection,
+        metrics: Rc<ShardMetrics>,
+        report: SnapshotReport,
+    ) -> Transport {
         let members = members
             .iter()
-            .filter_map(|m| {
-                let (host, port) = m.addr.rsplit_once(':')?;
-                Some((m.id, (host.to_string(), port.parse().ok()?)))
-            })
+            .filter_map(|m| Some((m.id, m.addr.parse().ok()?)))
             .collect();
         Transport {
             members,
+            source: source.filter(|ip| !ip.is_unspecified()),
             cfg,
             links: RefCell::new(HashMap::new()),
             metrics,
@@ -137,10 +144,10 @@ impl Transport {
         if let Some(l) = self.links.borrow().get(&dest) {
             return Some(Rc::clone(l));
         }
-        let (host, port) = self.members.get(&dest.0)?;
-        let port = port.checked_add(u16::try_from(dest.1).ok()?)?;
+        let mut addr = *self.members.get(&dest.0)?;
+        addr.set_port(addr.port().checked_add(u16::try_from(dest.1).ok()?)?);
         let link = Rc::new(Link {
-            addr: format!("{host}:{port}"),
+            addr,
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             wake: event_listener::Event::new(),
@@ -148,7 +155,7 @@ impl Transport {
         });
         self.links.borrow_mut().insert(dest, Rc::clone(&link));
         let (cfg, report) = (self.cfg.clone(), Rc::clone(&self.report));
-        glommio::spawn_local(Rc::clone(&link).run(cfg, report)).detach();
+        glommio::spawn_local(Rc::clone(&link).run(self.source, cfg, report)).detach();
         Some(link)
     }
 }
@@ -167,17 +174,11 @@ impl Link {
     }
 
     /// Connects when there is something to send, writes, reconnects with backoff after a failure.
-    async fn run(self: Rc<Self>, cfg: NetSection, report: SnapshotReport) {
+    async fn run(self: Rc<Self>, source: Option<std::net::IpAddr>, cfg: NetSection, report: SnapshotReport) {
         let mut backoff_ms = RECONNECT_MS_MIN;
         loop {
             self.wait_for_work(&Cell::new(false)).await;
-            let connected = match self.addr.parse::<std::net::SocketAddr>() {
-                Ok(sock) => TcpStream::connect_timeout(sock, Duration::from_millis(cfg.connect_timeout_ms))
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match connected {
+            match io::connect(self.addr, source, Duration::from_millis(cfg.connect_timeout_ms)).await {
                 Ok(stream) => {
                     backoff_ms = RECONNECT_MS_MIN;
                     let _ = stream.set_nodelay(true);
@@ -198,7 +199,7 @@ impl Link {
         let acks = {
             let (link, broken, report) = (Rc::clone(self), Rc::clone(&broken), Rc::clone(report));
             glommio::spawn_local(async move {
-                let mut frames = FrameReader::new(read, link.addr.clone(), frame_bytes_max);
+                let mut frames = FrameReader::new(read, link.addr.to_string(), frame_bytes_max);
                 while let Ok(Some(f)) = frames.next().await {
                     if f.header.kind != FrameKind::SnapshotAck {
                         break;
@@ -218,7 +219,7 @@ impl Link {
                 link.wake.notify(usize::MAX);
             })
         };
-        let mut out = Vec::new();
+        let (mut out, peer) = (Vec::new(), self.addr.to_string());
         loop {
             self.wait_for_work(&broken).await;
             if broken.get() {
@@ -240,7 +241,7 @@ impl Link {
                     }
                 }
             }
-            if io::write_frames(&mut write, &self.addr, &out).await.is_err() {
+            if io::write_frames(&mut write, &peer, &out).await.is_err() {
                 break;
             }
         }

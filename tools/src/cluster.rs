@@ -1,7 +1,8 @@
 //! A local cluster of `corekv-server` processes: what the playground runs, and what the
 //! multi-process tests (and the chaos harness) drive — start, kill -9, restart, stop.
 //!
-//! Node k listens on base-port + 10*(k-1) (+ shard) and serves /metrics on that + 9.
+//! Node k listens on base-port + 10*(k-1) (+ shard) and serves /metrics on that + 9, all on one
+//! host, or each node on its own host (the chaos harness gives each its own 127.0.0.N).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,8 @@ pub struct ClusterSpec {
     pub nodes: u64,
     pub shards: u32,
     pub data_dir: PathBuf,
-    pub host: String,
+    /// One host for every node, or one per node (node k on `hosts[k - 1]`).
+    pub hosts: Vec<String>,
     pub base_port: u16,
     /// The `corekv-server` binary.
     pub server: PathBuf,
@@ -38,12 +40,22 @@ impl ClusterSpec {
         self.base_port + PORTS_PER_NODE * (node as u16 - 1)
     }
 
+    pub fn host(&self, node: u64) -> &str {
+        let at = if self.hosts.len() == 1 { 0 } else { node as usize - 1 };
+        &self.hosts[at]
+    }
+
     pub fn endpoint(&self, node: u64) -> String {
-        format!("{}:{}", self.host, self.port(node))
+        format!("{}:{}", self.host(node), self.port(node))
     }
 
     pub fn status_addr(&self, node: u64) -> String {
-        format!("{}:{}", self.host, self.port(node) + PORTS_PER_NODE - 1)
+        format!("{}:{}", self.host(node), self.port(node) + PORTS_PER_NODE - 1)
+    }
+
+    /// Node `k`'s data dir.
+    pub fn node_dir(&self, node: u64) -> PathBuf {
+        self.data_dir.join(format!("node-{node}"))
     }
 
     pub fn log(&self, node: u64) -> PathBuf {
@@ -57,6 +69,13 @@ impl ClusterSpec {
     fn check(&self) -> Result<()> {
         if self.nodes == 0 || self.shards == 0 || self.shards > SHARDS_MAX {
             bail!("nodes must be >= 1 and shards in 1..={SHARDS_MAX}");
+        }
+        if self.hosts.len() != 1 && self.hosts.len() as u64 != self.nodes {
+            bail!(
+                "give one host for all nodes or one per node ({} for {} nodes)",
+                self.hosts.len(),
+                self.nodes
+            );
         }
         let last = u64::from(self.base_port) + u64::from(PORTS_PER_NODE) * self.nodes;
         if last > u64::from(u16::MAX) {
@@ -96,7 +115,7 @@ impl LocalCluster {
             .arg("--addr")
             .arg(s.endpoint(k))
             .arg("--data-dir")
-            .arg(s.data_dir.join(format!("node-{k}")))
+            .arg(s.node_dir(k))
             .arg("--initial-cluster")
             .arg(cluster.join(","))
             .arg("--shards")
@@ -128,6 +147,22 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to node `k`; `false` if it is not running.
+    pub fn signal(&self, k: u64, signal: i32) -> Result<bool> {
+        let Some(child) = &self.children[(k - 1) as usize] else {
+            return Ok(false);
+        };
+        // SAFETY: kill(2) on our own child's pid, which is not reaped while we hold it.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("signal {signal} to node {k}"));
+        }
+        Ok(true)
+    }
+
+    pub fn is_running(&self, k: u64) -> bool {
+        self.children[(k - 1) as usize].is_some()
+    }
+
     /// Fails with the tail of its log if a node that should run has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         for (i, slot) in self.children.iter_mut().enumerate() {
@@ -138,6 +173,20 @@ impl LocalCluster {
             }
         }
         Ok(())
+    }
+
+    /// Nodes that should run but have exited since the last look, with their exit status;
+    /// they count as stopped from now on (`restart` starts them again).
+    pub fn reap_exited(&mut self) -> Result<Vec<(u64, std::process::ExitStatus)>> {
+        let mut exited = Vec::new();
+        for (i, slot) in self.children.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            if let Some(status) = child.try_wait()? {
+                exited.push((i as u64 + 1, status));
+                *slot = None;
+            }
+        }
+        Ok(exited)
     }
 
     /// Waits until every region has a leader (as the nodes report it).
@@ -169,11 +218,12 @@ impl LocalCluster {
 
     /// SIGTERM to node `k`; waits for it to exit and returns whether it exited cleanly.
     pub fn stop_node(&mut self, k: u64) -> Result<bool> {
+        if !self.signal(k, libc::SIGTERM)? {
+            return Ok(true);
+        }
         let Some(mut child) = self.children[(k - 1) as usize].take() else {
             return Ok(true);
         };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + STOP_WAIT;
         loop {
             if let Some(status) = child.try_wait()? {

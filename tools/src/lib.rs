@@ -3,8 +3,10 @@
 //!
 //! Binaries: `corekv-server` (a node), `corekv-ctl` (one-shot client commands),
 //! `corekv-playground` (a local cluster of server processes), `corekv-storage-demo` (both
-//! engines of one shard, no network).
+//! engines of one shard, no network), `corekv-chaos` (faults against a cluster of server
+//! processes, judged by a linearizability check).
 
+pub mod chaos;
 pub mod cluster;
 pub mod demo;
 

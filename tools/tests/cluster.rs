@@ -54,7 +54,7 @@ fn start_with(config: &str) -> TestCluster {
         nodes: NODES,
         shards: SHARDS,
         data_dir: dir.path().to_path_buf(),
-        host: "127.0.0.1".into(),
+        hosts: vec!["127.0.0.1".into()],
         base_port: free_base_port(),
         server: PathBuf::from(env!("CARGO_BIN_EXE_corekv-server")),
         extra_args,

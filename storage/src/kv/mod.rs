@@ -157,6 +157,19 @@ impl KvEngine {
         &self.inner.db
     }
 
+    /// Bytes the engine's file system has free for it (statvfs: a metadata call, no I/O).
+    pub fn available_bytes(&self) -> Result<u64> {
+        let path = std::ffi::CString::new(self.db().path().as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::InvalidArgument("engine path holds a NUL byte".into()))?;
+        // SAFETY: an all-zero statvfs is a valid value for statvfs(3) to overwrite.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `st` is a valid, writable statvfs.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(Error::io("reading free space", std::io::Error::last_os_error()));
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
     fn cf_handle(&self, cf: Cf) -> &ColumnFamily {
         self.db()
             .cf_handle(cf.name())

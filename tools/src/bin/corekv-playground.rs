@@ -55,7 +55,7 @@ fn run() -> Result<()> {
         nodes: args.nodes,
         shards: args.shards,
         data_dir: args.data_dir.clone(),
-        host: args.host.clone(),
+        hosts: vec![args.host.clone()],
         base_port: args.base_port,
         server: sibling_binary("corekv-server")?,
         extra_args: Vec::new(),

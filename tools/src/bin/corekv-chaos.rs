@@ -1,0 +1,22 @@
+//! corekv-chaos: faults against a 3-node cluster of `corekv-server` processes in a private
+//! network namespace, judged by a linearizability check of the clients' history (see
+//! `corekv_tools::chaos`). Needs root. Exit code 0 only if the run passed.
+
+use clap::Parser;
+use corekv_tools::chaos::{self, ChaosArgs};
+
+/// Inject faults into a local 3-node cluster and check what the clients saw.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    args: ChaosArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    // The network namespace is entered by this (main) thread before any other starts.
+    corekv_tools::run_main("corekv-chaos", || {
+        corekv_tools::init_logging("warn");
+        chaos::run_and_report(&Cli::parse().args)
+    })
+}

@@ -1,0 +1,396 @@
+//! `corekv-chaos`: a 3-node cluster of the real binaries inside a private network namespace,
+//! a mixed client workload recorded as a history, a seeded nemesis (kill -9, pauses,
+//! partitions, packet loss, a full disk), then three checks: the history is linearizable per
+//! key, no acknowledged write is lost, and every node serves again once the faults heal.
+//!
+//! Start reading at [`run`]. Modules: `netns` (namespace, nftables, tmpfs disks), `nemesis`
+//! (the schedule, injecting and healing), `workload` (clients and the history recorder),
+//! `history` (the record format and the judgements). Every run leaves its folder: history,
+//! nemesis log, node logs, `summary.json`; a failure prints the seed that replays the schedule.
+
+pub mod history;
+pub mod nemesis;
+pub mod netns;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use corekv_netio::Client;
+use corekv_raftstore::linearizability::CheckResult;
+
+use crate::cluster::{ClusterSpec, LocalCluster};
+use nemesis::{Fault, Nemesis, Schedule};
+use netns::{Firewall, NetNs, Tmpfs};
+
+const NODES: u64 = 3;
+const SHARDS: u32 = 2;
+const BASE_PORT: u16 = 20160;
+/// Each node's data disk (tmpfs): room for two shards' log segments (at most about
+/// purge_segments_threshold + recycle_segments_max + 2 of 16 MiB each) and RocksDB.
+const DISK_BYTES: u64 = 512 << 20;
+const LEADERS_WAIT: Duration = Duration::from_secs(60);
+/// How long every replica may take to apply what it knows committed once the faults healed.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// Settings every node runs with: small log segments (so a full disk bites soon) and frequent
+/// log GC (so a node that was down catches up by snapshot, not only by log).
+const NODE_CONFIG: &str = "\
+[raft]
+gc_keep_entries = 64
+gc_slack_entries = 256
+gc_interval_ticks = 10
+
+[log]
+segment_bytes = 16777216
+purge_segments_threshold = 4
+recycle_segments_max = 2
+";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// Seeds the fault schedule and the clients' choices; a failing run prints it.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How long faults are injected (the checks follow).
+    #[arg(long, default_value_t = 180)]
+    pub duration_secs: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u64,
+    /// Where the run's folder goes (history, logs, summary).
+    #[arg(long, default_value = "/var/tmp/corekv-chaos")]
+    pub results: PathBuf,
+    /// The corekv-server binary [default: next to this one].
+    #[arg(long)]
+    pub server: Option<PathBuf>,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Summary {
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub ops: u64,
+    pub unknown: u64,
+    pub linearizable: CheckResult,
+    pub lost: Vec<history::LostWrite>,
+    /// Nodes that exited on their own (not by the nemesis), each with the tail of its log.
+    pub crashes: Vec<String>,
+    pub serving: u64,
+    /// Times a replica became leader (from the node logs), the initial elections included.
+    pub elections: u64,
+}
+
+impl Summary {
+    pub fn passed(&self) -> bool {
+        self.linearizable == CheckResult::Linearizable
+            && self.lost.is_empty()
+            && self.crashes.is_empty()
+            && self.serving == NODES
+    }
+
+    pub fn faults_injected(&self) -> u64 {
+        self.faults.values().sum()
+    }
+
+    /// The one summary line.
+    pub fn line(&self) -> String {
+        let faults: Vec<String> = self.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let verdict = match &self.linearizable {
+            CheckResult::Linearizable => "yes".to_string(),
+            CheckResult::NotLinearizable { key, .. } => format!("NO (key {})", String::from_utf8_lossy(key)),
+            other => format!("NO ({other:?})"),
+        };
+        format!(
+            "chaos: seed {}, {} faults injected ({}), {} operations ({} unknown), linearizable: {verdict}, lost writes: {}, node crashes: {}, leader elections: {}, nodes serving: {}/{NODES}: {}",
+            self.seed,
+            self.faults_injected(),
+            faults.join(", "),
+            self.ops,
+            self.unknown,
+            self.lost.len(),
+            self.crashes.len(),
+            self.elections,
+            self.serving,
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seed": self.seed,
+            "faults": self.faults,
+            "faults_injected": self.faults_injected(),
+            "operations": self.ops,
+            "unknown_outcomes": self.unknown,
+            "linearizable": format!("{:?}", self.linearizable),
+            "lost_writes": self.lost.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "node_crashes": self.crashes,
+            "nodes_serving": self.serving,
+            "leader_elections": self.elections,
+            "passed": self.passed(),
+        })
+    }
+}
+
+/// One whole chaos run. Call from the main thread before any other thread exists: it moves
+/// the calling thread into the run's network namespace.
+pub fn run(args: &ChaosArgs) -> Result<Summary> {
+    netns::require_root()?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let dir = args.results.join(format!("chaos-{seed}"));
+    if dir.exists() {
+        // A run killed mid-way may have left its disks mounted.
+        for k in 1..=NODES {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(dir.join(format!("node-{k}")))
+                .output();
+        }
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    println!("chaos: seed {seed}, results in {}", dir.display());
+    let ns = NetNs::create_and_enter()?;
+    let firewall = Firewall::install(&ns)?;
+    let server = match &args.server {
+        Some(path) => path.clone(),
+        None => crate::cluster::sibling_binary("corekv-server")?,
+    };
+    let config = dir.join("corekv.toml");
+    std::fs::write(&config, NODE_CONFIG)?;
+    let spec = ClusterSpec {
+        nodes: NODES,
+        shards: SHARDS,
+        data_dir: dir.clone(),
+        hosts: (1..=NODES).map(|k| nemesis::node_ip(k).to_string()).collect(),
+        base_port: BASE_PORT,
+        server,
+        extra_args: vec!["--config".into(), config.display().to_string()],
+    };
+    let disks = (1..=NODES)
+        .map(|k| Tmpfs::mount(&spec.node_dir(k), DISK_BYTES))
+        .collect::<Result<Vec<_>>>()?;
+    let mut cluster = LocalCluster::start(spec.clone())?;
+    cluster.wait_for_leaders(LEADERS_WAIT)?;
+    let mut nemesis = Nemesis {
+        cluster: &mut cluster,
+        firewall: &firewall,
+        disks: &disks,
+    };
+    let outcome = drive(args, seed, &dir, &mut nemesis);
+    // Whatever happened, leave nothing broken behind: the caller's drops remove the rest.
+    let healed = nemesis.heal_all();
+    let summary = outcome.and_then(|s| healed.map(|()| s));
+    let stopped = cluster.stop();
+    let summary = summary?;
+    stopped?;
+    std::fs::write(dir.join("summary.json"), summary.json().to_string())?;
+    Ok(summary)
+}
+
+/// The run proper: clients and nemesis, then healing and the checks.
+fn drive(args: &ChaosArgs, seed: u64, dir: &Path, nemesis: &mut Nemesis<'_>) -> Result<Summary> {
+    let endpoints = nemesis.cluster.spec().endpoints();
+    let epoch = Instant::now();
+    let history_path = dir.join("history.jsonl");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = {
+        let (endpoints, stop, clients, path) =
+            (endpoints.clone(), Arc::clone(&stop), args.clients, history_path.clone());
+        std::thread::spawn(move || {
+            crate::on_executor(move || async move {
+                let recorder = Rc::new(workload::Recorder::create(&path, epoch)?);
+                workload::run(endpoints.clone(), clients, seed, stop, Rc::clone(&recorder)).await?;
+                let finals = workload::final_reads(endpoints, &recorder).await?;
+                Ok((finals, recorder.counts()))
+            })
+        })
+    };
+    let injected = inject_faults(args, seed, dir, epoch, &endpoints, nemesis, &workload);
+    // The clients stop whatever the nemesis did: an error there must not leave them running.
+    let healed = nemesis.heal_all();
+    stop.store(true, Ordering::Relaxed);
+    let joined = workload
+        .join()
+        .map_err(|_| anyhow::anyhow!("the workload thread panicked"))?;
+    let (faults, mut crashes) = injected?;
+    healed?;
+    let (finals, counts) = joined?;
+    crashes.extend(reap_crashed(nemesis.cluster)?);
+    let serving = serving_nodes(nemesis.cluster)?;
+    let records = history::load(&history_path)?;
+    history::validate(&records)?;
+    println!("checking {} operations for linearizability...", records.len());
+    Ok(Summary {
+        seed,
+        dir: dir.to_path_buf(),
+        faults,
+        ops: counts.ops,
+        unknown: counts.unknown,
+        linearizable: history::check(&records)?,
+        lost: history::lost_writes(&records, &finals),
+        crashes,
+        serving,
+        elections: elections(nemesis.cluster.spec()),
+    })
+}
+
+type Joined = std::thread::JoinHandle<Result<(BTreeMap<String, Option<String>>, workload::Counts)>>;
+
+/// The nemesis's part: faults on the seeded schedule until the duration is up (or the clients
+/// stopped early); the count of each kind injected and the nodes that crashed on their own.
+fn inject_faults(
+    args: &ChaosArgs,
+    seed: u64,
+    dir: &Path,
+    epoch: Instant,
+    endpoints: &[String],
+    nemesis: &mut Nemesis<'_>,
+    workload: &Joined,
+) -> Result<(BTreeMap<&'static str, u64>, Vec<String>)> {
+    let mut log = std::fs::File::create(dir.join("nemesis.jsonl"))?;
+    let mut schedule = Schedule::new(seed, NODES);
+    let mut faults: BTreeMap<&'static str, u64> = Fault::NAMES.iter().map(|n| (*n, 0)).collect();
+    let mut crashes = Vec::new();
+    let deadline = epoch + Duration::from_secs(args.duration_secs);
+    while Instant::now() < deadline && !workload.is_finished() {
+        let step = schedule.next(leading_node(endpoints));
+        let at_ns = epoch.elapsed().as_nanos() as i64;
+        nemesis.inject(step.fault)?;
+        *faults.entry(step.fault.name()).or_default() += 1;
+        std::thread::sleep(step.hold);
+        nemesis.heal(step.fault)?;
+        writeln!(
+            log,
+            "{}",
+            serde_json::json!({"fault": format!("{:?}", step.fault), "at_ns": at_ns,
+                "healed_ns": epoch.elapsed().as_nanos() as i64})
+        )?;
+        println!(
+            "  {:>6.1} s  {:?} for {} ms",
+            at_ns as f64 / 1e9,
+            step.fault,
+            step.hold.as_millis()
+        );
+        crashes.extend(reap_crashed(nemesis.cluster)?);
+        std::thread::sleep(step.gap);
+    }
+    Ok((faults, crashes))
+}
+
+/// The node leading most regions, as a short-lived client sees it (None: cannot tell now).
+fn leading_node(endpoints: &[String]) -> Option<u64> {
+    let endpoints = endpoints.to_vec();
+    crate::on_executor(move || async move {
+        let mut cfg = workload::client_config(endpoints);
+        cfg.attempt_timeout = Duration::from_millis(300);
+        let client = Client::connect(cfg).await?;
+        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in client.regions() {
+            if let Some(l) = r.leader {
+                *led.entry(l.node).or_default() += 1;
+            }
+        }
+        Ok(led.into_iter().max_by_key(|&(_, n)| n).map(|(node, _)| node))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Nodes that exited on their own since the last look: restarted, and reported.
+fn reap_crashed(cluster: &mut LocalCluster) -> Result<Vec<String>> {
+    let mut crashes = Vec::new();
+    for (k, status) in cluster.reap_exited()? {
+        let tail = crate::cluster::log_tail(&cluster.spec().log(k), 6);
+        println!("  node {k} exited on its own ({status}); restarting it\n{tail}");
+        crashes.push(format!("node {k} exited ({status}); {tail}"));
+        cluster.restart(k)?;
+    }
+    Ok(crashes)
+}
+
+/// Leader elections won, as the nodes logged them: evidence that the faults bit.
+fn elections(spec: &ClusterSpec) -> u64 {
+    (1..=spec.nodes)
+        .map(|k| std::fs::read_to_string(spec.log(k)).unwrap_or_default())
+        .map(|log| log.lines().filter(|l| l.contains("became leader")).count() as u64)
+        .sum()
+}
+
+/// How many nodes serve: each answers a client that knows only it, and every shard of it has
+/// applied everything it knows committed (after the final writes, a stuck replica would lag).
+fn serving_nodes(cluster: &mut LocalCluster) -> Result<u64> {
+    cluster.wait_for_leaders(LEADERS_WAIT)?;
+    let spec = cluster.spec().clone();
+    let mut serving = 0;
+    for k in 1..=spec.nodes {
+        let endpoint = spec.endpoint(k);
+        let answered = crate::on_executor(move || async move {
+            Ok(Client::connect(workload::client_config(vec![endpoint])).await.is_ok())
+        })?;
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        let caught_up = loop {
+            match apply_lag(&spec.status_addr(k)) {
+                Ok(0) => break true,
+                lag if Instant::now() > deadline => {
+                    println!("  node {k} has not applied all it knows committed: {lag:?}");
+                    break false;
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        serving += u64::from(answered && caught_up);
+    }
+    Ok(serving)
+}
+
+/// Committed entries not yet applied, summed over a node's shards (its /metrics).
+fn apply_lag(status_addr: &str) -> Result<u64> {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(status_addr).with_context(|| format!("connect {status_addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {status_addr}\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let lags: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("what=\"apply_lag_entries\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    if lags.is_empty() {
+        bail!("{status_addr}/metrics has no apply_lag_entries");
+    }
+    Ok(lags.iter().sum())
+}
+
+/// Runs `corekv-chaos` with `args` and fails unless the run passed (the binary's body).
+pub fn run_and_report(args: &ChaosArgs) -> Result<()> {
+    let summary = run(args)?;
+    println!("{}", summary.line());
+    if let CheckResult::NotLinearizable { explanation, .. } = &summary.linearizable {
+        println!("{explanation}");
+    }
+    for lost in &summary.lost {
+        println!("lost: {lost}");
+    }
+    if !summary.passed() {
+        bail!(
+            "chaos run failed; its history and logs are in {} (replay the schedule with --seed {})",
+            summary.dir.display(),
+            summary.seed
+        );
+    }
+    Ok(())
+}
