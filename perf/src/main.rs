@@ -2,7 +2,7 @@
 //!
 //! Owns: the command line. Each subcommand lives in its own module: `storage` (both engines
 //! against the disk's floor and RocksDB-as-raft-log), `raft` (the Multi-Raft core in the
-//! simulator), `ycsb` (YCSB workloads against a running cluster; etcd side by side next).
+//! simulator), `ycsb` (YCSB workloads against a running corekv or etcd cluster).
 
 mod floor;
 mod raft;
@@ -28,7 +28,7 @@ enum Command {
     Storage(storage::StorageArgs),
     /// The Multi-Raft core in the simulator: proposals/s per shard, core vs log engine time.
     Raft(raft::RaftArgs),
-    /// YCSB workloads against a running cluster (e.g. the playground's endpoints).
+    /// YCSB workloads against a running corekv cluster (e.g. the playground's) or etcd.
     Ycsb(ycsb::YcsbArgs),
 }
 

@@ -1,17 +1,19 @@
-//! `corekv-bench ycsb`: YCSB core workloads against a running cluster: a load phase
-//! (inserts), a run phase (the workload's mix), latency per operation type in HdrHistograms,
-//! a table and a results folder per run (`summary.json`, one `.hgrm` percentile file per
-//! operation type).
+//! `corekv-bench ycsb`: YCSB core workloads against a running corekv or etcd cluster: a load
+//! phase (inserts), a run phase (the workload's mix), latency per operation type in
+//! HdrHistograms, a table and a results folder per run (`summary.json`, one `.hgrm`
+//! percentile file per operation type).
 //!
-//! Owns: the command line and choosing the system. Where to read next: `stream.rs` (the
-//! operation stream, a function of the seed), `phase.rs` (driving one phase against any
-//! `Store`, the target rate's schedule, the reports), `store.rs` (the `Store` trait and
-//! corekv's client). The same phase code drives every system: only the `Store` and the
-//! executor it runs on differ.
+//! Owns: the command line and choosing the system and its executor. Where to read next:
+//! `stream.rs` (the operation stream, a function of the seed), `phase.rs` (driving one phase
+//! against any `Store`, the target rate's schedule, the reports), `store.rs` (the `Store`
+//! trait and corekv's client, on glommio), `etcd.rs` (etcd's client, on a tokio
+//! current-thread runtime). The same phase code drives both: only the `Store` and the
+//! executor it runs on differ, and the same seed gives both the same operations.
 //!
 //! corekv's YCSB keys all start with `user`, so until regions split by size or load they live
 //! in ONE region (one Raft group, one leader shard).
 
+pub mod etcd;
 pub mod generator;
 pub mod phase;
 pub mod store;
@@ -23,13 +25,39 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use etcd::EtcdStore;
 use phase::{drive_all, PhaseResult, PhaseSpec};
-use store::CorekvStore;
+use store::{CorekvStore, Store};
 use workload::Workload;
+
+/// How long a system may take to answer its first write (a cluster still electing leaders).
+const READY_WAIT_MS: u64 = 60_000;
+const READY_RETRY_MS: u64 = 200;
+/// The key of that first write: outside the YCSB table, so no workload reads it.
+const READY_KEY: &[u8] = b"corekv-bench-ready";
+
+/// The system under test.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    Corekv,
+    Etcd,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Corekv => "corekv",
+            System::Etcd => "etcd",
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub struct YcsbArgs {
-    /// Client addresses of the cluster (HOST:PORT of some nodes' shard 0), comma-separated.
+    #[arg(long, value_enum, default_value = "corekv")]
+    system: System,
+    /// corekv: client addresses (HOST:PORT of some nodes' shard 0); etcd: client URLs
+    /// (http://HOST:PORT). Comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
     /// a, b, c, d, e, f (YCSB core workloads) or put / get (micro-workloads).
@@ -112,31 +140,63 @@ pub fn run(args: &YcsbArgs) -> Result<()> {
         specs.push(args.shape.load()?);
     }
     specs.push(args.shape.run(&workload, args.target_ops_per_sec)?);
-    let results = run_phases(args.endpoints.clone(), specs)?;
+    let results = run_phases(args.system, args.endpoints.clone(), specs)?;
     let (run, load) = results.split_last().context("the run phase ran")?;
     if let Some(load) = load.first() {
         print!("{}", load.table("load"));
     }
     print!("{}", run.table("run"));
-    let dir = args.results.join(format!("ycsb-{}-{}", args.workload, unix_secs()));
-    write_run(&dir, "corekv", run)?;
+    let dir = args
+        .results
+        .join(format!("ycsb-{}-{}-{}", args.system.name(), args.workload, unix_secs()));
+    write_run(&dir, args.system, run)?;
     println!("results: {}", dir.display());
     Ok(())
 }
 
-/// Runs the phases one after the other against corekv, on a glommio executor of its own.
-pub fn run_phases(endpoints: Vec<String>, specs: Vec<PhaseSpec>) -> Result<Vec<PhaseResult>> {
-    corekv_tools::on_executor(move || async move {
-        let store = CorekvStore::connect(endpoints).await?;
-        Ok(drive_all(&store, &specs).await)
-    })
+/// Connects to `system` on an executor of its own (corekv: glommio; etcd: tokio, current
+/// thread), waits until it takes a write, then runs the phases one after the other.
+pub fn run_phases(system: System, endpoints: Vec<String>, specs: Vec<PhaseSpec>) -> Result<Vec<PhaseResult>> {
+    match system {
+        System::Corekv => corekv_tools::on_executor(move || async move {
+            let store = CorekvStore::connect(endpoints).await?;
+            ready(&store, system).await?;
+            Ok(drive_all(&store, &specs).await)
+        }),
+        System::Etcd => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .context("start a tokio runtime")?;
+            runtime.block_on(async {
+                let store = EtcdStore::connect(&endpoints).await?;
+                ready(&store, system).await?;
+                Ok(drive_all(&store, &specs).await)
+            })
+        }
+    }
+}
+
+/// Retries one write until it succeeds or READY_WAIT_MS have passed.
+async fn ready<S: Store>(store: &S, system: System) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(READY_WAIT_MS);
+    loop {
+        match store.put(READY_KEY, b"1").await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("{} took no write within {READY_WAIT_MS} ms", system.name())))
+            }
+            Err(_) => store.sleep(Duration::from_millis(READY_RETRY_MS)).await,
+        }
+    }
 }
 
 /// Writes a run phase's results folder: `summary.json` and one `.hgrm` file per operation
 /// type.
-pub fn write_run(dir: &Path, system: &str, run: &PhaseResult) -> Result<()> {
+pub fn write_run(dir: &Path, system: System, run: &PhaseResult) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    std::fs::write(dir.join("summary.json"), run.summary(system).to_string()).context("write summary.json")?;
+    std::fs::write(dir.join("summary.json"), run.summary(system.name()).to_string()).context("write summary.json")?;
     for (name, text) in run.hgrm_files() {
         std::fs::write(dir.join(&name), text).with_context(|| format!("write {name}"))?;
     }
