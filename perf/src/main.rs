@@ -5,6 +5,7 @@
 //! simulator), `ycsb` (YCSB workloads against a running corekv or etcd cluster).
 
 mod floor;
+mod plot;
 mod raft;
 mod report;
 mod storage;

@@ -1,7 +1,7 @@
 //! `corekv-bench ycsb`: YCSB core workloads against a running corekv or etcd cluster: a load
 //! phase (inserts), a run phase (the workload's mix), latency per operation type in
 //! HdrHistograms, a table and a results folder per run (`summary.json`, one `.hgrm`
-//! percentile file per operation type).
+//! percentile file per operation type, `latency.png` with their curves).
 //!
 //! Owns: the command line and choosing the system and its executor. Where to read next:
 //! `stream.rs` (the operation stream, a function of the seed), `phase.rs` (driving one phase
@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::plot::{self, Curve, Panel};
 use etcd::EtcdStore;
 use phase::{drive_all, PhaseResult, PhaseSpec};
 use store::{CorekvStore, Store};
@@ -192,15 +193,28 @@ async fn ready<S: Store>(store: &S, system: System) -> Result<()> {
     }
 }
 
-/// Writes a run phase's results folder: `summary.json` and one `.hgrm` file per operation
-/// type.
+/// Writes a run phase's results folder: `summary.json`, one `.hgrm` file per operation type
+/// and `latency.png` (their percentile curves).
 pub fn write_run(dir: &Path, system: System, run: &PhaseResult) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::write(dir.join("summary.json"), run.summary(system.name()).to_string()).context("write summary.json")?;
     for (name, text) in run.hgrm_files() {
         std::fs::write(dir.join(&name), text).with_context(|| format!("write {name}"))?;
     }
-    Ok(())
+    let panel = Panel {
+        title: format!("{} - workload {}", system.name(), run.workload),
+        curves: run
+            .ops
+            .iter()
+            .zip(plot::COLORS.iter().cycle())
+            .map(|(op, color)| Curve {
+                label: op.kind.name().to_string(),
+                color: *color,
+                latency_us: &op.latency_us,
+            })
+            .collect(),
+    };
+    plot::write_png(&dir.join("latency.png"), &[panel], 1)
 }
 
 /// Seconds since the Unix epoch, to name results folders (0 if the clock is before it).
