@@ -136,12 +136,12 @@ say "corekv at $corekv_endpoints, etcd at $etcd_urls"
 
 # --- measure: the same workloads on both, alternating -------------------------------------
 # Every run phase lasts 6 s on either system (the operation count is only a cap), so both are
-# measured over the same wall time; 6 run workloads x 2 systems x 2 repeats: about 3 minutes.
+# measured over the same wall time; 6 run workloads x 2 systems x 3 repeats: about 4 minutes.
 # In the background and waited for: bash runs a trap only once its foreground command ends,
 # but interrupts `wait` at once; the cleanup then stops the bench too.
 # shellcheck disable=SC2086 # COMPARE_ARGS is a list of flags
 "$bin/corekv-bench" compare --corekv "$corekv_endpoints" --etcd "$etcd_urls" \
   --floor-dir "$results" --results "$results" \
-  --record-count 10000 --operation-count 10000000 --duration-secs 6 --repeats 2 ${COMPARE_ARGS:-} &
+  --record-count 10000 --operation-count 10000000 --duration-secs 6 --repeats 3 ${COMPARE_ARGS:-} &
 pids+=($!)
 wait $!
