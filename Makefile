@@ -5,7 +5,7 @@
 CARGO := scripts/cargo.sh
 DATA_DIR ?= /tmp/corekv-playground
 
-.PHONY: run storage-demo test build lint chaos bench-storage bench-raft deps
+.PHONY: run storage-demo test build lint chaos bench-storage bench-raft bench-compare deps
 
 ## run: build, start a local 3-node x 2-shard cluster (corekv-playground), run a demo workload, stay up until Ctrl-C
 run:
@@ -44,6 +44,10 @@ bench-storage:
 ## bench-raft: the Multi-Raft core in the deterministic simulator (proposals/s, where time goes)
 bench-raft:
 	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- raft
+
+## bench-compare: YCSB on corekv and on a 3-member etcd side by side, alternating, with the fdatasync floor (a few minutes)
+bench-compare:
+	scripts/bench-compare.sh
 
 deps:
 	scripts/deps.sh

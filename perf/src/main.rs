@@ -2,9 +2,12 @@
 //!
 //! Owns: the command line. Each subcommand lives in its own module: `storage` (both engines
 //! against the disk's floor and RocksDB-as-raft-log), `raft` (the Multi-Raft core in the
-//! simulator), `ycsb` (YCSB workloads against a running cluster; etcd side by side next).
+//! simulator), `ycsb` (YCSB workloads against a running corekv or etcd cluster), `compare`
+//! (the same YCSB workloads on corekv and etcd side by side, with the fdatasync floor).
 
+mod compare;
 mod floor;
+mod plot;
 mod raft;
 mod report;
 mod storage;
@@ -28,8 +31,11 @@ enum Command {
     Storage(storage::StorageArgs),
     /// The Multi-Raft core in the simulator: proposals/s per shard, core vs log engine time.
     Raft(raft::RaftArgs),
-    /// YCSB workloads against a running cluster (e.g. the playground's endpoints).
+    /// YCSB workloads against a running corekv cluster (e.g. the playground's) or etcd.
     Ycsb(ycsb::YcsbArgs),
+    /// corekv vs etcd: the same workloads on both, alternating, with the fdatasync floor
+    /// (`make bench-compare` starts the servers).
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,5 +48,6 @@ fn run() -> anyhow::Result<()> {
         Command::Storage(args) => storage::run(&args),
         Command::Raft(args) => raft::run(&args),
         Command::Ycsb(args) => ycsb::run(&args),
+        Command::Compare(args) => compare::run(&args),
     }
 }

@@ -32,9 +32,34 @@ pub fn fnv_hash64(v: u64) -> u64 {
     (hash as i64).unsigned_abs()
 }
 
+/// Every YCSB key starts with this (YCSB's default `usertable` keys: `user` + a number).
+pub const KEY_PREFIX: &[u8] = b"user";
+
 /// The key of record `keynum` (YCSB `CoreWorkload.buildKeyName`, hashed insert order).
 pub fn key_name(keynum: u64) -> Vec<u8> {
-    format!("user{}", fnv_hash64(keynum)).into_bytes()
+    let mut key = KEY_PREFIX.to_vec();
+    key.extend_from_slice(fnv_hash64(keynum).to_string().as_bytes());
+    key
+}
+
+/// The smallest key above every key that starts with `prefix` (etcd's `GetPrefix`): the last
+/// byte below 0xff incremented, what follows it dropped. No such key exists for an all-0xff
+/// prefix; then `[0]`, which etcd reads as "no upper bound".
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    match prefix.iter().rposition(|b| *b < 0xff) {
+        Some(i) => {
+            let mut end = prefix[..=i].to_vec();
+            end[i] += 1;
+            end
+        }
+        None => vec![0],
+    }
+}
+
+/// The exclusive end of a YCSB scan: the end of the table, i.e. of the keys under
+/// `KEY_PREFIX` (YCSB scans within its table; every system gets the same bound).
+pub fn scan_end() -> Vec<u8> {
+    prefix_end(KEY_PREFIX)
 }
 
 fn zeta(from: u64, to: u64, theta: f64, initial: f64) -> f64 {
@@ -151,6 +176,23 @@ mod tests {
         assert_eq!(fnv_hash64(0), 6_284_781_860_667_377_211);
         assert_eq!(key_name(0), b"user6284781860667377211".to_vec());
         assert_ne!(key_name(1), key_name(2));
+    }
+
+    // Proves the scan bound: every key name (whatever its hash) sorts in [prefix, end), the
+    // end is the first key past the prefix, 0xff bytes carry, and an all-0xff prefix gets
+    // etcd's "no upper bound".
+    #[test]
+    fn scans_end_after_the_last_key_of_the_table() {
+        assert_eq!(scan_end(), b"uses".to_vec());
+        let end = scan_end();
+        assert!((0..10_000).chain([u64::MAX]).all(|n| {
+            let k = key_name(n);
+            KEY_PREFIX <= k.as_slice() && k < end
+        }));
+        assert!(b"user\xff\xff".as_slice() < end.as_slice() && b"uses".as_slice() >= end.as_slice());
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
     }
 
     // Proves the zipfian skew: item 0 is the most frequent, frequencies fall with rank as

@@ -1,5 +1,5 @@
 //! The YCSB core workloads A-F as upstream defines them (`workloads/workloada`..`f`), and the
-//! plain put/get micro-workloads.
+//! plain put/get micro-workloads, and the load phase (inserts only).
 
 use anyhow::{bail, Result};
 
@@ -52,7 +52,8 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// `a`..`f` (YCSB core workloads), `put` or `get` (micro-workloads, uniform keys).
+    /// `a`..`f` (YCSB core workloads), `put` or `get` (micro-workloads, uniform keys), `load`
+    /// (the load phase: inserts of the next records).
     pub fn named(name: &str) -> Result<Workload> {
         let (mix, distribution) = match name {
             "a" => ([0.5, 0.5, 0.0, 0.0, 0.0], Distribution::Zipfian),
@@ -63,7 +64,8 @@ impl Workload {
             "f" => ([0.5, 0.0, 0.0, 0.0, 0.5], Distribution::Zipfian),
             "put" => ([0.0, 1.0, 0.0, 0.0, 0.0], Distribution::Uniform),
             "get" => ([1.0, 0.0, 0.0, 0.0, 0.0], Distribution::Uniform),
-            other => bail!("unknown workload `{other}` (a, b, c, d, e, f, put, get)"),
+            "load" => ([0.0, 0.0, 1.0, 0.0, 0.0], Distribution::Uniform),
+            other => bail!("unknown workload `{other}` (a, b, c, d, e, f, put, get, load)"),
         };
         debug_assert!((mix.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         Ok(Workload {
@@ -108,6 +110,7 @@ mod tests {
         assert_eq!(Workload::named("d").unwrap().distribution, Distribution::Latest);
         assert_eq!(Workload::named("f").unwrap().pick(0.99), OpKind::ReadModifyWrite);
         assert_eq!(Workload::named("c").unwrap().pick(0.999_999), OpKind::Read);
+        assert_eq!(Workload::named("load").unwrap().pick(0.0), OpKind::Insert);
         assert!(Workload::named("z").is_err());
     }
 }
