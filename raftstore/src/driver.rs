@@ -37,7 +37,7 @@ pub const NO_SPACE_RETRY_MS: u64 = 200;
 /// polls every 5 s), except after failures it never recovers from without a reopen (a
 /// memtable switch that could not create its WAL, say). Refused this long after the disk had
 /// room, the shard stops instead of waiting forever: a restart recovers from both engines.
-pub const NO_SPACE_STUCK_MS: u64 = 30_000;
+pub const NO_SPACE_STUCK_MS: u64 = 15_000;
 /// Free bytes from which the KV engine's disk counts as having room again.
 const DISK_ROOM_BYTES_MIN: u64 = 64 << 20;
 
@@ -127,7 +127,7 @@ impl<D: Disk> Engines<D> {
         // A received snapshot is staged durably, then the log records it (in `log_batch`),
         // then the KV engine installs it: a crash anywhere in between is finished on restart.
         for (region, snap) in &rd.install_snapshots {
-            until_space(&mut stats, "staging a snapshot", || async {
+            until_space(&self.kv, &mut stats, "staging a snapshot", || async {
                 apply::stage_snapshot(&self.snap_dir, region.id, &snap.data)
             })
             .await?;
@@ -151,7 +151,7 @@ impl<D: Disk> Engines<D> {
         // Durable from here on: the batch's entries and hard states survive a crash.
         for (region, snap) in &rd.install_snapshots {
             let index = snap.get_metadata().index;
-            until_space(&mut stats, "installing a snapshot", || {
+            until_space(&self.kv, &mut stats, "installing a snapshot", || {
                 let (target, data, dir) = (region.clone(), snap.data.clone(), self.snap_dir.clone());
                 self.kv
                     .offload(move |kv| apply::install_snapshot(kv, &target, index, &data, &dir))
@@ -202,15 +202,7 @@ impl<D: Disk> Engines<D> {
                 match failure {
                     None => debug_assert!(entries.is_empty()),
                     Some(e @ Error::NoSpace(_)) => {
-                        let room = self.kv.available_bytes().is_ok_and(|b| b >= DISK_ROOM_BYTES_MIN);
-                        let since = roomy_since.filter(|_| room).unwrap_or_else(Instant::now);
-                        roomy_since = room.then_some(since);
-                        if since.elapsed() > Duration::from_millis(NO_SPACE_STUCK_MS) {
-                            return Err(Error::Storage(format!(
-                                "the KV engine still refuses writes ({e}) {NO_SPACE_STUCK_MS} ms after its disk had room again; restart the node to recover"
-                            )));
-                        }
-                        wait_for_space(stats, "applying", &e).await
+                        wait_for_space(&self.kv, stats, "applying", &e, &mut roomy_since).await?
                     }
                     Some(e) => return Err(e),
                 }
@@ -222,7 +214,7 @@ impl<D: Disk> Engines<D> {
     /// Appends `batch`, waiting out a full disk (the batch is kept and retried as it is:
     /// raft's view already includes it). Any other failure is fatal for the shard.
     async fn append(&self, batch: &LogBatch, stats: &mut LoopStats) -> Result<()> {
-        until_space(stats, "appending to the raft log", || self.log.append(batch)).await?;
+        until_space(&self.kv, stats, "appending to the raft log", || self.log.append(batch)).await?;
         stats.log_appends += 1;
         Ok(())
     }
@@ -280,24 +272,42 @@ impl<D: Disk> Engines<D> {
 
 /// Runs `op` until it does not fail for lack of space, waiting between tries. Only for work
 /// that writes nothing when it fails that way, so that trying again is safe.
-async fn until_space<T, E, F, Fut>(stats: &mut LoopStats, what: &'static str, mut op: F) -> Result<T>
+async fn until_space<T, E, F, Fut>(kv: &KvEngine, stats: &mut LoopStats, what: &'static str, mut op: F) -> Result<T>
 where
     E: Into<Error>,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, E>>,
 {
+    let mut roomy_since = None;
     loop {
         match op().await.map_err(Into::into) {
-            Err(e @ Error::NoSpace(_)) => wait_for_space(stats, what, &e).await,
+            Err(e @ Error::NoSpace(_)) => wait_for_space(kv, stats, what, &e, &mut roomy_since).await?,
             other => return other,
         }
     }
 }
 
-async fn wait_for_space(stats: &mut LoopStats, what: &'static str, e: &Error) {
+/// Waits before `what` is tried again after `e` (a full disk). `Err` once the disk has had
+/// room for `NO_SPACE_STUCK_MS` (tracked in `roomy_since`) and the work is still refused.
+async fn wait_for_space(
+    kv: &KvEngine,
+    stats: &mut LoopStats,
+    what: &'static str,
+    e: &Error,
+    roomy_since: &mut Option<Instant>,
+) -> Result<()> {
+    let room = kv.available_bytes().is_ok_and(|b| b >= DISK_ROOM_BYTES_MIN);
+    let since = roomy_since.filter(|_| room).unwrap_or_else(Instant::now);
+    *roomy_since = room.then_some(since);
+    if since.elapsed() > Duration::from_millis(NO_SPACE_STUCK_MS) {
+        return Err(Error::Storage(format!(
+            "{what} is still refused ({e}) {NO_SPACE_STUCK_MS} ms after the disk had room again; restart the node to recover"
+        )));
+    }
     if stats.no_space_waits == 0 {
         tracing::warn!(error = %e, "{what} refused: disk full; retrying until space is freed");
     }
     stats.no_space_waits += 1;
     glommio::timer::sleep(Duration::from_millis(NO_SPACE_RETRY_MS)).await;
+    Ok(())
 }

@@ -36,8 +36,9 @@ const BASE_PORT: u16 = 20160;
 /// purge_segments_threshold + recycle_segments_max + 2 of 16 MiB each) and RocksDB.
 const DISK_BYTES: u64 = 512 << 20;
 const LEADERS_WAIT: Duration = Duration::from_secs(60);
-/// How long every replica may take to apply what it knows committed once the faults healed.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// How long every replica may take to apply what it knows committed once the faults healed
+/// (long enough for a stuck KV engine's fail-stop and restart).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 /// Settings every node runs with: small log segments (so a full disk bites soon) and frequent
 /// log GC (so a node that was down catches up by snapshot, not only by log).
 const NODE_CONFIG: &str = "\
@@ -82,7 +83,7 @@ pub struct Summary {
     pub linearizable: CheckResult,
     pub lost: Vec<history::LostWrite>,
     /// Nodes that exited on their own (not by the nemesis), each with the tail of its log.
-    pub crashes: Vec<String>,
+    pub exits: Exits,
     pub serving: u64,
     /// Times a replica became leader (from the node logs), the initial elections included.
     pub elections: u64,
@@ -92,7 +93,7 @@ impl Summary {
     pub fn passed(&self) -> bool {
         self.linearizable == CheckResult::Linearizable
             && self.lost.is_empty()
-            && self.crashes.is_empty()
+            && self.exits.crashes.is_empty()
             && self.serving == NODES
     }
 
@@ -109,14 +110,15 @@ impl Summary {
             other => format!("NO ({other:?})"),
         };
         format!(
-            "chaos: seed {}, {} faults injected ({}), {} operations ({} unknown), linearizable: {verdict}, lost writes: {}, node crashes: {}, leader elections: {}, nodes serving: {}/{NODES}: {}",
+            "chaos: seed {}, {} faults injected ({}), {} operations ({} unknown), linearizable: {verdict}, lost writes: {}, node crashes: {}, fail-stops after a full disk: {}, leader elections: {}, nodes serving: {}/{NODES}: {}",
             self.seed,
             self.faults_injected(),
             faults.join(", "),
             self.ops,
             self.unknown,
             self.lost.len(),
-            self.crashes.len(),
+            self.exits.crashes.len(),
+            self.exits.fail_stops.len(),
             self.elections,
             self.serving,
             if self.passed() { "PASS" } else { "FAIL" }
@@ -132,7 +134,8 @@ impl Summary {
             "unknown_outcomes": self.unknown,
             "linearizable": format!("{:?}", self.linearizable),
             "lost_writes": self.lost.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "node_crashes": self.crashes,
+            "node_crashes": self.exits.crashes,
+            "fail_stops": self.exits.fail_stops,
             "nodes_serving": self.serving,
             "leader_elections": self.elections,
             "passed": self.passed(),
@@ -225,11 +228,10 @@ fn drive(args: &ChaosArgs, seed: u64, dir: &Path, nemesis: &mut Nemesis<'_>) -> 
     let joined = workload
         .join()
         .map_err(|_| anyhow::anyhow!("the workload thread panicked"))?;
-    let (faults, mut crashes) = injected?;
+    let (faults, mut exits) = injected?;
     healed?;
     let (finals, counts) = joined?;
-    crashes.extend(reap_crashed(nemesis.cluster)?);
-    let serving = serving_nodes(nemesis.cluster)?;
+    let serving = serving_nodes(nemesis.cluster, &mut exits)?;
     let records = history::load(&history_path)?;
     history::validate(&records)?;
     println!("checking {} operations for linearizability...", records.len());
@@ -241,7 +243,7 @@ fn drive(args: &ChaosArgs, seed: u64, dir: &Path, nemesis: &mut Nemesis<'_>) -> 
         unknown: counts.unknown,
         linearizable: history::check(&records)?,
         lost: history::lost_writes(&records, &finals),
-        crashes,
+        exits,
         serving,
         elections: elections(nemesis.cluster.spec()),
     })
@@ -259,11 +261,11 @@ fn inject_faults(
     endpoints: &[String],
     nemesis: &mut Nemesis<'_>,
     workload: &Joined,
-) -> Result<(BTreeMap<&'static str, u64>, Vec<String>)> {
+) -> Result<(BTreeMap<&'static str, u64>, Exits)> {
     let mut log = std::fs::File::create(dir.join("nemesis.jsonl"))?;
     let mut schedule = Schedule::new(seed, NODES);
     let mut faults: BTreeMap<&'static str, u64> = Fault::NAMES.iter().map(|n| (*n, 0)).collect();
-    let mut crashes = Vec::new();
+    let mut exits = Exits::default();
     let deadline = epoch + Duration::from_secs(args.duration_secs);
     while Instant::now() < deadline && !workload.is_finished() {
         let step = schedule.next(leading_node(endpoints));
@@ -284,10 +286,10 @@ fn inject_faults(
             step.fault,
             step.hold.as_millis()
         );
-        crashes.extend(reap_crashed(nemesis.cluster)?);
+        exits.reap(nemesis.cluster)?;
         std::thread::sleep(step.gap);
     }
-    Ok((faults, crashes))
+    Ok((faults, exits))
 }
 
 /// The node leading most regions, as a short-lived client sees it (None: cannot tell now).
@@ -309,16 +311,35 @@ fn leading_node(endpoints: &[String]) -> Option<u64> {
     .flatten()
 }
 
-/// Nodes that exited on their own since the last look: restarted, and reported.
-fn reap_crashed(cluster: &mut LocalCluster) -> Result<Vec<String>> {
-    let mut crashes = Vec::new();
-    for (k, status) in cluster.reap_exited()? {
-        let tail = crate::cluster::log_tail(&cluster.spec().log(k), 6);
-        println!("  node {k} exited on its own ({status}); restarting it\n{tail}");
-        crashes.push(format!("node {k} exited ({status}); {tail}"));
-        cluster.restart(k)?;
+/// What a node's log ends with when it stopped on purpose: its KV engine did not resume after
+/// a full disk (`raftstore::driver::NO_SPACE_STUCK_MS`), and a restart recovers it.
+const FAIL_STOP_MARK: &str = "restart the node to recover";
+
+/// Nodes that exited on their own (each restarted, as a supervisor would), with their logs'
+/// last lines: a fail-stop after a full disk is the designed way out; anything else a crash.
+#[derive(Debug, Default)]
+pub struct Exits {
+    pub crashes: Vec<String>,
+    pub fail_stops: Vec<String>,
+}
+
+impl Exits {
+    /// Restarts and records every node that exited since the last look.
+    fn reap(&mut self, cluster: &mut LocalCluster) -> Result<()> {
+        for (k, status) in cluster.reap_exited()? {
+            let tail = crate::cluster::log_tail(&cluster.spec().log(k), 6);
+            let what = format!("node {k} exited ({status}); {tail}");
+            println!("  node {k} exited on its own ({status}); restarting it");
+            if tail.contains(FAIL_STOP_MARK) {
+                self.fail_stops.push(what);
+            } else {
+                println!("{tail}");
+                self.crashes.push(what);
+            }
+            cluster.restart(k)?;
+        }
+        Ok(())
     }
-    Ok(crashes)
 }
 
 /// Leader elections won, as the nodes logged them: evidence that the faults bit.
@@ -331,17 +352,16 @@ fn elections(spec: &ClusterSpec) -> u64 {
 
 /// How many nodes serve: each answers a client that knows only it, and every shard of it has
 /// applied everything it knows committed (after the final writes, a stuck replica would lag).
-fn serving_nodes(cluster: &mut LocalCluster) -> Result<u64> {
+/// A node that stops (and is restarted) meanwhile gets the rest of the wait.
+fn serving_nodes(cluster: &mut LocalCluster, exits: &mut Exits) -> Result<u64> {
+    exits.reap(cluster)?;
     cluster.wait_for_leaders(LEADERS_WAIT)?;
     let spec = cluster.spec().clone();
     let mut serving = 0;
     for k in 1..=spec.nodes {
-        let endpoint = spec.endpoint(k);
-        let answered = crate::on_executor(move || async move {
-            Ok(Client::connect(workload::client_config(vec![endpoint])).await.is_ok())
-        })?;
         let deadline = Instant::now() + CATCH_UP_WAIT;
         let caught_up = loop {
+            exits.reap(cluster)?;
             match apply_lag(&spec.status_addr(k)) {
                 Ok(0) => break true,
                 lag if Instant::now() > deadline => {
@@ -351,6 +371,10 @@ fn serving_nodes(cluster: &mut LocalCluster) -> Result<u64> {
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
         };
+        let endpoint = spec.endpoint(k);
+        let answered = crate::on_executor(move || async move {
+            Ok(Client::connect(workload::client_config(vec![endpoint])).await.is_ok())
+        })?;
         serving += u64::from(answered && caught_up);
     }
     Ok(serving)
