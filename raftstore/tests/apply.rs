@@ -4,6 +4,7 @@
 use corekv_raftstore::apply;
 use corekv_raftstore::{Command, Epoch, Outcome, PeerMeta, Region};
 use corekv_storage::kv::{KvConfig, KvEngine, SharedBlockCache};
+use corekv_storage::tmpfs::{self, Tmpfs};
 use raft::eraftpb::Entry;
 
 fn region() -> Region {
@@ -190,25 +191,13 @@ fn staged_snapshot_is_finished_on_restart() {
 // decided twice).
 #[test]
 fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !tmpfs::can_mount() {
         eprintln!("apply on a full disk: needs root to mount a tmpfs");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().to_path_buf();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "corekv-apply-enospc"])
-        .arg(&mnt)
-        .status()
-        .expect("run mount");
-    assert!(mounted.success());
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let disk = Tmpfs::mount(dir.path(), 24 << 20).unwrap();
+    let mnt = disk.path().to_path_buf();
     // Small memtables: flushes (which need new space) come often.
     let config = KvConfig {
         write_buffer_bytes: 2 << 20,
@@ -237,16 +226,8 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
     let (_, expected) = apply::apply(&whole, &r, &entries).unwrap();
 
     let kv = KvEngine::open(&mnt.join("kv"), &config, &cache).unwrap();
-    // Ballast takes all the space but 2 MiB.
-    let ballast = mnt.join("ballast");
-    std::fs::create_dir(&ballast).unwrap();
-    let mut chunks = 0;
-    while std::fs::write(ballast.join(chunks.to_string()), vec![1u8; 1 << 20]).is_ok() {
-        chunks += 1;
-    }
-    for chunk in [chunks, chunks - 1, chunks - 2] {
-        let _ = std::fs::remove_file(ballast.join(chunk.to_string()));
-    }
+    // The disk is full but for 2 MiB.
+    disk.fill(2 << 20).unwrap();
     let failure = apply::apply(&kv, &r, &entries).expect_err("the disk fills up");
     assert!(
         matches!(failure.error, corekv_raftstore::Error::NoSpace(_)),
@@ -259,7 +240,7 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
     assert_eq!(failure.applied, entries[done - 1].index);
     assert_eq!(apply::applied_index(&kv, r.id).unwrap(), failure.applied);
     let mut outcomes = failure.results;
-    std::fs::remove_dir_all(&ballast).unwrap();
+    disk.free().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut rest = &entries[done..];
     loop {

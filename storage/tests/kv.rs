@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use corekv_storage::kv::{Cf, Direction, KeyRange, KvConfig, KvEngine, KvRead, KvSnapshot, SharedBlockCache};
+use corekv_storage::tmpfs::{self, Tmpfs};
 use corekv_storage::Error;
 use futures_lite::FutureExt;
 use proptest::prelude::*;
@@ -760,26 +761,13 @@ proptest! {
 // writes again by itself once space is freed, with every acknowledged write still there.
 #[test]
 fn real_enospc_on_tmpfs_is_no_space_and_writes_resume_once_space_is_freed() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !tmpfs::can_mount() {
         eprintln!("real_enospc_on_tmpfs: needs root to mount a tmpfs");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().to_path_buf();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "corekv-kv-enospc"])
-        .arg(&mnt)
-        .status()
-        .expect("run mount");
-    assert!(mounted.success(), "mount tmpfs at {}", mnt.display());
-    /// Unmounts even when an assertion fails.
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let disk = Tmpfs::mount(dir.path(), 24 << 20).unwrap();
+    let mnt = disk.path().to_path_buf();
     let engine = open(&mnt.join("kv"));
     // Ballast takes most of the disk; freeing it later gives the engine room again.
     std::fs::write(mnt.join("ballast"), vec![1u8; 16 * MIB]).unwrap();

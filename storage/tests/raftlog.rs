@@ -463,26 +463,13 @@ fn io_errors_poison_and_reopen_recovers() {
 // Proves real ENOSPC from a size-limited tmpfs is typed, and acknowledged data survives it.
 #[test]
 fn real_enospc_on_tmpfs() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !corekv_storage::tmpfs::can_mount() {
         eprintln!("real_enospc_on_tmpfs: needs root to mount a tmpfs; the MemDisk fault tests cover the logic");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().to_path_buf();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=320k", "corekv-enospc"])
-        .arg(&mnt)
-        .status()
-        .expect("run mount");
-    assert!(status.success(), "mount tmpfs at {}", mnt.display());
-    /// Unmounts even when an assertion fails.
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let disk = corekv_storage::tmpfs::Tmpfs::mount(dir.path(), 320 << 10).unwrap();
+    let mnt = disk.path().to_path_buf();
     // Ballast we free later to give the log room again.
     std::fs::write(mnt.join("ballast"), vec![1u8; 128 << 10]).unwrap();
     let path = mnt.clone();

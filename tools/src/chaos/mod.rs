@@ -26,8 +26,9 @@ use corekv_netio::Client;
 use corekv_raftstore::linearizability::CheckResult;
 
 use crate::cluster::{ClusterSpec, LocalCluster};
+use corekv_storage::tmpfs::Tmpfs;
 use nemesis::{Fault, Nemesis, Schedule};
-use netns::{Firewall, NetNs, Tmpfs};
+use netns::{Firewall, NetNs};
 
 const NODES: u64 = 3;
 const SHARDS: u32 = 2;
@@ -184,7 +185,7 @@ pub fn run(args: &ChaosArgs) -> Result<Summary> {
     };
     let disks = (1..=NODES)
         .map(|k| Tmpfs::mount(&spec.node_dir(k), DISK_BYTES))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<corekv_storage::Result<Vec<_>>>()?;
     let mut cluster = LocalCluster::start(spec.clone())?;
     cluster.wait_for_leaders(LEADERS_WAIT)?;
     let mut nemesis = Nemesis {
@@ -360,22 +361,31 @@ fn serving_nodes(cluster: &mut LocalCluster, exits: &mut Exits) -> Result<u64> {
     let mut serving = 0;
     for k in 1..=spec.nodes {
         let deadline = Instant::now() + CATCH_UP_WAIT;
-        let caught_up = loop {
+        // Twice in a row, so that a node restarted a moment ago has had time to learn what
+        // its peers committed.
+        let mut good_polls = 0;
+        let serves = loop {
             exits.reap(cluster)?;
-            match apply_lag(&spec.status_addr(k)) {
-                Ok(0) => break true,
-                lag if Instant::now() > deadline => {
-                    println!("  node {k} has not applied all it knows committed: {lag:?}");
-                    break false;
-                }
-                _ => std::thread::sleep(Duration::from_millis(200)),
+            let endpoint = spec.endpoint(k);
+            let answered = crate::on_executor(move || async move {
+                Ok(Client::connect(workload::client_config(vec![endpoint])).await.is_ok())
+            })?;
+            let lag = apply_lag(&spec.status_addr(k));
+            good_polls = if answered && matches!(lag, Ok(0)) {
+                good_polls + 1
+            } else {
+                0
+            };
+            if good_polls == 2 {
+                break true;
             }
+            if Instant::now() > deadline {
+                println!("  node {k} is not serving: answers a client: {answered}, apply lag: {lag:?}");
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(500));
         };
-        let endpoint = spec.endpoint(k);
-        let answered = crate::on_executor(move || async move {
-            Ok(Client::connect(workload::client_config(vec![endpoint])).await.is_ok())
-        })?;
-        serving += u64::from(answered && caught_up);
+        serving += u64::from(serves);
     }
     Ok(serving)
 }

@@ -15,7 +15,9 @@ use anyhow::Result;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::netns::{Firewall, Rule, Tmpfs};
+use corekv_storage::tmpfs::Tmpfs;
+
+use super::netns::{Firewall, Rule};
 use crate::cluster::LocalCluster;
 
 /// How long a fault lasts, and the quiet time after it heals.
@@ -165,7 +167,7 @@ impl Nemesis<'_> {
                 self.firewall.set(&rules(fault, nodes))?
             }
             Fault::DiskFull { node } => {
-                self.disks[(node - 1) as usize].fill()?;
+                self.disks[(node - 1) as usize].fill(0)?;
             }
         }
         Ok(())

@@ -1,24 +1,21 @@
-//! The chaos run's private world: a network namespace the harness creates and enters, the
-//! nftables table that cuts and thins traffic inside it, and the size-limited tmpfs each
-//! node's data lives on (so a disk can be filled without touching the host's).
+//! The chaos run's private network: a network namespace the harness creates and enters, and
+//! the nftables table that cuts and thins traffic inside it. (Each node's disk is a
+//! `corekv_storage::tmpfs::Tmpfs`, so it can be filled without touching the host's.)
 //!
-//! Owns: creating and removing those three things, and nothing else. Must not: touch the
+//! Owns: creating and removing those two things, and nothing else. Must not: touch the
 //! host's network namespace (every rule lives in the private one: the table is created only
 //! after the harness entered it), or leave anything behind on a clean exit (each is removed
 //! on drop).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
 const NETNS_PREFIX: &str = "corekv-chaos-";
 const NFT_TABLE: &str = "corekv_chaos";
-/// Bytes written per step while filling a disk.
-const FILL_CHUNK_BYTES: usize = 1 << 20;
-const FILL_FILE: &str = "chaos-fill";
 
 /// Runs `program args`, failing with its stderr.
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
@@ -164,60 +161,6 @@ fn ruleset(rules: &[Rule]) -> String {
         script += &format!("add rule inet {NFT_TABLE} out {line}\n");
     }
     script
-}
-
-/// A size-limited tmpfs mounted on a node's data dir; unmounted on drop.
-pub struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    pub fn mount(path: &Path, bytes: u64) -> Result<Tmpfs> {
-        std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
-        let target = path.to_str().context("a data dir path that is not UTF-8")?;
-        run(
-            "mount",
-            &["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs", target],
-            None,
-        )?;
-        Ok(Tmpfs {
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Fills the file system until a write fails with ENOSPC; returns the bytes written.
-    pub fn fill(&self) -> Result<u64> {
-        let path = self.path.join(FILL_FILE);
-        let mut file = std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
-        let chunk = vec![0xa5u8; FILL_CHUNK_BYTES];
-        let mut written = 0u64;
-        loop {
-            match file.write(&chunk) {
-                Ok(0) => break,
-                Ok(n) => written += n as u64,
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => return Err(e).with_context(|| format!("fill {}", path.display())),
-            }
-        }
-        Ok(written)
-    }
-
-    /// Frees what `fill` took.
-    pub fn free(&self) -> Result<()> {
-        match std::fs::remove_file(self.path.join(FILL_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("free the filled disk"),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let target = self.path.to_string_lossy().to_string();
-        if let Err(e) = run("umount", &["-l", &target], None) {
-            tracing::warn!(error = %e, "could not unmount {target}");
-        }
-    }
 }
 
 #[cfg(test)]
