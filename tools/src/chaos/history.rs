@@ -13,7 +13,7 @@
 //! value (null: delete), `found` whether it swapped. scan: `key`..`end` (`end` null: unbounded)
 //! and the `rows` it returned.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
@@ -207,11 +207,6 @@ impl std::fmt::Display for LostWrite {
             ),
         }
     }
-}
-
-/// Every key the history wrote (the set the final read covers).
-pub fn written_keys(records: &[Record]) -> BTreeSet<String> {
-    records.iter().filter(|r| r.is_write()).map(|r| r.key.clone()).collect()
 }
 
 /// Fails unless `records` are ordered call-before-return (the recorder's own invariant).

@@ -73,10 +73,6 @@ impl NetNs {
         }
         Ok(ns)
     }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl Drop for NetNs {
@@ -119,9 +115,8 @@ pub enum Rule {
 }
 
 /// One nftables table in the chaos namespace; its output chain holds the current rules.
-pub struct Firewall {
-    _inside: (),
-}
+/// Made only by `install` (the private field), inside the namespace.
+pub struct Firewall(());
 
 impl Firewall {
     /// Creates the table. `_ns` proves the caller is inside the private namespace.
@@ -130,7 +125,7 @@ impl Firewall {
             "table inet {NFT_TABLE} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n  }}\n}}\n"
         );
         run("nft", &["-f", "-"], Some(&script))?;
-        Ok(Firewall { _inside: () })
+        Ok(Firewall(()))
     }
 
     /// Replaces every rule with `rules` (empty: traffic flows freely).
