@@ -334,10 +334,11 @@ impl Shard {
         for &id in &ids {
             let leader = core.leader_of(id);
             let term = core.term(id).unwrap_or(0);
-            leaders += i64::from(core.is_leader(id));
+            let leads = core.is_leader(id);
+            leaders += i64::from(leads);
             let now = (leader.map(|l| l.id), term);
             if published.get(&id) != Some(&now) {
-                if core.is_leader(id) {
+                if leads {
                     tracing::info!(region = id, term, "became leader");
                 }
                 published.insert(id, now);

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use corekv_raftstore::linearizability::{self, CheckResult, Op, OpKind, Scan};
 use serde::{Deserialize, Serialize};
 
@@ -207,16 +207,6 @@ impl std::fmt::Display for LostWrite {
             ),
         }
     }
-}
-
-/// Fails unless `records` are ordered call-before-return (the recorder's own invariant).
-pub fn validate(records: &[Record]) -> Result<()> {
-    for (i, r) in records.iter().enumerate() {
-        if r.returned().is_some_and(|ret| ret < r.call_ns) {
-            bail!("record {i} returns before it is called: {r:?}");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -51,13 +51,6 @@ pub fn client_config(endpoints: Vec<String>) -> ClientConfig {
 pub struct Recorder {
     out: RefCell<std::io::BufWriter<std::fs::File>>,
     epoch: Instant,
-    count: RefCell<Counts>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Counts {
-    pub ops: u64,
-    pub unknown: u64,
 }
 
 impl Recorder {
@@ -67,7 +60,6 @@ impl Recorder {
         Ok(Recorder {
             out: RefCell::new(std::io::BufWriter::new(file)),
             epoch,
-            count: RefCell::new(Counts::default()),
         })
     }
 
@@ -77,17 +69,10 @@ impl Recorder {
 
     pub fn record(&self, r: &Record) -> Result<()> {
         debug_assert!(r.return_ns == UNKNOWN || r.return_ns >= r.call_ns);
-        let mut count = self.count.borrow_mut();
-        count.ops += 1;
-        count.unknown += u64::from(r.return_ns == UNKNOWN);
         let mut out = self.out.borrow_mut();
         serde_json::to_writer(&mut *out, r)?;
         out.write_all(b"\n")?;
         Ok(())
-    }
-
-    pub fn counts(&self) -> Counts {
-        *self.count.borrow()
     }
 
     pub fn flush(&self) -> Result<()> {
