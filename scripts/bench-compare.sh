@@ -47,8 +47,8 @@ free_block() {
   done
   die "no $count free consecutive loopback ports found"
 }
-# corekv: node k on base + 10*(k-1) + shard, metrics on + 9: 30 ports.
-corekv_base=$(free_block 22160 100 30)
+# corekv: node k takes base + 100*(k-1): clients +0.., peers +40.., metrics +80: 300 ports.
+corekv_base=$(free_block 22160 1000 300)
 # etcd: member k has client port base + 2*(k-1), peer port + 1: 6 ports.
 etcd_base=$(free_block 23790 100 6)
 
@@ -117,7 +117,7 @@ until grep -q '^endpoints: ' "$results/playground.out"; do
   if ! kill -0 "$playground" 2>/dev/null; then
     tail -n 5 "$results/playground.out" >&2
     grep -hs -m1 -i "in use" "$results"/corekv/node-*.log >&2 || true
-    die "corekv-playground exited before its cluster was up (a bind failure names its port above; ports $corekv_base-$((corekv_base + 29)); see $results/playground.out and $results/corekv/node-*.log)"
+    die "corekv-playground exited before its cluster was up (a bind failure names its port above; ports $corekv_base-$((corekv_base + 299)); see $results/playground.out and $results/corekv/node-*.log)"
   fi
   check_etcd
   [ $SECONDS -lt $deadline ] || die "corekv did not come up within ${up_wait_secs}s; see $results/playground.out"

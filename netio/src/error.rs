@@ -50,17 +50,23 @@ impl FrameError {
 pub enum Error {
     #[error("malformed frame: {0}")]
     Frame(#[from] FrameError),
-    #[error("{addr}: {source}")]
-    Io { addr: String, source: std::io::Error },
+    #[error("{addr}: {error}")]
+    Io { addr: String, error: std::io::Error },
     /// The server answered with an error it will keep giving (retrying does not help).
     #[error("server error {code}: {error}", code = .0.code(), error = .0)]
     Server(WireError),
-    /// No answer before the request's deadline; a write may or may not have taken effect.
-    #[error("no answer within {ms} ms (a write's outcome is unknown)")]
-    Timeout { ms: u64 },
-    /// A write was sent and the connection broke before its answer: it may have taken effect.
-    #[error("connection lost with a write in flight: its outcome is unknown")]
-    Undetermined,
+    /// The operation's deadline passed without an answer that settles it. Nothing was applied:
+    /// a read, or a write no server accepted (a write that may have been is `Undetermined`).
+    /// `last` says what the last attempt ran into.
+    #[error("no answer within {ms} ms (last attempt: {last}); nothing was applied")]
+    Timeout { ms: u64, last: String },
+    /// A write reached a server and its answer never came (the deadline passed, the connection
+    /// broke, or the server could not tell): it may or may not have been applied.
+    #[error("the write may or may not have been applied: {reason}")]
+    Undetermined { reason: String },
+    /// An endpoint answers for another cluster than the one this client talks to.
+    #[error("{addr} belongs to cluster {found:#x}, not to cluster {expected:#x} (check --endpoints)")]
+    WrongCluster { addr: String, expected: u64, found: u64 },
     /// The cluster could not be reached or gave no usable routing.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
@@ -69,10 +75,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(addr: impl ToString, source: std::io::Error) -> Error {
+    pub fn io(addr: impl ToString, error: std::io::Error) -> Error {
         Error::Io {
             addr: addr.to_string(),
-            source,
+            error,
         }
     }
 
@@ -83,9 +89,10 @@ impl Error {
             Error::Server(w) => w.code(),
             Error::Io { .. } => 309,
             Error::Timeout { .. } => 310,
-            Error::Undetermined => 311,
+            Error::Undetermined { .. } => 311,
             Error::Unavailable(_) => 312,
             Error::InvalidArgument(_) => 313,
+            Error::WrongCluster { .. } => 314,
         }
     }
 }

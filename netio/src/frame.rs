@@ -49,6 +49,8 @@ pub enum FrameKind {
     SnapshotAck = 5,
     /// Either way, just before the sender closes the connection: `msg::WireError`.
     Error = 6,
+    /// Shard -> shard, first frame each way on a peer connection: `msg::PeerHello`.
+    PeerHello = 7,
 }
 
 impl FrameKind {
@@ -60,6 +62,7 @@ impl FrameKind {
             4 => FrameKind::SnapshotChunk,
             5 => FrameKind::SnapshotAck,
             6 => FrameKind::Error,
+            7 => FrameKind::PeerHello,
             _ => return None,
         })
     }

@@ -36,6 +36,19 @@ pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, timeout: Duration
     Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
+/// `host:port` as a socket address: an IP literal as it is, a host name through the system's
+/// resolver (on the executor's blocking pool: `getaddrinfo` blocks), first address found.
+pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    if let Ok(parsed) = addr.parse() {
+        return Ok(parsed);
+    }
+    let owned = addr.to_string();
+    let found = glommio::executor()
+        .spawn_blocking(move || std::net::ToSocketAddrs::to_socket_addrs(owned.as_str()).map(|mut a| a.next()))
+        .await?;
+    found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address")))
+}
+
 /// A frame whose header and checksum were checked; its archive is validated by the reader
 /// that knows its type (`frame::access`).
 pub struct Frame {

@@ -8,6 +8,7 @@
 //! - `io`: frames over any async byte stream (glommio's io_uring TCP in practice).
 //! - `client`: the shard-aware client library: region and leader caches, routing straight to
 //!   the owning core, retries with backoff, deadlines.
+//! - `tls`: mutual TLS (rustls over the io_uring stream) and the allowed-CN rule.
 //! - `error`: [`FrameError`] (what is wrong with bytes received) and [`Error`].
 //!
 //! Must not: depend on `storage` or `raftstore` (it sits at the bottom with `storage`), or
@@ -18,6 +19,7 @@ pub mod error;
 pub mod frame;
 pub mod io;
 pub mod msg;
+pub mod tls;
 
 pub use client::{Client, ClientConfig};
 pub use error::{Error, FrameError, Result};

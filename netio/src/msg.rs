@@ -83,6 +83,8 @@ pub enum Op {
     },
     /// The node's view of the cluster (any shard answers; `region_id` is ignored).
     ClusterInfo,
+    /// The node's health and load (any shard answers; `region_id` is ignored).
+    NodeStatus,
 }
 
 impl Op {
@@ -90,13 +92,13 @@ impl Op {
     pub fn is_write(&self) -> bool {
         !matches!(
             self,
-            Op::Get { .. } | Op::BatchGet { .. } | Op::Scan { .. } | Op::ClusterInfo
+            Op::Get { .. } | Op::BatchGet { .. } | Op::Scan { .. } | Op::ClusterInfo | Op::NodeStatus
         )
     }
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 9] = [
+pub const OP_NAMES: [&str; 10] = [
     "get",
     "batch_get",
     "scan",
@@ -106,6 +108,7 @@ pub const OP_NAMES: [&str; 9] = [
     "delete_range",
     "compare_and_swap",
     "cluster_info",
+    "node_status",
 ];
 
 impl ArchivedOp {
@@ -121,6 +124,7 @@ impl ArchivedOp {
             ArchivedOp::DeleteRange { .. } => 6,
             ArchivedOp::CompareAndSwap { .. } => 7,
             ArchivedOp::ClusterInfo => 8,
+            ArchivedOp::NodeStatus => 9,
         }
     }
 }
@@ -141,18 +145,43 @@ pub enum Reply {
         previous: Option<Vec<u8>>,
     },
     Cluster(ClusterInfo),
+    Status(NodeStatus),
     Failed(WireError),
+}
+
+/// One node's health and load, summed over its shards (`corekv-ctl endpoint status`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub cluster_id: u64,
+    pub node_id: u64,
+    /// `<version> (<git commit>)`.
+    pub version: String,
+    pub shards: u32,
+    pub uptime_secs: u64,
+    pub regions: u64,
+    pub leaders: u64,
+    /// Regions whose replica here is stopped (corrupt data).
+    pub stopped_regions: u64,
+    /// Committed raft entries not yet applied, over all regions.
+    pub apply_lag_entries: u64,
+    pub kv_disk_bytes: u64,
+    pub raft_log_disk_bytes: u64,
 }
 
 /// One node's view of the cluster: its members, and every region with the leader this node
 /// knows of (from the replicas it hosts; `term` orders conflicting claims).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInfo {
+    /// Which cluster this node belongs to: a client never mixes answers of two clusters.
+    pub cluster_id: u64,
     pub node_id: u64,
     pub shards: u32,
-    /// (node id, client address of its shard 0; shard i listens on that port + i).
+    /// (node id, client address of its shard 0; shard i listens on that port + i), for the
+    /// nodes whose client address this node knows (its own, and every peer it has talked to).
     pub nodes: Vec<(u64, String)>,
     pub regions: Vec<RegionInfo>,
+    /// Regions whose replica on this node is stopped (corrupt data), with why.
+    pub stopped: Vec<(u64, String)>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -196,6 +225,17 @@ pub enum WireError {
     /// The write may or may not have taken effect (the client reports `Undetermined`).
     #[error("region {region_id}: the write's outcome is unknown")]
     OutcomeUnknown { region_id: u64 },
+    /// The request is well-formed but asks for something no server does (an empty key).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument { reason: String },
+    /// This shard's replica of the region is stopped (its data was found corrupt): the
+    /// region's other replicas serve it; the client asks them.
+    #[error("region {region_id} is stopped on this shard ({reason})")]
+    RegionUnavailable { region_id: u64, reason: String },
+    /// A peer connection's handshake was refused (another cluster, an unknown node, a shard
+    /// this node does not run); the connection closes after it.
+    #[error("peer refused: {reason}")]
+    PeerRefused { reason: String },
 }
 
 impl WireError {
@@ -214,6 +254,30 @@ impl WireError {
             WireError::Malformed { code, .. } => *code,
             WireError::ShuttingDown => 321,
             WireError::OutcomeUnknown { .. } => 208,
+            WireError::InvalidArgument { .. } => 210,
+            WireError::RegionUnavailable { .. } => 213,
+            WireError::PeerRefused { .. } => 322,
+        }
+    }
+
+    /// The error's name in metrics and logs (`not_leader`, ...): stable, like its code.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WireError::NotLeader { .. } => "not_leader",
+            WireError::EpochNotMatch { .. } => "epoch_not_match",
+            WireError::RegionNotFound { .. } => "region_not_found",
+            WireError::KeyNotInRegion { .. } => "key_not_in_region",
+            WireError::ProposalDropped { .. } => "proposal_dropped",
+            WireError::TooLarge { .. } => "too_large",
+            WireError::ServerBusy { .. } => "server_busy",
+            WireError::Storage { .. } => "storage",
+            WireError::WrongShard { .. } => "wrong_shard",
+            WireError::Malformed { .. } => "malformed",
+            WireError::ShuttingDown => "shutting_down",
+            WireError::OutcomeUnknown { .. } => "outcome_unknown",
+            WireError::InvalidArgument { .. } => "invalid_argument",
+            WireError::RegionUnavailable { .. } => "region_unavailable",
+            WireError::PeerRefused { .. } => "peer_refused",
         }
     }
 
@@ -225,8 +289,24 @@ impl WireError {
                 | WireError::Storage { .. }
                 | WireError::Malformed { .. }
                 | WireError::OutcomeUnknown { .. }
+                | WireError::InvalidArgument { .. }
+                | WireError::PeerRefused { .. }
         )
     }
+}
+
+/// The first frame each way on a peer connection: who is talking, for which cluster. The
+/// listener checks the dialer's before reading anything else and answers with its own; every
+/// raft message on the connection must then come from `node_id`. Nodes learn each other's
+/// client addresses from it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PeerHello {
+    pub cluster_id: u64,
+    pub node_id: u64,
+    /// The dialer: the shard sending; the listener: the shard listening.
+    pub shard: u32,
+    /// Client address of the node's shard 0.
+    pub client_addr: String,
 }
 
 /// Raft messages from one shard to one (node, shard), sent together.

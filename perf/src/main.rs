@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "corekv-bench",
+    version = corekv_shard::VERSION,
     about = "corekv benchmarks; figures are taken side by side in one run"
 )]
 struct Cli {
@@ -43,7 +44,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    corekv_tools::init_logging("warn");
+    corekv_tools::init_logging("warn", None)?;
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
         Command::Raft(args) => raft::run(&args),

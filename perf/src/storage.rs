@@ -159,7 +159,7 @@ fn log_engine_rows(dir: PathBuf, duration: Duration, cpu: usize) -> Result<(Vec<
     let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name("bench-shard")
         .spawn(move || async move {
-            let disk = UringDisk::open(&dir).await?;
+            let disk = UringDisk::open(&dir, corekv_storage::raftlog::SyncMode::Auto).await?;
             let (engine, _) = LogEngine::open(disk, LogConfig::default()).await?;
             let mut rows = Vec::new();
             let mut next_index = vec![1u64; REGIONS as usize + 1];

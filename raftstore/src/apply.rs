@@ -77,7 +77,10 @@ pub fn apply(
         }
         let (epoch, cmd) = match Command::decode(&entry.data) {
             Ok(decoded) => decoded,
-            Err(error) => return Err(ApplyFailure::new(results, written, error)),
+            Err(error) => {
+                let error = corrupt(region.id, format!("entry {}: {error}", entry.index));
+                return Err(ApplyFailure::new(results, written, error));
+            }
         };
         if let Err(e) = region.check_epoch(epoch) {
             results.push((entry.index, entry.term, Some(Err(e))));
@@ -176,7 +179,7 @@ pub fn applied_index(kv: &KvEngine, region_id: u64) -> Result<u64> {
         None => Ok(0),
         Some(v) => {
             Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
-                Error::Storage(format!("region {region_id}: bad applied index"))
+                corrupt(region_id, "an applied index of the wrong size")
             })?))
         }
     }
@@ -234,18 +237,34 @@ pub fn save_region(kv: &KvEngine, region: &Region) -> Result<()> {
     Ok(())
 }
 
-/// Every region recorded on this shard's KV engine.
-pub fn load_regions(kv: &KvEngine) -> Result<Vec<Region>> {
-    let mut regions = Vec::new();
+/// A region's data read back is not what was written: the region (only) must stop.
+fn corrupt(region_id: u64, reason: impl Into<String>) -> Error {
+    Error::Corruption {
+        region_id,
+        reason: reason.into(),
+    }
+}
+
+/// Every region recorded on this shard's KV engine, each decoded on its own: a corrupt record
+/// is that region's `Corruption`, not the shard's failure.
+pub fn load_regions(kv: &KvEngine) -> Result<Vec<Result<Region>>> {
     let rows = kv.scan(
         Cf::Meta,
         &KeyRange::prefix(REGION_META_PREFIX),
         corekv_storage::kv::Direction::Forward,
         usize::MAX,
     )?;
+    let mut regions = Vec::new();
     for (key, value) in rows {
-        if key.last() == Some(&REGION_SUFFIX) {
-            regions.push(decode_region(&value)?);
+        let id = key
+            .get(REGION_META_PREFIX.len()..REGION_META_PREFIX.len() + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+        match (id, key.last()) {
+            (Some(id), Some(&REGION_SUFFIX)) if key.len() == REGION_META_PREFIX.len() + 9 => {
+                regions.push(decode_region(id, &value))
+            }
+            (_, Some(&APPLIED_SUFFIX)) => {}
+            _ => return Err(Error::Storage(format!("unknown key {key:?} among region states"))),
         }
     }
     Ok(regions)
@@ -255,8 +274,9 @@ pub fn load_regions(kv: &KvEngine) -> Result<Vec<Region>> {
 /// the log (the log is never truncated below what raft needs before snapshots exist).
 pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region) -> Result<PeerStorage> {
     let voters = region.peers.iter().map(|p| p.id).collect();
+    let bad = |what: &str| corrupt(region.id, what.to_string());
     let hard_state = match log.state(region.id, HARD_STATE_KEY) {
-        Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| Error::Storage(e.to_string()))?,
+        Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| bad(&format!("hard state: {e}")))?,
         None => HardState::default(),
     };
     let Some((first, last)) = log.span(region.id) else {
@@ -267,26 +287,34 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region) -> Re
             let index = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
             (index, u64::from_be_bytes(v[8..].try_into().expect("8 bytes")))
         }
-        Some(_) => return Err(Error::Storage(format!("region {}: bad truncation state", region.id))),
+        Some(_) => return Err(bad("truncation state of the wrong size")),
         None => (0, 0),
     };
     if truncated.0 + 1 != first {
-        return Err(Error::Storage(format!(
-            "region {}: log starts at {first}, truncated at {}",
-            region.id, truncated.0
-        )));
+        return Err(bad(&format!("log starts at {first}, truncated at {}", truncated.0)));
     }
     let mut entries = Vec::new();
     if last >= first {
-        for e in log.fetch(region.id, first, last + 1, usize::MAX).await? {
-            let entry = Entry::parse_from_bytes(&e.data).map_err(|e| Error::Storage(e.to_string()))?;
-            assert_eq!(
-                (entry.index, entry.term),
-                (e.index, e.term),
-                "log engine and entry agree"
-            );
+        let fetched = log
+            .fetch(region.id, first, last + 1, usize::MAX)
+            .await
+            .map_err(|e| match e {
+                e @ StorageError::Corruption { .. } => bad(&e.to_string()),
+                e => e.into(),
+            })?;
+        for e in fetched {
+            let entry = Entry::parse_from_bytes(&e.data).map_err(|err| bad(&format!("entry {}: {err}", e.index)))?;
+            if (entry.index, entry.term) != (e.index, e.term) {
+                return Err(bad(&format!(
+                    "the log holds entry ({}, {}) where the engine indexed ({}, {})",
+                    entry.index, entry.term, e.index, e.term
+                )));
+            }
             entries.push(entry);
         }
+    }
+    if hard_state.commit > truncated.0 + entries.len() as u64 {
+        return Err(bad("the hard state commits past the log"));
     }
     Ok(PeerStorage::restore(hard_state, voters, truncated, entries))
 }
@@ -315,11 +343,18 @@ fn encode_region(r: &Region) -> Vec<u8> {
         .into_vec()
 }
 
-fn decode_region(bytes: &[u8]) -> Result<Region> {
+/// Region `id`'s stored state (`Corruption` of that region if it is not one corekv wrote).
+fn decode_region(id: u64, bytes: &[u8]) -> Result<Region> {
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
     let s = rkyv::from_bytes::<StoredRegion, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| Error::Storage(format!("undecodable region state: {e}")))?;
+        .map_err(|e| corrupt(id, format!("undecodable region state: {e}")))?;
+    if s.id != id || s.peers.is_empty() {
+        return Err(corrupt(
+            id,
+            format!("a state of region {} with {} peers", s.id, s.peers.len()),
+        ));
+    }
     Ok(Region {
         id: s.id,
         start: s.start,
@@ -382,7 +417,7 @@ pub fn generate_snapshot(kv: &KvEngine, region: &Region, dir: &Path) -> Result<(
         Some(v) => u64::from_be_bytes(
             v.as_slice()
                 .try_into()
-                .map_err(|_| Error::Storage("bad applied index".into()))?,
+                .map_err(|_| corrupt(region.id, "an applied index of the wrong size"))?,
         ),
         None => 0,
     };
@@ -413,16 +448,7 @@ pub fn generate_snapshot(kv: &KvEngine, region: &Region, dir: &Path) -> Result<(
 /// files, checks every CF against the sender's key count and checksum, and records `index` as
 /// applied (synced). A mismatch is an error: a region must never run on half a snapshot.
 pub fn install_snapshot(kv: &KvEngine, region: &Region, index: u64, data: &[u8], dir: &Path) -> Result<()> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(data.len());
-    aligned.extend_from_slice(data);
-    let snap = rkyv::from_bytes::<SnapshotData, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| Error::Storage(format!("undecodable snapshot: {e}")))?;
-    if snap.applied != index {
-        return Err(Error::Storage(format!(
-            "snapshot data at {} announced at {index}",
-            snap.applied
-        )));
-    }
+    let snap = decode_snapshot(region.id, index, data)?;
     let range = data_range(region)?;
     let end = range.end().expect("a region's data range is bounded").to_vec();
     let mut clear = kv.write_batch();
@@ -433,18 +459,13 @@ pub fn install_snapshot(kv: &KvEngine, region: &Region, index: u64, data: &[u8],
     let dir = dir.join(format!("install-{}-{index}", region.id));
     std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating a snapshot dir", e))?;
     for (i, file) in snap.files.iter().enumerate() {
-        let cf = *SNAPSHOT_CFS
-            .get(file.cf as usize)
-            .ok_or_else(|| Error::Storage("unknown snapshot CF".into()))?;
+        let cf = SNAPSHOT_CFS[usize::from(file.cf)]; // checked by `decode_snapshot`
         let path = dir.join(format!("{i}.sst"));
         std::fs::write(&path, &file.sst).map_err(|e| StorageError::io("writing a snapshot file", e))?;
         kv.ingest(cf, std::slice::from_ref(&path))?;
         let got = kv.snapshot().digest(cf, &range)?;
         if (got.keys, got.crc32c) != (file.keys, file.crc32c) {
-            return Err(Error::Storage(format!(
-                "region {}: snapshot CF {cf:?} fails its checksum",
-                region.id
-            )));
+            return Err(corrupt(region.id, format!("snapshot CF {cf:?} fails its checksum")));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -452,6 +473,32 @@ pub fn install_snapshot(kv: &KvEngine, region: &Region, index: u64, data: &[u8],
     done.put(Cf::Meta, &meta_key(region.id, APPLIED_SUFFIX), &index.to_be_bytes())?;
     kv.write(done, true)?;
     Ok(())
+}
+
+/// A snapshot's data as its sender encoded it, checked: it decodes, it is at `index` (the index
+/// its raft message announces), and every file is of a snapshot CF. The files' contents are
+/// checked against their key counts and checksums at install.
+fn decode_snapshot(region_id: u64, index: u64, data: &[u8]) -> Result<SnapshotData> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(data.len());
+    aligned.extend_from_slice(data);
+    let snap = rkyv::from_bytes::<SnapshotData, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| corrupt(region_id, format!("undecodable snapshot: {e}")))?;
+    if snap.applied != index {
+        return Err(corrupt(
+            region_id,
+            format!("snapshot data at {} announced at {index}", snap.applied),
+        ));
+    }
+    if snap.files.iter().any(|f| usize::from(f.cf) >= SNAPSHOT_CFS.len()) {
+        return Err(corrupt(region_id, "a snapshot file of an unknown CF"));
+    }
+    Ok(snap)
+}
+
+/// Checks a snapshot received for `region_id` before raft takes it (see `decode_snapshot`): a
+/// malformed one is refused at the edge, and its sender sends another.
+pub fn check_snapshot_data(region_id: u64, index: u64, data: &[u8]) -> Result<()> {
+    decode_snapshot(region_id, index, data).map(|_| ())
 }
 
 fn staged_path(dir: &Path, region_id: u64) -> std::path::PathBuf {
@@ -489,10 +536,12 @@ pub fn finish_staged_snapshot(kv: &KvEngine, region: &Region, truncated: u64, di
         return Ok(applied);
     }
     let data = std::fs::read(staged_path(dir, region.id)).map_err(|e| {
-        Error::Storage(format!(
-            "region {}: applied {applied} is behind the log's truncation at {truncated} and no staged snapshot remains: {e}",
-            region.id
-        ))
+        corrupt(
+            region.id,
+            format!(
+                "applied {applied} is behind the log's truncation at {truncated} and no staged snapshot remains: {e}"
+            ),
+        )
     })?;
     install_snapshot(kv, region, truncated, &data, dir)?;
     drop_staged_snapshot(dir, region.id);

@@ -58,19 +58,34 @@ struct Proposal {
     cmd: Command,
 }
 
+/// The rules for a key a request names, reads and writes alike (so one key gets one answer
+/// on every command): not empty (etcd and TiKV refuse it too), at most `KEY_BYTES_MAX` bytes,
+/// inside `region`.
+pub fn check_key(region: &Region, key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("the empty key is not a key"));
+    }
+    check_bound(key)?;
+    region.check_key(key)
+}
+
+/// A range bound (scan, delete-range) is at most `KEY_BYTES_MAX` bytes, like a key; empty means
+/// the start (or, as an end, the end) of the key space.
+pub fn check_bound(bound: &[u8]) -> Result<()> {
+    if bound.len() > KEY_BYTES_MAX {
+        return Err(Error::TooLarge {
+            what: "key",
+            size: bound.len(),
+            max: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
 impl Command {
     /// Size limits and range membership; checked before proposing (never in apply).
     pub fn check(&self, region: &Region) -> Result<()> {
-        let key = |k: &[u8]| -> Result<()> {
-            if k.len() > KEY_BYTES_MAX {
-                return Err(Error::TooLarge {
-                    what: "key",
-                    size: k.len(),
-                    max: KEY_BYTES_MAX,
-                });
-            }
-            region.check_key(k)
-        };
+        let key = |k: &[u8]| check_key(region, k);
         let value = |v: &[u8]| -> Result<()> {
             if v.len() > VALUE_BYTES_MAX {
                 return Err(Error::TooLarge {
@@ -84,8 +99,10 @@ impl Command {
         match self {
             Command::Put { key: k, value: v } => key(k).and(value(v)),
             Command::Delete { key: k } => key(k),
+            // Range bounds are not keys: the empty start is the start of the key space.
             Command::DeleteRange { start, end } => {
-                key(start)?;
+                check_bound(start)?;
+                check_bound(end)?;
                 region.check_range(start, end)
             }
             Command::BatchPut { pairs } => {

@@ -71,13 +71,18 @@ pub struct LoopStats {
 
 impl<D: Disk> Engines<D> {
     /// Restores every peer the KV engine records from both engines (finishing a snapshot
-    /// install a crash cut short) into `core`.
+    /// install a crash cut short) into `core`. A region whose data is corrupt is stopped (the
+    /// others start); any other failure fails the whole restore.
     pub async fn restore(mut core: RaftCore, log: LogEngine<D>, kv: KvEngine, snap_dir: PathBuf) -> Result<Engines<D>> {
         for region in apply::load_regions(&kv)? {
-            let storage = apply::restore_storage(&log, &region).await?;
-            let truncated = storage.truncated().0;
-            let applied = apply::finish_staged_snapshot(&kv, &region, truncated, &snap_dir)?;
-            core.add_peer(region, storage, applied)?;
+            let restored = match region {
+                Ok(region) => Self::restore_peer(&mut core, &log, &kv, &snap_dir, region).await,
+                Err(e) => Err(e),
+            };
+            match restored {
+                Err(Error::Corruption { region_id, reason }) => core.stop_region(region_id, reason),
+                other => other?,
+            }
         }
         Ok(Engines {
             core: RefCell::new(core),
@@ -85,6 +90,19 @@ impl<D: Disk> Engines<D> {
             kv,
             snap_dir,
         })
+    }
+
+    async fn restore_peer(
+        core: &mut RaftCore,
+        log: &LogEngine<D>,
+        kv: &KvEngine,
+        snap_dir: &std::path::Path,
+        region: crate::Region,
+    ) -> Result<()> {
+        let storage = apply::restore_storage(log, &region).await?;
+        let truncated = storage.truncated().0;
+        let applied = apply::finish_staged_snapshot(kv, &region, truncated, snap_dir)?;
+        core.add_peer(region, storage, applied)
     }
 
     /// One loop iteration (see the module doc). `send` transmits a group of messages;
@@ -151,14 +169,22 @@ impl<D: Disk> Engines<D> {
         // Durable from here on: the batch's entries and hard states survive a crash.
         for (region, snap) in &rd.install_snapshots {
             let index = snap.get_metadata().index;
-            until_space(&self.kv, &mut stats, "installing a snapshot", || {
+            let installed = until_space(&self.kv, &mut stats, "installing a snapshot", || {
                 let (target, data, dir) = (region.clone(), snap.data.clone(), self.snap_dir.clone());
                 self.kv
                     .offload(move |kv| apply::install_snapshot(kv, &target, index, &data, &dir))
             })
-            .await?;
-            apply::drop_staged_snapshot(&self.snap_dir, region.id);
-            stats.snapshots_installed += 1;
+            .await;
+            match installed {
+                // The staged copy stays: a restart tries the install again, and stops the
+                // region again if the snapshot is bad.
+                Err(Error::Corruption { region_id, reason }) => self.core.borrow_mut().stop_region(region_id, reason),
+                other => {
+                    other?;
+                    apply::drop_staged_snapshot(&self.snap_dir, region.id);
+                    stats.snapshots_installed += 1;
+                }
+            }
         }
         let t0 = Instant::now();
         {
@@ -179,6 +205,9 @@ impl<D: Disk> Engines<D> {
     /// before it filled are answered, the rest applied again once space is freed.
     async fn apply_all(&self, tasks: Vec<ApplyTask>, stats: &mut LoopStats) -> Result<()> {
         for task in tasks {
+            if self.core.borrow().stopped(task.region.id).is_some() {
+                continue; // stopped earlier in this iteration
+            }
             let mut entries = &task.entries[..];
             // Since when the disk has had room while the engine still refused (see above).
             let mut roomy_since: Option<Instant> = None;
@@ -203,6 +232,11 @@ impl<D: Disk> Engines<D> {
                     None => debug_assert!(entries.is_empty()),
                     Some(e @ Error::NoSpace(_)) => {
                         wait_for_space(&self.kv, stats, "applying", &e, &mut roomy_since).await?
+                    }
+                    // The region stops here; the others apply on.
+                    Some(Error::Corruption { region_id, reason }) => {
+                        self.core.borrow_mut().stop_region(region_id, reason);
+                        break;
                     }
                     Some(e) => return Err(e),
                 }

@@ -48,6 +48,24 @@ pub enum Error {
     /// A storage engine found its disk full; nothing was written, retry once space is freed.
     #[error("disk full: {0}")]
     NoSpace(String),
+    /// The request asks for something no server does (an empty key): never retried.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// Data read back for a region (a log entry, its stored state, a snapshot it received) is
+    /// not what a corekv wrote: the region stops on this shard (marked unavailable, reported),
+    /// the rest of the shard serves on, and its other replicas keep the region alive.
+    #[error("region {region_id}: corrupt data: {reason}")]
+    Corruption { region_id: u64, reason: String },
+    /// This shard's replica of the region was stopped by corrupt data; ask another replica.
+    #[error("region {region_id} is stopped on this shard ({reason}); its other replicas serve it")]
+    RegionUnavailable { region_id: u64, reason: String },
+    /// A raft message from peer `from` failed the edge checks (`guard`): forged or corrupt.
+    #[error("region {region_id}: message from peer {from} refused: {reason}")]
+    Refused {
+        region_id: u64,
+        from: u64,
+        reason: &'static str,
+    },
 }
 
 impl Error {
@@ -64,6 +82,10 @@ impl Error {
             Error::Storage(_) => 207,
             Error::OutcomeUnknown { .. } => 208,
             Error::NoSpace(_) => 209,
+            Error::InvalidArgument(_) => 210,
+            Error::Refused { .. } => 211,
+            Error::Corruption { .. } => 212,
+            Error::RegionUnavailable { .. } => 213,
         }
     }
 
@@ -71,7 +93,13 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            Error::TooLarge { .. } | Error::Storage(_) | Error::KeyNotInRegion { .. } | Error::OutcomeUnknown { .. }
+            Error::TooLarge { .. }
+                | Error::Storage(_)
+                | Error::KeyNotInRegion { .. }
+                | Error::OutcomeUnknown { .. }
+                | Error::InvalidArgument(_)
+                | Error::Refused { .. }
+                | Error::Corruption { .. }
         )
     }
 }

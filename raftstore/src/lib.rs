@@ -12,6 +12,7 @@
 //!   region metadata in the `meta` CF, restoring a peer from the two engines. An I/O edge.
 //! - `cmd`: raw KV commands, their limits and their encoding in raft entries.
 //! - `region`: region metadata, key ranges and epochs.
+//! - `guard`: the checks every raft message from the network passes before raft-rs sees it.
 //! - `sim`: a deterministic simulator of whole clusters of real cores and real engines.
 //! - `linearizability`: the checker the simulator's (and later the chaos harness's) histories
 //!   must pass.
@@ -28,6 +29,7 @@ pub mod apply;
 pub mod cmd;
 pub mod driver;
 pub mod error;
+pub mod guard;
 pub mod linearizability;
 pub mod raft_core;
 pub mod region;

@@ -21,8 +21,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 
+use crate::apply;
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
+use crate::guard;
 use crate::region::{Epoch, PeerMeta, Region};
 use crate::storage::PeerStorage;
 
@@ -127,6 +129,17 @@ pub struct ShardReady {
     /// written (it already holds the log's side of the install), then report the applied
     /// index with `on_applied(region, index, vec![])` after `on_persisted`.
     pub install_snapshots: Vec<(Region, Snapshot)>,
+}
+
+/// What a request for a region without a live peer here is told (`stopped`: the core's).
+fn missing(stopped: &BTreeMap<u64, String>, region_id: u64) -> Error {
+    match stopped.get(&region_id) {
+        Some(why) => Error::RegionUnavailable {
+            region_id,
+            reason: why.clone(),
+        },
+        None => Error::RegionNotFound(region_id),
+    }
 }
 
 /// Where a message goes: (node, shard).
@@ -258,6 +271,28 @@ impl Peer {
         }
     }
 
+    /// A confirmed ReadIndex: the read it answers waits for apply to reach `index`. Only reads
+    /// this replica asked for count (raft-rs echoes the context it was given), and never past
+    /// the commit index: anything else would hold every read behind it forever.
+    fn take_read_state(&mut self, index: u64, ctx: &[u8], lease_ticks: usize) {
+        let id = <[u8; 8]>::try_from(ctx).map(RequestId::from_be_bytes);
+        let sent_at = id.ok().and_then(|id| Some((id, self.reads_in_flight.remove(&id)?)));
+        let Some((id, sent_at)) = sent_at.filter(|_| index <= self.raw.raft.raft_log.committed) else {
+            tracing::warn!(
+                region = self.region.id,
+                index,
+                "a read index this replica did not ask for; dropped"
+            );
+            return;
+        };
+        self.renew_lease(sent_at, lease_ticks);
+        debug_assert!(
+            self.reads.back().is_none_or(|(i, _)| *i <= index),
+            "read indexes in order"
+        );
+        self.reads.push_back((index, id));
+    }
+
     /// Answers the reads whose ReadIndex the state machine has reached.
     fn serve_reads(&mut self, responses: &mut Vec<Response>) {
         while self.reads.front().is_some_and(|(index, _)| *index <= self.applied) {
@@ -303,6 +338,9 @@ pub struct RaftCore {
     /// Ticks seen: the core's only notion of time (leases are measured in it).
     now: u64,
     stats: ReadStats,
+    /// Regions stopped on this shard by corrupt data, with why: their messages are dropped and
+    /// their requests answered `RegionUnavailable`; the rest of the shard serves on.
+    stopped: BTreeMap<u64, String>,
 }
 
 /// How reads were served.
@@ -335,6 +373,7 @@ impl RaftCore {
             rng,
             now: 0,
             stats,
+            stopped: BTreeMap::new(),
         }
     }
 
@@ -403,6 +442,42 @@ impl RaftCore {
         self.peers.get(&region_id).map(|p| &p.region)
     }
 
+    /// Stops this shard's replica of `region_id` after its data was found corrupt (`why`): its
+    /// waiting requests fail (writes with an unknown outcome: they may have committed), it
+    /// takes no more messages, and other replicas lead the region on. Never resumed in this
+    /// process: the operator looks first.
+    pub fn stop_region(&mut self, region_id: u64, why: String) {
+        tracing::error!(region_id, why, "region stopped on this shard: its data is corrupt");
+        let unavailable = Error::RegionUnavailable {
+            region_id,
+            reason: why.clone(),
+        };
+        self.stopped.insert(region_id, why);
+        let Some(peer) = self.peers.remove(&region_id) else {
+            return;
+        };
+        let writes = peer.writes.iter().map(|w| (w.id, Error::OutcomeUnknown { region_id }));
+        let reads = peer
+            .reads
+            .iter()
+            .map(|r| r.1)
+            .chain(peer.reads_in_flight.keys().copied());
+        let failed: Vec<(RequestId, Error)> = writes.chain(reads.map(|id| (id, unavailable.clone()))).collect();
+        for (id, error) in failed {
+            self.responses.push(Response::Failed { id, error });
+        }
+    }
+
+    /// Why `region_id` is stopped on this shard, if it is.
+    pub fn stopped(&self, region_id: u64) -> Option<&str> {
+        self.stopped.get(&region_id).map(String::as_str)
+    }
+
+    /// Every region stopped on this shard, with why.
+    pub fn stopped_regions(&self) -> &BTreeMap<u64, String> {
+        &self.stopped
+    }
+
     pub fn region_ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.peers.keys().copied().collect();
         ids.sort_unstable();
@@ -445,7 +520,8 @@ impl RaftCore {
         }
     }
 
-    /// A raft message from another shard. Messages for regions not here are dropped.
+    /// A raft message from another shard. Messages for regions not here are dropped; messages
+    /// that fail the edge checks (`guard`) are refused before raft-rs sees them.
     pub fn step(&mut self, msg: RaftMessage) -> Result<()> {
         let peer = self
             .peers
@@ -454,18 +530,16 @@ impl RaftCore {
         if msg.to.id != peer.me.id || peer.region.peer(msg.from.id) != Some(&msg.from) {
             return Err(Error::RegionNotFound(msg.region_id));
         }
-        // raft-rs aborts on a heartbeat committing past this replica's log. A leader never
-        // sends one (it commits a follower only up to what the follower acknowledged), so it
-        // is refused as forged or corrupt rather than taking the shard down.
-        if msg.msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
-            && msg.msg.commit > peer.raw.raft.raft_log.last_index()
-        {
-            tracing::warn!(
-                region = msg.region_id,
-                from = msg.from.id,
-                "heartbeat commits past the log; dropped"
-            );
-            return Ok(());
+        let refused = |reason| Error::Refused {
+            region_id: msg.region_id,
+            from: msg.from.id,
+            reason,
+        };
+        guard::check(&peer.raw.raft, &peer.region, &msg).map_err(refused)?;
+        if msg.msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            let snap = msg.msg.get_snapshot();
+            apply::check_snapshot_data(msg.region_id, snap.get_metadata().index, &snap.data)
+                .map_err(|_| refused("snapshot data that is not a snapshot of this index"))?;
         }
         // raft-rs rejects messages from stale terms itself; an error here is not the
         // sender's business.
@@ -485,7 +559,7 @@ impl RaftCore {
 
     fn try_propose(&mut self, id: RequestId, region_id: u64, epoch: Epoch, cmd: Command) -> Result<()> {
         let limit = self.cfg.pending_requests_max;
-        let peer = self.peers.get_mut(&region_id).ok_or(Error::RegionNotFound(region_id))?;
+        let peer = (self.peers.get_mut(&region_id)).ok_or_else(|| missing(&self.stopped, region_id))?;
         peer.check_leader()?;
         peer.region.check_epoch(epoch)?;
         cmd.check(&peer.region)?;
@@ -541,7 +615,7 @@ impl RaftCore {
 
     fn try_read(&mut self, id: RequestId, region_id: u64, epoch: Epoch) -> Result<()> {
         let limit = self.cfg.pending_requests_max;
-        let peer = self.peers.get_mut(&region_id).ok_or(Error::RegionNotFound(region_id))?;
+        let peer = (self.peers.get_mut(&region_id)).ok_or_else(|| missing(&self.stopped, region_id))?;
         peer.check_leader()?;
         peer.region.check_epoch(epoch)?;
         peer.check_busy(limit)?;
@@ -582,11 +656,7 @@ impl RaftCore {
             }
             peer.wrap(rd.take_messages(), &mut out.messages);
             for rs in rd.take_read_states() {
-                let id = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().expect("we wrote 8 bytes"));
-                if let Some(sent_at) = peer.reads_in_flight.remove(&id) {
-                    peer.renew_lease(sent_at, self.cfg.lease_ticks);
-                }
-                peer.reads.push_back((rs.index, id));
+                peer.take_read_state(rs.index, &rs.request_ctx, self.cfg.lease_ticks);
             }
             // Reads whose index is applied already are served now: nothing else may be
             // applied for a while.

@@ -1,6 +1,11 @@
 //! A node's configuration: a TOML file, overridden by command-line flags, with defaults for
 //! everything except who the node is (`node_id`, `addr`, `data_dir`, `initial_cluster`).
+//!
+//! Owns: the fields, their defaults, and every check that can be made before anything is
+//! opened (addresses resolve, port ranges fit, raft timing is consistent). Must not: open
+//! files or sockets.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use corekv_storage::kv::KvConfig;
@@ -19,11 +24,19 @@ pub const SHARDS_MAX: usize = 64;
 pub struct NodeConfig {
     /// This node's id (1..=999), one of `initial_cluster`'s.
     pub node_id: u64,
-    /// Client and peer address of shard 0; shard i listens on this port + i.
+    /// Client address of shard 0 (`host:port`); shard i serves clients on this port + i.
     pub addr: String,
+    /// Peer address of shard 0: raft traffic between nodes, never clients; shard i on this
+    /// port + i. Empty: this node's entry in `initial_cluster`.
+    pub peer_addr: String,
     pub data_dir: PathBuf,
-    /// Every member as `id=host:port` (its shard 0), comma-separated; the same on every node.
+    /// Every member as `id=host:port` (the PEER address of its shard 0), comma-separated; the
+    /// same on every node.
     pub initial_cluster: String,
+    /// Names the cluster: nodes of two clusters never talk to each other, nor do clients mix
+    /// them, even with the same members (the cluster id is derived from it, the members and
+    /// the shard count). The same on every node.
+    pub initial_cluster_token: String,
     /// Shards (pinned executors) of this node; 0: one per available CPU. Every node of a
     /// cluster must run the same number.
     pub shards: usize,
@@ -31,6 +44,8 @@ pub struct NodeConfig {
     pub status_addr: String,
     pub raft: RaftSection,
     pub net: NetSection,
+    /// Mutual TLS on client and peer ports (off unless the files are named).
+    pub security: SecuritySection,
     /// The raft log engine (one per shard).
     pub log: LogConfig,
     /// The KV engine (one RocksDB per shard).
@@ -59,6 +74,38 @@ pub struct RaftSection {
     pub gc_interval_ticks: u64,
 }
 
+/// `[security]`: all three paths set turn mutual TLS on for client and peer ports alike.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySection {
+    /// The CA that signs every node's and client's certificate (PEM).
+    pub ca_path: PathBuf,
+    /// This node's certificate and key (PEM); clients and peers must trust `ca_path`.
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// Subject CNs a client's or peer's certificate may have; empty: any the CA signed.
+    pub cert_allowed_cn: Vec<String>,
+}
+
+impl SecuritySection {
+    /// The TLS files, if TLS is on; an error if only some are named.
+    pub fn files(&self) -> Result<Option<corekv_netio::tls::TlsFiles>> {
+        let set = [&self.ca_path, &self.cert_path, &self.key_path].map(|p| !p.as_os_str().is_empty());
+        match set {
+            [false, false, false] if self.cert_allowed_cn.is_empty() => Ok(None),
+            [true, true, true] => Ok(Some(corekv_netio::tls::TlsFiles {
+                ca_path: self.ca_path.clone(),
+                cert_path: self.cert_path.clone(),
+                key_path: self.key_path.clone(),
+                allowed_cn: self.cert_allowed_cn.clone(),
+            })),
+            _ => Err(Error::Config(
+                "[security] needs ca_path, cert_path and key_path together (or none of them)".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetSection {
@@ -72,6 +119,8 @@ pub struct NetSection {
     pub connect_timeout_ms: u64,
     /// Reconnect backoff to a peer shard.
     pub reconnect_ms_max: u64,
+    /// A TLS handshake (either side) must finish within this, or the connection closes.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -79,12 +128,15 @@ impl Default for NodeConfig {
         NodeConfig {
             node_id: 0,
             addr: String::new(),
+            peer_addr: String::new(),
             data_dir: PathBuf::new(),
             initial_cluster: String::new(),
+            initial_cluster_token: DEFAULT_CLUSTER_TOKEN.to_string(),
             shards: 0,
             status_addr: String::new(),
             raft: RaftSection::default(),
             net: NetSection::default(),
+            security: SecuritySection::default(),
             log: LogConfig::default(),
             kv: KvConfig::default(),
             block_cache_bytes: 256 << 20,
@@ -115,15 +167,34 @@ impl Default for NetSection {
             peer_queue_bytes_max: 256 << 20,
             connect_timeout_ms: 500,
             reconnect_ms_max: 1000,
+            handshake_timeout_ms: 5000,
         }
     }
 }
+
+/// The token of a cluster started without `initial_cluster_token`.
+pub const DEFAULT_CLUSTER_TOKEN: &str = "corekv";
+/// The highest port any listener may take.
+const PORT_MAX: u32 = u16::MAX as u32;
 
 /// A member of the initial cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub id: u64,
+    /// As written in `initial_cluster`.
     pub addr: String,
+    /// Peer address of its shard 0, resolved.
+    pub peer: SocketAddr,
+}
+
+/// `host:port` resolved to its first address; `what` names the flag in the error.
+pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr> {
+    let mut found = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::Config(format!("{what} `{addr}`: {e} (expected host:port, port in 1..=65535)")))?;
+    found
+        .next()
+        .ok_or_else(|| Error::Config(format!("{what} `{addr}` resolves to no address")))
 }
 
 impl NodeConfig {
@@ -146,14 +217,13 @@ impl NodeConfig {
                 .parse()
                 .map_err(|_| Error::Config(format!("initial-cluster id `{id}` is not a number")))?;
             let addr = addr.trim().to_string();
-            addr.parse::<std::net::SocketAddr>()
-                .map_err(|e| Error::Config(format!("initial-cluster address `{addr}`: {e}")))?;
+            let peer = resolve("initial-cluster address", &addr)?;
             if id == 0 || id > NODE_ID_MAX || members.iter().any(|m: &Member| m.id == id) {
                 return Err(Error::Config(format!(
                     "initial-cluster ids must be unique and in 1..={NODE_ID_MAX}; `{id}` is not"
                 )));
             }
-            members.push(Member { id, addr });
+            members.push(Member { id, addr, peer });
         }
         members.sort_by_key(|m| m.id);
         match members.iter().find(|m| m.id == self.node_id) {
@@ -161,12 +231,62 @@ impl NodeConfig {
                 "node id {} is not in --initial-cluster `{}`",
                 self.node_id, self.initial_cluster
             ))),
-            Some(me) if me.addr != self.addr => Err(Error::Config(format!(
-                "--addr {} differs from this node's initial-cluster address {}",
-                self.addr, me.addr
-            ))),
+            Some(me) if !self.peer_addr.is_empty() && resolve("--peer-addr", &self.peer_addr)? != me.peer => {
+                Err(Error::Config(format!(
+                    "--peer-addr {} differs from this node's initial-cluster address {} (initial-cluster \
+                     lists peer addresses)",
+                    self.peer_addr, me.addr
+                )))
+            }
             Some(_) => Ok(members),
         }
+    }
+
+    /// Shards this node runs on a machine with `cpus` usable CPUs.
+    pub fn shard_count(&self, cpus: usize) -> u32 {
+        let shards = if self.shards == 0 { cpus.max(1) } else { self.shards };
+        shards.min(SHARDS_MAX) as u32
+    }
+
+    /// The client and peer addresses of shard 0, checked: both resolve, shard i's port
+    /// (port + i) fits for every shard, and the two ranges do not overlap.
+    pub fn listen_addrs(&self, shards: u32) -> Result<(SocketAddr, SocketAddr)> {
+        let client = resolve("--addr", &self.addr)?;
+        let me = self.members()?.into_iter().find(|m| m.id == self.node_id);
+        let peer = me
+            .map(|m| m.peer)
+            .ok_or_else(|| Error::Config("this node has no peer address".into()))?;
+        for (flag, a) in [("--addr", client), ("--peer-addr", peer)] {
+            let last = u32::from(a.port()) + shards - 1;
+            if a.port() == 0 || last > PORT_MAX {
+                return Err(Error::Config(format!(
+                    "{flag} {a}: {shards} shards listen on ports {}..={last}, past {PORT_MAX}; pick a lower port",
+                    a.port()
+                )));
+            }
+        }
+        let overlap =
+            |a: SocketAddr, b: SocketAddr| a.port() <= b.port() && u32::from(b.port()) < u32::from(a.port()) + shards;
+        if client.ip() == peer.ip() && (overlap(client, peer) || overlap(peer, client)) {
+            return Err(Error::Config(format!(
+                "client ports {client}+{shards} and peer ports {peer}+{shards} overlap; pick ports at least {shards} apart"
+            )));
+        }
+        Ok((client, peer))
+    }
+
+    /// The id of the cluster this node belongs to: a function of the token, the members and
+    /// the shard count, so every node computes the same one on its own.
+    pub fn cluster_id(&self, members: &[Member], shards: u32) -> u64 {
+        let mut text = format!("{}|{shards}", self.initial_cluster_token);
+        for m in members {
+            text.push_str(&format!("|{}={}", m.id, m.addr));
+        }
+        // Two independent 32-bit checksums: stable across builds (unlike std's hasher), and
+        // an identifier, not a secret.
+        let high = u64::from(crc32c::crc32c(text.as_bytes()));
+        let low = u64::from(crc32c::crc32c_append(0x5bd1_e995, text.as_bytes()));
+        high << 32 | low
     }
 
     /// Everything else that can be checked before opening anything.
@@ -180,6 +300,10 @@ impl NodeConfig {
         };
         check(self.data_dir != PathBuf::new(), "--data-dir is required")?;
         check(self.shards <= SHARDS_MAX, "at most 64 shards per node")?;
+        check(
+            !self.initial_cluster_token.is_empty(),
+            "initial_cluster_token must not be empty",
+        )?;
         let r = &self.raft;
         check(r.tick_ms > 0, "raft.tick_ms must be > 0")?;
         check(
@@ -199,6 +323,7 @@ impl NodeConfig {
             "net.frame_bytes_max must be at least 5 MiB (the largest command + 1 MiB)",
         )?;
         self.kv.validate().map_err(|e| Error::Config(e.to_string()))?;
+        self.security.files()?;
         self.members().map(|_| ())
     }
 }
@@ -220,19 +345,71 @@ mod tests {
     // Proves a well-formed cluster parses, sorted, and each malformed one is refused by name.
     #[test]
     fn initial_cluster_is_checked() {
-        let ok = config(2, "127.0.0.1:2", "3=127.0.0.1:3, 1=127.0.0.1:1,2=127.0.0.1:2");
+        let ok = config(2, "127.0.0.1:2", "3=127.0.0.1:3, 1=127.0.0.1:1,2=localhost:2");
         let ids: Vec<u64> = ok.members().unwrap().iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![1, 2, 3]);
+        let mut other_peer = config(1, "127.0.0.1:5", "1=127.0.0.1:1");
+        other_peer.peer_addr = "127.0.0.1:9".into();
         for (cfg, needle) in [
             (config(1, "127.0.0.1:1", "1=127.0.0.1:1,1=127.0.0.1:2"), "unique"),
             (config(1, "127.0.0.1:1", "1=nowhere"), "address"),
             (config(1, "127.0.0.1:1", "x=127.0.0.1:1"), "not a number"),
             (config(4, "127.0.0.1:1", "1=127.0.0.1:1"), "not in"),
-            (config(1, "127.0.0.1:9", "1=127.0.0.1:1"), "differs"),
+            (other_peer, "differs"),
         ] {
             let err = cfg.members().unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    // Proves every shard's client and peer port must fit below 65536 and the two ranges
+    // must not overlap, each refused with the flag to change.
+    #[test]
+    fn port_ranges_are_checked() {
+        let cfg = config(1, "127.0.0.1:65535", "1=127.0.0.1:20260");
+        assert!(cfg.listen_addrs(1).is_ok());
+        let err = cfg.listen_addrs(2).unwrap_err().to_string();
+        assert!(err.contains("--addr") && err.contains("65536"), "{err}");
+        let err = config(1, "127.0.0.1:65536", "1=127.0.0.1:1")
+            .listen_addrs(1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--addr") && err.contains("invalid port"), "{err}");
+        let err = config(1, "127.0.0.1:20160", "1=127.0.0.1:20161")
+            .listen_addrs(2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overlap"), "{err}");
+        let (client, peer) = config(1, "localhost:20160", "1=127.0.0.1:20162")
+            .listen_addrs(2)
+            .unwrap();
+        assert_eq!((client.port(), peer.port()), (20160, 20162));
+    }
+
+    // Proves the cluster id is the same for the same token, members and shards, and differs
+    // when any of them does.
+    #[test]
+    fn cluster_id_follows_token_members_and_shards() {
+        let a = config(1, "127.0.0.1:1", "1=127.0.0.1:2,2=127.0.0.1:3");
+        let id = |c: &NodeConfig, shards| c.cluster_id(&c.members().unwrap(), shards);
+        assert_eq!(id(&a, 2), id(&a.clone(), 2));
+        assert_ne!(id(&a, 2), id(&a, 3));
+        let mut b = a.clone();
+        b.initial_cluster_token = "other".into();
+        assert_ne!(id(&a, 2), id(&b, 2));
+        let mut c = a.clone();
+        c.initial_cluster = "1=127.0.0.1:2,2=127.0.0.1:4".into();
+        assert_ne!(id(&a, 2), id(&c, 2));
+    }
+
+    // Proves the example config shipped for deployments parses and passes every check (it
+    // cannot rot unnoticed).
+    #[test]
+    fn the_deploy_example_is_a_valid_config() {
+        let cfg: NodeConfig = toml::from_str(include_str!("../../tools/deploy/corekv.toml")).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!((cfg.node_id, cfg.initial_cluster_token.as_str()), (1, "prod-east"));
+        cfg.listen_addrs(cfg.shard_count(64)).unwrap();
     }
 
     // Proves a TOML file may name only some fields and the rest keep their defaults, and

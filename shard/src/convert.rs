@@ -64,6 +64,16 @@ pub fn error(e: Error) -> WireError {
         // Nothing was written: the client backs off and retries.
         Error::NoSpace(reason) => WireError::ServerBusy { reason },
         Error::OutcomeUnknown { region_id } => WireError::OutcomeUnknown { region_id },
+        Error::InvalidArgument(reason) => WireError::InvalidArgument {
+            reason: reason.to_string(),
+        },
+        Error::RegionUnavailable { region_id, reason } => WireError::RegionUnavailable { region_id, reason },
+        e @ Error::Corruption { .. } => WireError::Storage { reason: e.to_string() },
+        // Raft traffic's, never a request's: said as it is.
+        e @ Error::Refused { .. } => WireError::Malformed {
+            code: e.code(),
+            reason: e.to_string(),
+        },
     }
 }
 

@@ -23,11 +23,16 @@ pub enum Error {
     Panicked { shard: usize, reason: String },
     #[error("configuration: {0}")]
     Config(String),
-    #[error("cannot listen on {addr}: {source} (is another process using the port? pick another --addr)")]
-    Bind { addr: String, source: std::io::Error },
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("data dir {dir} belongs to another layout: {reason}")]
+    /// A listener could not bind: `flag` names the setting to change.
+    #[error("cannot listen on {addr}: {error} (another process uses the port? pick another {flag})")]
+    Bind {
+        flag: &'static str,
+        addr: String,
+        error: std::io::Error,
+    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    #[error("data dir {dir} belongs to another node or cluster: {reason}; start it with the arguments it was created with, or use another --data-dir")]
     DataDirMismatch { dir: String, reason: String },
     #[error("storage: {0}")]
     Storage(#[from] corekv_storage::Error),
@@ -38,10 +43,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+    pub fn io(what: impl Into<String>, error: std::io::Error) -> Error {
         Error::Io {
             what: what.into(),
-            source,
+            error,
         }
     }
 }

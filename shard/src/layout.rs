@@ -85,9 +85,13 @@ mod tests {
 
     fn members(n: u64) -> Vec<Member> {
         (1..=n)
-            .map(|id| Member {
-                id,
-                addr: format!("127.0.0.1:{}", 20000 + id),
+            .map(|id| {
+                let addr = format!("127.0.0.1:{}", 20000 + id);
+                Member {
+                    id,
+                    peer: addr.parse().unwrap(),
+                    addr,
+                }
             })
             .collect()
     }

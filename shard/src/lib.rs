@@ -35,6 +35,11 @@ pub use config::NodeConfig;
 pub use error::{Error, Result};
 pub use node::run_node;
 
+/// The git commit this build is from ("unknown" outside a checkout).
+pub const GIT_COMMIT: &str = env!("COREKV_GIT_COMMIT");
+/// `<version> (<commit>)`: what every binary's `--version` prints after its name.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("COREKV_GIT_COMMIT"), ")");
+
 /// glommio registers its io_uring buffers and needs at least this much locked memory.
 pub const MEMLOCK_BYTES_MIN: u64 = 512 << 10;
 /// What we raise the soft limit to when allowed: room for several executors per process.

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use corekv_netio::tls::Tls;
 use corekv_storage::kv::SharedBlockCache;
 use serde::{Deserialize, Serialize};
 
@@ -15,15 +16,31 @@ use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::metrics::{NodeMetrics, StatusServer};
-use crate::routing::Routing;
+use crate::routing::{Identity, Routing};
 use crate::runtime::{Shard, ShardArgs};
 
 /// Who a data dir belongs to; a restart with other arguments is refused, not "recovered".
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Identity {
+struct DirIdentity {
+    /// Hex: TOML integers stop at i64::MAX.
+    cluster_id: String,
     node_id: u64,
     shards: u32,
+    /// `id=peer address` of every member.
     members: Vec<String>,
+}
+
+impl std::fmt::Display for DirIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node {} of cluster {}, {} shards, members {}",
+            self.node_id,
+            self.cluster_id,
+            self.shards,
+            self.members.join(",")
+        )
+    }
 }
 
 const IDENTITY_FILE: &str = "IDENTITY";
@@ -35,19 +52,33 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
     crate::ensure_memlock()?;
     let members = cfg.members()?;
     let cpus = crate::available_cpus();
-    let shards = if cfg.shards == 0 { cpus.len().max(1) } else { cfg.shards } as u32;
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(cfg.data_dir.display().to_string(), e))?;
+    let shards = cfg.shard_count(cpus.len());
+    let (client_addr, peer_addr) = cfg.listen_addrs(shards)?;
+    let cluster_id = cfg.cluster_id(&members, shards);
+    let tls = match cfg.security.files()? {
+        Some(files) => Some(Tls::load(&files).map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
+    warn_about_shape(shards, cpus.len(), members.len());
+    create_private_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     check_identity(
         &cfg.data_dir,
-        &Identity {
+        &DirIdentity {
+            cluster_id: format!("{cluster_id:#018x}"),
             node_id: cfg.node_id,
             shards,
             members: members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect(),
         },
     )?;
     let regions = layout::bootstrap(&members, shards);
-    let routing = Arc::new(Routing::new(cfg.node_id, shards, members.clone(), regions.clone()));
+    let me = Identity {
+        cluster_id,
+        node_id: cfg.node_id,
+        shards,
+        client_addr: cfg.addr.clone(),
+    };
+    let routing = Arc::new(Routing::new(me, &members, regions.clone()));
     let metrics = Arc::new(NodeMetrics::new(cfg.node_id));
     let _status = match cfg.status_addr.as_str() {
         "" => None,
@@ -68,19 +99,24 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
             ready_tx.clone(),
         );
         let shard_metrics = metrics.shard(index);
+        let node_metrics = Arc::clone(&metrics);
+        let tls = tls.clone();
         let cpu = cpus[index as usize % cpus.len()];
         let started = crate::start_pinned(index as usize, cpu, move || async move {
             let args = ShardArgs {
                 index,
+                listen: (client_addr, peer_addr),
                 cfg: Rc::new(cfg),
                 members,
                 regions,
                 routing,
                 metrics: shard_metrics,
+                node_metrics,
+                tls,
                 cache,
                 stop: Arc::clone(&stop),
             };
-            let (shard, listener) = match Shard::open(args).await {
+            let (shard, listeners) = match Shard::open(args).await {
                 Ok(opened) => opened,
                 Err(e) => {
                     let _ = ready.send((index, Err(e)));
@@ -88,7 +124,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
                 }
             };
             let _ = ready.send((index, Ok(())));
-            let result = shard.run(listener).await;
+            let result = shard.run(listeners).await;
             if result.is_err() {
                 stop.store(true, Ordering::Relaxed); // one failed shard takes the node down
             }
@@ -115,13 +151,24 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
             Err(_) => break, // a shard died before reporting: its join says why
         }
     }
+    metrics.ready().store(failure.is_none(), Ordering::Relaxed);
     match &failure {
         Some(_) => stop.store(true, Ordering::Relaxed),
-        None => tracing::info!(node = cfg.node_id, shards, regions = regions.len(), "node ready"),
+        None => tracing::info!(
+            node = cfg.node_id,
+            cluster_id = format!("{cluster_id:#x}"),
+            shards,
+            regions = regions.len(),
+            %client_addr,
+            %peer_addr,
+            "node ready"
+        ),
     }
     for (index, h) in handles.into_iter().enumerate() {
         let shard = index as u32;
-        let error = match h.join() {
+        let joined = h.join();
+        metrics.ready().store(false, Ordering::Relaxed); // stopping, or a shard failed
+        let error = match joined {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => Error::Shard {
                 shard,
@@ -137,6 +184,44 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
         failure.get_or_insert(error);
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Says so when the node's shape works but is probably not what was meant.
+fn warn_about_shape(shards: u32, cpus: usize, members: usize) {
+    if shards as usize > cpus {
+        tracing::warn!(
+            shards,
+            cpus,
+            "more shards than CPUs: shards share cores (shard i runs on CPU i mod {cpus}); fine for trying out, slower than one shard per core"
+        );
+    }
+    if members == 2 {
+        tracing::warn!(
+            "a 2-node cluster keeps 2 replicas of every region: losing either node stops all writes; use 1 node, or 3 or more"
+        );
+    }
+}
+
+/// Creates the data dir (0700) or checks an existing one: the node refuses a data dir that
+/// others may write to (they could replace its files under it).
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |e| Error::io(dir.display().to_string(), e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(Error::Config(format!(
+            "data dir {} is writable by others (mode {:o}); `chmod go-w {}` (or 700), then start again",
+            dir.display(),
+            mode & 0o777,
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Holds an exclusive lock on the data dir for the node's life: two servers on one data dir
@@ -156,24 +241,26 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 }
 
 /// Records who this data dir belongs to on first start; refuses a mismatch afterwards.
-fn check_identity(dir: &Path, me: &Identity) -> Result<()> {
+fn check_identity(dir: &Path, me: &DirIdentity) -> Result<()> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let found: Identity = toml::from_str(&text).map_err(|e| Error::DataDirMismatch {
+            let found: DirIdentity = toml::from_str(&text).map_err(|_| Error::DataDirMismatch {
                 dir: dir.display().to_string(),
-                reason: format!("unreadable {IDENTITY_FILE}: {e}"),
+                reason: format!(
+                    "its {IDENTITY_FILE} file is not one this version of corekv writes (an older version, or not corekv's)"
+                ),
             })?;
             if &found != me {
                 return Err(Error::DataDirMismatch {
                     dir: dir.display().to_string(),
-                    reason: format!("it was created as {found:?}, now started as {me:?}"),
+                    reason: format!("it holds {found}, but this start asks for {me}"),
                 });
             }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = toml::to_string(me).expect("identity serializes");
+            let text = toml::to_string(me).expect("an identity of strings and small integers serializes");
             let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
             let io = |e| Error::io(path.display().to_string(), e);
             let file = File::create(&tmp).map_err(io)?;

@@ -1,5 +1,6 @@
 //! The node's routing table: every region, where its replicas live, and the leader this
-//! node last saw. Shared by the node's shards; written only when a leader changes (rare),
+//! node last saw; and the client address of every node it has talked to. Shared by the
+//! node's shards; written only when a leader changes or a peer introduces itself (rare),
 //! read to answer `ClusterInfo` and to redirect misrouted requests (`WrongShard`).
 
 use std::collections::BTreeMap;
@@ -11,11 +12,20 @@ use corekv_raftstore::{PeerMeta, Region};
 use crate::config::Member;
 use crate::convert;
 
+/// Longest client address a peer may announce (`host:port`; a DNS name is at most 253).
+pub const CLIENT_ADDR_BYTES_MAX: usize = 300;
+
 pub struct Routing {
+    cluster_id: u64,
     node_id: u64,
     shards: u32,
-    members: Vec<Member>,
+    members: Vec<u64>,
     table: RwLock<BTreeMap<u64, Route>>,
+    /// Node id -> client address of its shard 0: this node's own, and every peer's from its
+    /// `PeerHello`.
+    client_addrs: RwLock<BTreeMap<u64, String>>,
+    /// Regions whose replica here was stopped by corrupt data, with why.
+    stopped: RwLock<BTreeMap<u64, String>>,
 }
 
 struct Route {
@@ -24,8 +34,16 @@ struct Route {
     term: u64,
 }
 
+/// Who this node is, as its routing table reports it.
+pub struct Identity {
+    pub cluster_id: u64,
+    pub node_id: u64,
+    pub shards: u32,
+    pub client_addr: String,
+}
+
 impl Routing {
-    pub fn new(node_id: u64, shards: u32, members: Vec<Member>, regions: Vec<Region>) -> Routing {
+    pub fn new(me: Identity, members: &[Member], regions: Vec<Region>) -> Routing {
         let table = regions
             .into_iter()
             .map(|region| {
@@ -40,10 +58,44 @@ impl Routing {
             })
             .collect();
         Routing {
-            node_id,
-            shards,
-            members,
+            cluster_id: me.cluster_id,
+            node_id: me.node_id,
+            shards: me.shards,
+            members: members.iter().map(|m| m.id).collect(),
             table: RwLock::new(table),
+            client_addrs: RwLock::new([(me.node_id, me.client_addr)].into()),
+            stopped: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    pub fn is_member(&self, node_id: u64) -> bool {
+        self.members.contains(&node_id)
+    }
+
+    /// This node's own client address (shard 0).
+    pub fn client_addr(&self) -> String {
+        self.client_addrs.read().expect("routing lock")[&self.node_id].clone()
+    }
+
+    /// A peer introduced itself with its client address.
+    pub fn learn_client_addr(&self, node_id: u64, addr: &str) {
+        debug_assert!(self.is_member(node_id) && node_id != self.node_id);
+        let mut addrs = self.client_addrs.write().expect("routing lock");
+        if addrs.get(&node_id).map(String::as_str) != Some(addr) {
+            tracing::info!(node = node_id, addr, "learned a peer's client address");
+            addrs.insert(node_id, addr.to_string());
         }
     }
 
@@ -70,12 +122,22 @@ impl Routing {
         }
     }
 
+    /// A shard stopped its replica of `region_id` (corrupt data).
+    pub fn set_stopped(&self, region_id: u64, why: &str) {
+        self.stopped
+            .write()
+            .expect("routing lock")
+            .insert(region_id, why.to_string());
+    }
+
     pub fn cluster_info(&self) -> ClusterInfo {
         let table = self.table.read().expect("routing lock");
+        let addrs = self.client_addrs.read().expect("routing lock");
         ClusterInfo {
+            cluster_id: self.cluster_id,
             node_id: self.node_id,
             shards: self.shards,
-            nodes: self.members.iter().map(|m| (m.id, m.addr.clone())).collect(),
+            nodes: addrs.iter().map(|(id, addr)| (*id, addr.clone())).collect(),
             regions: table
                 .values()
                 .map(|r| RegionInfo {
@@ -83,6 +145,13 @@ impl Routing {
                     leader: r.leader.as_ref().map(convert::peer),
                     term: r.term,
                 })
+                .collect(),
+            stopped: self
+                .stopped
+                .read()
+                .expect("routing lock")
+                .iter()
+                .map(|(id, why)| (*id, why.clone()))
                 .collect(),
         }
     }

@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 use corekv_netio::frame::{self, Body, FrameKind};
 use corekv_netio::io::Frame;
 use corekv_netio::msg::{
-    ArchivedOp, ArchivedRaftBatch, ArchivedRequest, ArchivedSnapshotChunk, Reply, SnapshotAck, WireError,
+    ArchivedOp, ArchivedPeerHello, ArchivedRaftBatch, ArchivedRequest, ArchivedSnapshotChunk, NodeStatus, PeerHello,
+    Reply, SnapshotAck, WireError,
 };
+use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
-use corekv_raftstore::cmd::BATCH_PAIRS_MAX;
+use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
 use corekv_raftstore::{apply, Command, Epoch, Outcome, RaftConfig, RaftCore, Region, RequestId, Response};
 use corekv_storage::kv::{KvEngine, SharedBlockCache};
@@ -35,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::metrics::ShardMetrics;
 use crate::routing::Routing;
-use crate::server::{self, Connection};
+use crate::server::{self, Connection, Port};
 use crate::transport::Transport;
 
 /// Most rows one scan request returns (the client continues from the last key).
@@ -47,15 +49,23 @@ pub const REPLY_BYTES_MAX: usize = 4 << 20;
 const CATCH_UP_TICKS_MAX: u64 = 64;
 /// Ticks after start before a fresh region's first leader campaigns (its peers start too).
 const CAMPAIGN_AFTER_TICKS: u64 = 2;
+/// How often the engines' disk use is measured for the metrics (200 ticks: 10 s by default).
+const DISK_USE_EVERY_TICKS: u64 = 200;
 
 /// What a shard is started with.
 pub struct ShardArgs {
     pub index: u32,
+    /// Client and peer addresses of shard 0 (this shard listens on their ports + `index`).
+    pub listen: (std::net::SocketAddr, std::net::SocketAddr),
     pub cfg: Rc<NodeConfig>,
     pub members: Vec<Member>,
     pub regions: Vec<Region>,
     pub routing: Arc<Routing>,
     pub metrics: ShardMetrics,
+    /// The node's metrics, for `NodeStatus` answers.
+    pub node_metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Mutual TLS on both ports and on outgoing peer connections, when configured.
+    pub tls: Option<Tls>,
     pub cache: SharedBlockCache,
     pub stop: Arc<AtomicBool>,
 }
@@ -83,10 +93,11 @@ struct Pending {
     started: Instant,
 }
 
-/// What a request asks of the raft core.
+/// What a request asks of the raft core, or its answer when it needs nothing of it.
 enum Action {
     Write(Command),
     Read(Read),
+    Answer(Reply),
 }
 
 pub struct Shard {
@@ -96,6 +107,8 @@ pub struct Shard {
     transport: Transport,
     routing: Arc<Routing>,
     metrics: Rc<ShardMetrics>,
+    node_metrics: Arc<crate::metrics::NodeMetrics>,
+    tls: Option<Tls>,
     pending: RefCell<HashMap<RequestId, Pending>>,
     next_request: Cell<RequestId>,
     dirty: Cell<bool>,
@@ -113,8 +126,9 @@ pub struct Shard {
 
 impl Shard {
     /// Opens the shard's engines (bootstrapping its regions on first start), restores its
-    /// peers and binds its port. Runs on the shard's executor.
-    pub async fn open(args: ShardArgs) -> Result<(Rc<Shard>, glommio::net::TcpListener)> {
+    /// peers and binds its ports. Runs on the shard's executor.
+    pub async fn open(args: ShardArgs) -> Result<(Rc<Shard>, Listeners)> {
+        let listeners = Listeners::bind(args.listen, args.index)?;
         let cfg = Rc::clone(&args.cfg);
         let dir = shard_dir(&cfg.data_dir, args.index);
         std::fs::create_dir_all(dir.join("raftlog")).map_err(|e| Error::io(format!("{}", dir.display()), e))?;
@@ -129,9 +143,10 @@ impl Shard {
                 apply::save_region(&kv, region)?;
             }
         }
-        let disk = UringDisk::open(&dir.join("raftlog"))
+        let disk = UringDisk::open(&dir.join("raftlog"), cfg.log.sync_mode)
             .await
             .map_err(|e| Error::io("open the raft log", e))?;
+        args.metrics.log_durability(disk.durability());
         let (log, _) = LogEngine::open(disk, cfg.log.clone()).await?;
         let raft = RaftConfig {
             election_tick: cfg.raft.election_ticks,
@@ -150,17 +165,14 @@ impl Shard {
             .map(|r| r.id)
             .collect();
         let metrics = Rc::new(args.metrics);
-        let (host, port) = cfg
-            .addr
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| Error::Config(format!("--addr {} is not host:port", cfg.addr)))?;
-        let source = host.parse::<std::net::IpAddr>().ok();
-        let addr = format!("{host}:{}", u32::from(port) + args.index);
-        let listener = glommio::net::TcpListener::bind(addr.as_str()).map_err(|e| Error::Bind {
-            addr: addr.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        // Outgoing peer connections leave from this node's own peer address.
+        let source = Some(args.listen.1.ip());
+        let hello = PeerHello {
+            cluster_id: args.routing.cluster_id(),
+            node_id: cfg.node_id,
+            shard: args.index,
+            client_addr: args.routing.client_addr(),
+        };
         let shard = Rc::new_cyclic(|weak: &std::rc::Weak<Shard>| {
             let weak = weak.clone();
             let report = Rc::new(move |region: u64, to: u64, delivered: bool| {
@@ -171,11 +183,22 @@ impl Shard {
             });
             Shard {
                 index: args.index,
-                transport: Transport::new(&args.members, source, cfg.net.clone(), Rc::clone(&metrics), report),
+                transport: Transport::new(
+                    &args.members,
+                    source,
+                    args.tls.clone(),
+                    hello,
+                    Arc::clone(&args.routing),
+                    cfg.net.clone(),
+                    Rc::clone(&metrics),
+                    report,
+                ),
                 cfg: Rc::clone(&cfg),
                 engines,
                 routing: args.routing,
                 metrics,
+                node_metrics: args.node_metrics,
+                tls: args.tls.clone(),
                 pending: RefCell::new(HashMap::new()),
                 next_request: Cell::new(1),
                 dirty: Cell::new(true),
@@ -189,8 +212,14 @@ impl Shard {
                 gc_running: Cell::new(false),
             }
         });
-        tracing::info!(shard = args.index, %addr, regions = here.len(), "shard listening");
-        Ok((shard, listener))
+        tracing::info!(
+            shard = args.index,
+            client = %listeners.client_addr,
+            peer = %listeners.peer_addr,
+            regions = here.len(),
+            "shard listening"
+        );
+        Ok((shard, listeners))
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -201,13 +230,19 @@ impl Shard {
         &self.metrics
     }
 
+    /// TLS for this shard's connections, if configured.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.get()
     }
 
-    /// Runs the shard until the node stops: listener, ticker and the loop.
-    pub async fn run(self: Rc<Self>, listener: glommio::net::TcpListener) -> Result<()> {
-        glommio::spawn_local(server::listen(Rc::clone(&self), listener)).detach();
+    /// Runs the shard until the node stops: listeners, ticker and the loop.
+    pub async fn run(self: Rc<Self>, listeners: Listeners) -> Result<()> {
+        glommio::spawn_local(server::listen(Rc::clone(&self), listeners.client, Port::Client)).detach();
+        glommio::spawn_local(server::listen(Rc::clone(&self), listeners.peer, Port::Peer)).detach();
         glommio::spawn_local(Rc::clone(&self).tick_loop()).detach();
         let result = self.run_loop().await;
         self.stopping.set(true);
@@ -261,11 +296,11 @@ impl Shard {
     fn record(&self, s: &LoopStats) {
         let m = &self.metrics;
         if s.log_appends > 0 {
-            m.log_appends.inc_by(s.log_appends);
-            m.log_append_seconds.observe(s.log.as_secs_f64());
+            m.log_syncs.inc_by(s.log_appends);
+            m.log_sync_seconds.observe(s.log.as_secs_f64());
             m.log_batch_regions.observe(s.regions_in_batch as f64);
         }
-        m.no_space_waits.inc_by(s.no_space_waits);
+        m.disk_full_waits.inc_by(s.no_space_waits);
         if s.entries_applied > 0 {
             m.applied_entries.inc_by(s.entries_applied);
             m.apply_seconds.observe(s.apply.as_secs_f64());
@@ -275,7 +310,13 @@ impl Shard {
     async fn tick_loop(self: Rc<Self>) {
         let tick = Duration::from_millis(self.cfg.raft.tick_ms);
         loop {
+            let asleep = Instant::now();
             glommio::timer::sleep(tick).await;
+            let late = asleep.elapsed().saturating_sub(tick);
+            self.metrics.tick_lateness_seconds.observe(late.as_secs_f64());
+            if late > tick {
+                self.metrics.executor_stalls.inc();
+            }
             if self.stop.load(Ordering::Relaxed) {
                 self.stopping.set(true);
                 self.kick();
@@ -290,24 +331,43 @@ impl Shard {
                 }
             }
             self.publish();
-            if self.ticks.get().is_multiple_of(self.cfg.raft.gc_interval_ticks) && !self.gc_running.replace(true) {
-                let shard = Rc::clone(&self);
-                glommio::spawn_local(async move {
-                    let (keep, slack) = (shard.cfg.raft.gc_keep_entries, shard.cfg.raft.gc_slack_entries);
-                    match shard.engines.gc(keep, slack).await {
-                        // The apply path reports the full disk; GC tries again next round.
-                        Err(e @ corekv_raftstore::Error::NoSpace(_)) => {
-                            tracing::debug!(shard = shard.index, error = %e, "log GC skipped")
-                        }
-                        Err(e) => tracing::error!(shard = shard.index, error = %e, "log GC failed"),
-                        Ok(_) => {}
-                    }
-                    shard.gc_running.set(false);
-                })
-                .detach();
-            }
+            self.housekeeping();
             self.kick();
         }
+    }
+
+    /// Now and then, off the loop's way: log GC, and the disk use and peer links of the metrics.
+    fn housekeeping(self: &Rc<Self>) {
+        let ticks = self.ticks.get();
+        if ticks.is_multiple_of(self.cfg.raft.gc_interval_ticks) && !self.gc_running.replace(true) {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move {
+                let (keep, slack) = (shard.cfg.raft.gc_keep_entries, shard.cfg.raft.gc_slack_entries);
+                match shard.engines.gc(keep, slack).await {
+                    // The apply path reports the full disk; GC tries again next round.
+                    Err(e @ corekv_raftstore::Error::NoSpace(_)) => {
+                        tracing::debug!(shard = shard.index, error = %e, "log GC skipped")
+                    }
+                    Err(e) => tracing::error!(shard = shard.index, error = %e, "log GC failed"),
+                    Ok(_) => {}
+                }
+                shard.gc_running.set(false);
+            })
+            .detach();
+        }
+        if ticks.is_multiple_of(DISK_USE_EVERY_TICKS) {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move {
+                let dir = shard_dir(&shard.cfg.data_dir, shard.index);
+                let sizes = glommio::executor()
+                    .spawn_blocking(move || (disk_use(&dir.join("kv")), disk_use(&dir.join("raftlog"))))
+                    .await;
+                shard.metrics.kv_disk_bytes.set(sizes.0 as i64);
+                shard.metrics.raft_log_disk_bytes.set(sizes.1 as i64);
+            })
+            .detach();
+        }
+        self.metrics.peer_links_down.set(self.transport.links_down() as i64);
     }
 
     /// Advances raft's clock to the monotonic clock: ticks missed while the process was
@@ -341,42 +401,116 @@ impl Shard {
                 if leads {
                     tracing::info!(region = id, term, "became leader");
                 }
+                if published.get(&id).is_some_and(|(was, _)| *was != now.0) {
+                    self.metrics.leader_changes.inc();
+                }
                 published.insert(id, now);
                 self.routing.set_leader(id, leader, term);
             }
+        }
+        let stopped = core.stopped_regions();
+        if stopped.len() as i64 != self.metrics.stopped_regions.get() {
+            for (id, why) in stopped {
+                self.routing.set_stopped(*id, why);
+            }
+            self.metrics.stopped_regions.set(stopped.len() as i64);
         }
         self.metrics.regions.set(ids.len() as i64);
         self.metrics.leaders.set(leaders);
         self.metrics.apply_lag_entries.set(core.apply_lag() as i64);
     }
 
-    /// A frame from a client or a peer shard. `Err`: it is malformed and the connection closes.
-    pub fn handle_frame(&self, out: &Rc<Connection>, f: Frame) -> std::result::Result<(), FrameError> {
-        match f.header.kind {
-            FrameKind::Request => self.handle_request(out, f.header.request_id, &f.body),
-            FrameKind::RaftBatch => self.handle_raft(&f.body),
-            FrameKind::SnapshotChunk => self.handle_chunk(out, &f.body),
-            other => Err(FrameError::UnexpectedKind { kind: other as u8 }),
-        }
+    /// A frame from a client or a peer shard. `Err`: what the other end is told before the
+    /// connection closes (a malformed frame, one that does not belong on this port, a refused
+    /// handshake).
+    pub fn handle_frame(&self, out: &Rc<Connection>, f: Frame) -> std::result::Result<(), WireError> {
+        let kind = f.header.kind;
+        let result = match (out.port, kind, out.peer_node.get()) {
+            (Port::Client, FrameKind::Request, _) => self.handle_request(out, f.header.request_id, &f.body),
+            (Port::Peer, FrameKind::PeerHello, None) => return self.handle_hello(out, &f.body),
+            (Port::Peer, FrameKind::RaftBatch, Some(node)) => self.handle_raft(node, &f.body),
+            (Port::Peer, FrameKind::SnapshotChunk, Some(node)) => self.handle_chunk(out, node, &f.body),
+            _ => Err(FrameError::UnexpectedKind { kind: kind as u8 }),
+        };
+        result.map_err(|e| match e {
+            FrameError::UnexpectedKind { .. } if out.port == Port::Peer && out.peer_node.get().is_none() => {
+                WireError::PeerRefused {
+                    reason: "a peer connection starts with a PeerHello".into(),
+                }
+            }
+            FrameError::UnexpectedKind { kind } => WireError::Malformed {
+                code: e.code(),
+                reason: format!("frame kind {kind} is not accepted on a {:?} port", out.port),
+            },
+            e => server::malformed(&e),
+        })
     }
 
-    fn handle_raft(&self, body: &Body) -> std::result::Result<(), FrameError> {
+    /// A peer introduces itself: it must belong to this cluster, be another member, and name a
+    /// shard that exists. Answered with this shard's own hello.
+    fn handle_hello(&self, out: &Connection, body: &Body) -> std::result::Result<(), WireError> {
+        let hello = frame::access::<ArchivedPeerHello>(body).map_err(|e| server::malformed(&e))?;
+        let (cluster_id, node_id) = (hello.cluster_id.to_native(), hello.node_id.to_native());
+        let routing = &self.routing;
+        let refused = if cluster_id != routing.cluster_id() {
+            Some(format!(
+                "cluster {cluster_id:#x} is not this node's cluster {:#x} (another cluster on these addresses? check initial_cluster_token)",
+                routing.cluster_id()
+            ))
+        } else if node_id == routing.node_id() || !routing.is_member(node_id) {
+            Some(format!("node {node_id} is not another member of this cluster"))
+        } else if hello.shard.to_native() >= routing.shards() {
+            Some(format!("shard {} does not exist on this cluster's nodes", hello.shard))
+        } else if hello.client_addr.len() > crate::routing::CLIENT_ADDR_BYTES_MAX {
+            Some("client address too long".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            return Err(WireError::PeerRefused { reason });
+        }
+        routing.learn_client_addr(node_id, hello.client_addr.as_str());
+        out.peer_node.set(Some(node_id));
+        out.push(FrameKind::PeerHello, 0, self.transport.hello());
+        Ok(())
+    }
+
+    /// Raft messages from `node` (the connection's peer): any that claims another sender is a
+    /// forgery, and refuses the whole frame.
+    fn handle_raft(&self, node: u64, body: &Body) -> std::result::Result<(), FrameError> {
         let batch = frame::access::<ArchivedRaftBatch>(body)?;
         let mut core = self.engines.core.borrow_mut();
         for env in batch.messages.iter() {
+            if env.from.node.to_native() != node {
+                return Err(FrameError::Invalid {
+                    reason: format!("a message from node {} on node {node}'s connection", env.from.node),
+                });
+            }
             let msg = crate::convert::message(env).map_err(|e| FrameError::Invalid { reason: e.to_string() })?;
             self.metrics.raft_messages_received.inc();
-            // A message for a region not here (yet) is dropped; its sender retries.
-            let _ = core.step(msg);
+            // A message for a region not here (yet) is dropped; its sender retries. A forged
+            // or corrupt one is refused at raft's edge, counted, and logged.
+            if let Err(e @ corekv_raftstore::Error::Refused { .. }) = core.step(msg) {
+                self.metrics.raft_messages_refused.inc();
+                tracing::warn!(peer_node = node, error = %e, "raft message refused");
+            }
         }
         drop(core);
         self.kick();
         Ok(())
     }
 
-    fn handle_chunk(&self, out: &Connection, body: &Body) -> std::result::Result<(), FrameError> {
+    fn handle_chunk(&self, out: &Connection, node: u64, body: &Body) -> std::result::Result<(), FrameError> {
         let archived = frame::access::<ArchivedSnapshotChunk>(body)?;
         let chunk = crate::convert::chunk_from(archived).map_err(|e| FrameError::Invalid { reason: e.to_string() })?;
+        if chunk.header.from.node != node {
+            return Err(FrameError::Invalid {
+                reason: format!(
+                    "a snapshot from node {} on node {node}'s connection",
+                    chunk.header.from.node
+                ),
+            });
+        }
         let (region_id, to_peer) = (chunk.header.region_id, chunk.header.to.id);
         let pushed = out.snapshots.borrow_mut().push(chunk);
         let accepted = match pushed {
@@ -413,9 +547,16 @@ impl Shard {
             reply_now(Reply::Failed(WireError::ShuttingDown));
             return Ok(());
         }
-        if let ArchivedOp::ClusterInfo = req.op {
-            reply_now(Reply::Cluster(self.routing.cluster_info()));
-            return Ok(());
+        match req.op {
+            ArchivedOp::ClusterInfo => {
+                reply_now(Reply::Cluster(self.routing.cluster_info()));
+                return Ok(());
+            }
+            ArchivedOp::NodeStatus => {
+                reply_now(Reply::Status(self.node_status()));
+                return Ok(());
+            }
+            _ => {}
         }
         let limit = self.cfg.net.inflight_per_connection_max;
         if out.inflight.get() >= limit {
@@ -431,33 +572,38 @@ impl Shard {
         };
         let action = {
             let core = self.engines.core.borrow();
-            match core.region(region_id) {
-                None => Err(self.not_here(region_id)),
-                Some(region) => action(&req.op, region),
+            match (core.region(region_id), core.stopped(region_id)) {
+                (Some(region), _) => action(&req.op, region),
+                (None, Some(why)) => Err(WireError::RegionUnavailable {
+                    region_id,
+                    reason: why.to_string(),
+                }),
+                (None, None) => Err(self.not_here(region_id)),
             }
         };
-        let action = match action {
-            Ok(a) => a,
+        let id = self.next_request.get();
+        let read = match action {
             Err(e) => {
                 reply_now(Reply::Failed(e));
                 return Ok(());
             }
-        };
-        let id = self.next_request.get();
-        self.next_request.set(id + 1);
-        let read = match action {
-            Action::Write(cmd) => {
+            Ok(Action::Answer(reply)) => {
+                reply_now(reply);
+                return Ok(());
+            }
+            Ok(Action::Write(cmd)) => {
                 self.metrics.proposals.inc();
                 self.engines.core.borrow_mut().propose(id, region_id, epoch, cmd);
                 None
             }
-            Action::Read(read) => {
+            Ok(Action::Read(read)) => {
                 // A lease is judged by the real clock, even if the ticker has not run yet.
                 self.catch_up();
                 self.engines.core.borrow_mut().read(id, region_id, epoch);
                 Some(read)
             }
         };
+        self.next_request.set(id + 1);
         out.inflight.set(out.inflight.get() + 1);
         self.pending.borrow_mut().insert(
             id,
@@ -471,6 +617,23 @@ impl Shard {
         );
         self.kick();
         Ok(())
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        let load = self.node_metrics.load();
+        NodeStatus {
+            cluster_id: self.routing.cluster_id(),
+            node_id: self.routing.node_id(),
+            version: crate::VERSION.to_string(),
+            shards: self.routing.shards(),
+            uptime_secs: load.uptime_secs,
+            regions: load.regions,
+            leaders: load.leaders,
+            stopped_regions: load.stopped_regions,
+            apply_lag_entries: load.apply_lag_entries,
+            kv_disk_bytes: load.kv_disk_bytes,
+            raft_log_disk_bytes: load.raft_log_disk_bytes,
+        }
     }
 
     /// The answer for a region this shard does not host: where it is, if this node knows.
@@ -553,16 +716,17 @@ impl Shard {
 
     fn reply(&self, out: &Connection, client_id: u64, op: usize, started: Instant, reply: Reply) {
         if let Reply::Failed(e) = &reply {
-            self.metrics.error(e.code());
+            self.metrics.error(e.name());
         }
         self.metrics.request_seconds[op].observe(started.elapsed().as_secs_f64());
         out.push(FrameKind::Reply, client_id, &reply);
     }
 }
 
-/// What `op` asks for, checked against the region (keys inside it, sizes bounded).
+/// What `op` asks for, checked against the region: read keys by the same rules as written ones
+/// (`cmd::check_key`), bounds and batches bounded. Writes are checked by the raft core.
 fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireError> {
-    let key_in = |k: &[u8]| region.check_key(k).map_err(crate::convert::error);
+    let key_ok = |k: &[u8]| cmd::check_key(region, k).map_err(crate::convert::error);
     let too_many = |n: usize| {
         (n > BATCH_PAIRS_MAX).then(|| WireError::TooLarge {
             reason: format!("{n} keys in one request; the maximum is {BATCH_PAIRS_MAX}"),
@@ -570,14 +734,14 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
     };
     Ok(match op {
         ArchivedOp::Get { key } => {
-            key_in(key)?;
+            key_ok(key)?;
             Action::Read(Read::Get(key.to_vec()))
         }
         ArchivedOp::BatchGet { keys } => {
             if let Some(e) = too_many(keys.len()) {
                 return Err(e);
             }
-            keys.iter().try_for_each(|k| key_in(k))?;
+            keys.iter().try_for_each(|k| key_ok(k))?;
             Action::Read(Read::BatchGet(keys.iter().map(|k| k.to_vec()).collect()))
         }
         ArchivedOp::Scan {
@@ -585,19 +749,7 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
             end,
             limit,
             reverse,
-        } => {
-            key_in(start)?;
-            if !end.is_empty() {
-                region.check_range(start, end).map_err(crate::convert::error)?;
-            }
-            Action::Read(Read::Scan {
-                start: start.to_vec(),
-                end: end.to_vec(),
-                limit: limit.to_native().min(SCAN_ROWS_MAX),
-                asked: limit.to_native(),
-                reverse: *reverse,
-            })
-        }
+        } => scan_action(region, (start, end), limit.to_native(), *reverse)?,
         ArchivedOp::Put { key, value } => Action::Write(Command::Put {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -620,13 +772,43 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
             expected: expected.as_ref().map(|v| v.to_vec()),
             new: new.as_ref().map(|v| v.to_vec()),
         }),
-        ArchivedOp::ClusterInfo => {
+        ArchivedOp::ClusterInfo | ArchivedOp::NodeStatus => {
             return Err(WireError::Malformed {
                 code: 308,
-                reason: "cluster info is not a region request".into(),
+                reason: "a node request is not a region request".into(),
             })
         }
     })
+}
+
+/// A scan of `[start, end)` (empty `end`: to the region's end): an empty range is answered at
+/// once with no rows; otherwise the range must lie in the region.
+fn scan_action(
+    region: &Region,
+    (start, end): (&[u8], &[u8]),
+    asked: u32,
+    reverse: bool,
+) -> std::result::Result<Action, WireError> {
+    let check = |r: corekv_raftstore::Result<()>| r.map_err(crate::convert::error);
+    check(cmd::check_bound(start))?;
+    check(cmd::check_bound(end))?;
+    if !end.is_empty() && start >= end {
+        return Ok(Action::Answer(Reply::Rows {
+            rows: Vec::new(),
+            more: false,
+        }));
+    }
+    check(region.check_key(start))?;
+    if !end.is_empty() {
+        check(region.check_range(start, end))?;
+    }
+    Ok(Action::Read(Read::Scan {
+        start: start.to_vec(),
+        end: end.to_vec(),
+        limit: asked.min(SCAN_ROWS_MAX),
+        asked,
+        reverse,
+    }))
 }
 
 fn now_nanos() -> u64 {
@@ -634,6 +816,46 @@ fn now_nanos() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0)
+}
+
+/// A shard's two listeners, bound before anything else opens so that a port in use fails the
+/// start at once.
+pub struct Listeners {
+    client: glommio::net::TcpListener,
+    peer: glommio::net::TcpListener,
+    client_addr: std::net::SocketAddr,
+    peer_addr: std::net::SocketAddr,
+}
+
+impl Listeners {
+    fn bind((client, peer): (std::net::SocketAddr, std::net::SocketAddr), index: u32) -> Result<Listeners> {
+        let at = |mut a: std::net::SocketAddr| {
+            // `NodeConfig::listen_addrs` checked that every shard's port fits.
+            a.set_port(a.port() + index as u16);
+            a
+        };
+        let (client_addr, peer_addr) = (at(client), at(peer));
+        Ok(Listeners {
+            client: server::bind("--addr", client_addr)?,
+            peer: server::bind("--peer-addr", peer_addr)?,
+            client_addr,
+            peer_addr,
+        })
+    }
+}
+
+/// Bytes the files under `dir` take (blocking: a directory walk).
+fn disk_use(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_use(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }
 
 /// Where a shard keeps its engines.

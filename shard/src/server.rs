@@ -1,30 +1,54 @@
-//! A shard's listener: one TCP port per shard (`addr` port + shard index) for clients and
-//! peer shards alike. Each connection has a reader (frames in, handed to the shard) and a
-//! writer (answers out, several frames per write).
+//! A shard's listeners: a client port (`addr` port + shard index) that takes requests only,
+//! and a peer port (`peer_addr` port + shard index) that takes raft traffic only, after a
+//! `PeerHello` naming this node's cluster. Each connection has a reader (frames in, handed to
+//! the shard) and a writer (answers out, several frames per write).
 //!
-//! A malformed frame gets a typed error frame, then the connection is closed; the shard and
-//! every other connection go on. Nothing a peer sends can panic the shard.
+//! A frame that does not belong on its port, a malformed frame or a refused handshake gets a
+//! typed error frame, then the connection is closed; the shard and every other connection go
+//! on. Nothing a peer sends can panic the shard.
+//!
+//! Listeners are bound WITHOUT `SO_REUSEPORT` (glommio's own `bind` sets it): with it, a second
+//! server on the same port would start and the kernel would split connections between two
+//! clusters. One listener per shard needs no port sharing.
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 
 use corekv_netio::frame::{self, FrameKind};
 use corekv_netio::io::{self, FrameReader};
 use corekv_netio::msg::WireError;
+use corekv_netio::tls::Stream;
 use corekv_netio::{Error as NetError, FrameError};
 use glommio::net::{TcpListener, TcpStream};
+use std::time::Duration;
 
 use corekv_raftstore::snapshot_chunks::Reassembler;
 
+use crate::error::{Error, Result};
 use crate::runtime::Shard;
 
 /// Answers queued for one connection beyond which the shard stops reading its requests until
 /// the peer reads (a client that never reads cannot grow the shard's memory).
 const OUTBOX_BYTES_MAX: usize = 16 << 20;
 
-/// One connection's state: what it has to send, its requests in flight, and the snapshot
-/// streams arriving on it (dropped with the connection: a broken stream frees its memory).
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Client requests (`Request` frames) only.
+    Client,
+    /// Raft batches and snapshot chunks from peer shards, after their `PeerHello`.
+    Peer,
+}
+
+/// One connection's state: what it has to send, its requests in flight, who is on the other
+/// end (a peer's node once its hello was accepted), and the snapshot streams arriving on it
+/// (dropped with the connection: a broken stream frees its memory).
 pub struct Connection {
+    pub port: Port,
+    /// The node a peer connection speaks for, once its `PeerHello` was accepted.
+    pub peer_node: Cell<Option<u64>>,
     pub snapshots: RefCell<Reassembler>,
     buf: RefCell<Vec<u8>>,
     wake: event_listener::Event,
@@ -36,8 +60,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new() -> Connection {
+    fn new(port: Port) -> Connection {
         Connection {
+            port,
+            peer_node: Cell::new(None),
             buf: RefCell::new(Vec::new()),
             wake: event_listener::Event::new(),
             drained: event_listener::Event::new(),
@@ -63,30 +89,60 @@ impl Connection {
     }
 }
 
+/// Binds a listener on `addr` for `flag` (named in the error) without `SO_REUSEPORT`: a port
+/// in use is refused, as it must be. Must run on the executor that will accept on it.
+pub fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener> {
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|error| Error::Bind {
+        flag,
+        addr: addr.to_string(),
+        error,
+    })?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to glommio.
+    Ok(unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) })
+}
+
 /// Accepts connections until the shard stops.
-pub async fn listen(shard: Rc<Shard>, listener: TcpListener) {
+pub async fn listen(shard: Rc<Shard>, listener: TcpListener, port: Port) {
     while !shard.is_stopping() {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(serve(Rc::clone(&shard), stream)).detach();
+                glommio::spawn_local(serve(Rc::clone(&shard), stream, port)).detach();
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, ?port, "accept failed");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }
 }
 
-async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream
+async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port) {
+    let peer = tcp
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let _ = stream.set_nodelay(true);
-    shard.metrics().connections.inc();
+    let _ = tcp.set_nodelay(true);
+    let stream = match shard.tls() {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let limit = Duration::from_millis(shard.config().net.handshake_timeout_ms);
+            match within(limit, tls.accept(tcp)).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    shard.metrics().tls_handshakes_failed.inc();
+                    tracing::warn!(%peer, ?port, error = %e, "TLS handshake failed; connection closed");
+                    return;
+                }
+            }
+        }
+    };
+    let open = match port {
+        Port::Client => &shard.metrics().client_connections,
+        Port::Peer => &shard.metrics().peer_connections,
+    };
+    open.inc();
     let (read, mut write) = futures_lite::io::split(stream);
-    let out = Rc::new(Connection::new());
+    let out = Rc::new(Connection::new(port));
     let writer = {
         let (out, peer) = (Rc::clone(&out), peer.clone());
         glommio::spawn_local(async move {
@@ -121,33 +177,48 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         if out.closing.get() {
             break;
         }
-        let rejected = match frames.next().await {
+        let refused = match frames.next().await {
             Ok(None) => break,
             Ok(Some(f)) => match shard.handle_frame(&out, f) {
                 Ok(()) => continue,
                 Err(e) => e,
             },
-            Err(NetError::Frame(e)) => e,
+            Err(NetError::Frame(e)) => malformed(&e),
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed");
                 break;
             }
         };
-        tracing::warn!(%peer, error = %rejected, "malformed frame; closing the connection");
-        shard.metrics().frames_rejected.inc();
-        reject(&out, &rejected);
+        tracing::warn!(%peer, ?port, error = %refused, "frame refused; closing the connection");
+        shard.metrics().frames_refused.inc();
+        out.push(FrameKind::Error, 0, &refused);
         break;
     }
     out.close();
     writer.await;
-    shard.metrics().connections.dec();
+    open.dec();
 }
 
-/// Tells the peer what was wrong with its frame (its last words on this connection).
-fn reject(out: &Connection, e: &FrameError) {
-    let wire = WireError::Malformed {
+/// `fut`, or a `TimedOut` error once `limit` has passed.
+pub async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    use futures_lite::FutureExt;
+    fut.or(async {
+        glommio::timer::sleep(limit).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no TLS handshake within {limit:?}"),
+        ))
+    })
+    .await
+}
+
+/// What a peer is told about a frame that was wrong (its last words on this connection).
+pub fn malformed(e: &FrameError) -> WireError {
+    WireError::Malformed {
         code: e.code(),
         reason: e.to_string(),
-    };
-    out.push(FrameKind::Error, 0, &wire);
+    }
 }

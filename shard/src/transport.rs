@@ -1,5 +1,7 @@
-//! The raft transport of one shard: outgoing connections to the shards that host its regions'
-//! other replicas, one per destination (node, shard), each fed by a bounded queue.
+//! The raft transport of one shard: outgoing connections to the peer ports of the shards that
+//! host its regions' other replicas, one per destination (node, shard), each fed by a bounded
+//! queue. Every connection opens with this shard's `PeerHello`; the listener answers with its
+//! own, or refuses (another cluster), and nothing else is read before that answer.
 //!
 //! Messages of one loop iteration go out as ONE `RaftBatch` frame per destination. A full
 //! queue drops the batch (raft resends); a broken connection drops its queue and reconnects
@@ -14,14 +16,15 @@ use std::time::Duration;
 
 use corekv_netio::frame::{self, FrameKind};
 use corekv_netio::io::{self, FrameReader};
-use corekv_netio::msg::{ArchivedSnapshotAck, RaftBatch};
+use corekv_netio::msg::{ArchivedPeerHello, ArchivedSnapshotAck, ArchivedWireError, PeerHello, RaftBatch, WireError};
+use corekv_netio::tls::{Stream, Tls};
 use corekv_raftstore::snapshot_chunks::{self, SNAPSHOT_CHUNK_BYTES_MAX};
 use corekv_raftstore::{batch_by_destination, Destination, RaftMessage};
-use glommio::net::TcpStream;
 
 use crate::config::{Member, NetSection};
 use crate::convert;
 use crate::metrics::ShardMetrics;
+use crate::routing::Routing;
 
 /// Called with (region, receiving peer, delivered) when a snapshot's fate is known.
 pub type SnapshotReport = Rc<dyn Fn(u64, u64, bool)>;
@@ -31,9 +34,13 @@ const WRITE_BYTES_MAX: usize = 4 << 20;
 const RECONNECT_MS_MIN: u64 = 20;
 
 pub struct Transport {
+    /// Peer address of every member's shard 0.
     members: HashMap<u64, std::net::SocketAddr>,
     /// This node's own address, bound for outgoing connections (`None` when it listens on all).
     source: Option<std::net::IpAddr>,
+    tls: Option<Tls>,
+    hello: Rc<PeerHello>,
+    routing: std::sync::Arc<Routing>,
     cfg: NetSection,
     links: RefCell<HashMap<Destination, Rc<Link>>>,
     metrics: Rc<ShardMetrics>,
@@ -46,8 +53,25 @@ enum Item {
     SnapshotEnd(u64, u64),
 }
 
+/// What a link needs to (re)connect: where from, what to say first, where to record what
+/// the listener says.
+struct Peer {
+    source: Option<std::net::IpAddr>,
+    tls: Option<Tls>,
+    hello: Rc<PeerHello>,
+    routing: std::sync::Arc<Routing>,
+    cfg: NetSection,
+    report: SnapshotReport,
+}
+
 struct Link {
+    /// The node this link leads to, and its shard's peer address.
+    node: u64,
     addr: std::net::SocketAddr,
+    /// The listener accepted this shard's hello on the current connection.
+    up: Cell<bool>,
+    /// The last connection was refused (its warning logged).
+    refused: Cell<bool>,
     queue: RefCell<VecDeque<Item>>,
     queued_bytes: Cell<usize>,
     wake: event_listener::Event,
@@ -56,21 +80,24 @@ struct Link {
 }
 
 impl Transport {
-    /// `members` were validated as socket addresses (`NodeConfig::members`).
+    /// `hello` is what this shard says first on every connection it opens.
+    #[allow(clippy::too_many_arguments)] // each is one of the transport's own parts
     pub fn new(
         members: &[Member],
         source: Option<std::net::IpAddr>,
+        tls: Option<Tls>,
+        hello: PeerHello,
+        routing: std::sync::Arc<Routing>,
         cfg: NetSection,
         metrics: Rc<ShardMetrics>,
         report: SnapshotReport,
     ) -> Transport {
-        let members = members
-            .iter()
-            .filter_map(|m| Some((m.id, m.addr.parse().ok()?)))
-            .collect();
         Transport {
-            members,
+            members: members.iter().map(|m| (m.id, m.peer)).collect(),
             source: source.filter(|ip| !ip.is_unspecified()),
+            tls,
+            hello: Rc::new(hello),
+            routing,
             cfg,
             links: RefCell::new(HashMap::new()),
             metrics,
@@ -136,6 +163,16 @@ impl Transport {
             .collect()
     }
 
+    /// Peer shards this one has a link to that is not up now (unreachable, or refusing).
+    pub fn links_down(&self) -> usize {
+        self.links.borrow().values().filter(|l| !l.up.get()).count()
+    }
+
+    /// This shard's `PeerHello` (a listener answers with it too).
+    pub fn hello(&self) -> &PeerHello {
+        &self.hello
+    }
+
     fn bound(&self) -> usize {
         self.cfg.peer_queue_bytes_max
     }
@@ -147,15 +184,25 @@ impl Transport {
         let mut addr = *self.members.get(&dest.0)?;
         addr.set_port(addr.port().checked_add(u16::try_from(dest.1).ok()?)?);
         let link = Rc::new(Link {
+            node: dest.0,
             addr,
+            up: Cell::new(false),
+            refused: Cell::new(false),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             wake: event_listener::Event::new(),
             unacked: RefCell::new(Vec::new()),
         });
         self.links.borrow_mut().insert(dest, Rc::clone(&link));
-        let (cfg, report) = (self.cfg.clone(), Rc::clone(&self.report));
-        glommio::spawn_local(Rc::clone(&link).run(self.source, cfg, report)).detach();
+        let peer = Peer {
+            source: self.source,
+            tls: self.tls.clone(),
+            hello: Rc::clone(&self.hello),
+            routing: std::sync::Arc::clone(&self.routing),
+            cfg: self.cfg.clone(),
+            report: Rc::clone(&self.report),
+        };
+        glommio::spawn_local(Rc::clone(&link).run(peer)).detach();
         Some(link)
     }
 }
@@ -174,34 +221,53 @@ impl Link {
     }
 
     /// Connects when there is something to send, writes, reconnects with backoff after a failure.
-    async fn run(self: Rc<Self>, source: Option<std::net::IpAddr>, cfg: NetSection, report: SnapshotReport) {
+    async fn run(self: Rc<Self>, peer: Peer) {
+        let cfg = &peer.cfg;
         let mut backoff_ms = RECONNECT_MS_MIN;
         loop {
             self.wait_for_work(&Cell::new(false)).await;
-            match io::connect(self.addr, source, Duration::from_millis(cfg.connect_timeout_ms)).await {
+            match self.connect(&peer).await {
                 Ok(stream) => {
                     backoff_ms = RECONNECT_MS_MIN;
-                    let _ = stream.set_nodelay(true);
-                    self.serve(stream, cfg.frame_bytes_max, &report).await;
+                    self.serve(stream, &peer).await;
                 }
                 Err(e) => tracing::debug!(addr = %self.addr, error = %e, "peer shard unreachable"),
             }
             // Whatever was queued or unacknowledged is lost with the connection.
-            self.fail_all(&report);
+            self.fail_all(&peer.report);
             glommio::timer::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(cfg.reconnect_ms_max);
         }
     }
 
-    async fn serve(self: &Rc<Self>, stream: TcpStream, frame_bytes_max: u32, report: &SnapshotReport) {
+    /// A connection to the peer shard: TCP from this node's address, then TLS if configured.
+    async fn connect(&self, peer: &Peer) -> std::io::Result<Stream> {
+        let limit = Duration::from_millis(peer.cfg.connect_timeout_ms);
+        let tcp = io::connect(self.addr, peer.source, limit).await?;
+        let _ = tcp.set_nodelay(true);
+        match &peer.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => {
+                let limit = Duration::from_millis(peer.cfg.handshake_timeout_ms);
+                crate::server::within(limit, tls.connect(&self.addr.ip().to_string(), tcp)).await
+            }
+        }
+    }
+
+    async fn serve(self: &Rc<Self>, stream: Stream, peer: &Peer) {
         let (read, mut write) = futures_lite::io::split(stream);
         let broken = Rc::new(Cell::new(false));
         let acks = {
-            let (link, broken, report) = (Rc::clone(self), Rc::clone(&broken), Rc::clone(report));
+            let (link, broken, report) = (Rc::clone(self), Rc::clone(&broken), Rc::clone(&peer.report));
+            let routing = std::sync::Arc::clone(&peer.routing);
+            let frame_bytes_max = peer.cfg.frame_bytes_max;
             glommio::spawn_local(async move {
                 let mut frames = FrameReader::new(read, link.addr.to_string(), frame_bytes_max);
+                if let Ok(Some(f)) = frames.next().await {
+                    link.greeted(&f, &routing);
+                }
                 while let Ok(Some(f)) = frames.next().await {
-                    if f.header.kind != FrameKind::SnapshotAck {
+                    if f.header.kind != FrameKind::SnapshotAck || !link.up.get() {
                         break;
                     }
                     let Ok(ack) = frame::access::<ArchivedSnapshotAck>(&f.body) else {
@@ -219,7 +285,11 @@ impl Link {
                 link.wake.notify(usize::MAX);
             })
         };
-        let (mut out, peer) = (Vec::new(), self.addr.to_string());
+        let addr = self.addr.to_string();
+        let mut out = frame::encode(FrameKind::PeerHello, 0, &*peer.hello);
+        if io::write_frames(&mut write, &addr, &out).await.is_err() {
+            return;
+        }
         loop {
             self.wait_for_work(&broken).await;
             if broken.get() {
@@ -241,11 +311,39 @@ impl Link {
                     }
                 }
             }
-            if io::write_frames(&mut write, &peer, &out).await.is_err() {
+            if io::write_frames(&mut write, &addr, &out).await.is_err() {
                 break;
             }
         }
+        self.up.set(false);
         drop(acks);
+    }
+
+    /// The listener's first frame: its `PeerHello` (the link is up; its node's client address
+    /// is learned), or the reason it refused this shard (logged once until the link is up).
+    fn greeted(&self, f: &io::Frame, routing: &Routing) {
+        let hello = (f.header.kind == FrameKind::PeerHello)
+            .then(|| frame::access::<ArchivedPeerHello>(&f.body).ok())
+            .flatten()
+            .filter(|h| h.cluster_id == routing.cluster_id() && h.node_id == self.node);
+        if let Some(h) = hello {
+            if h.client_addr.len() <= crate::routing::CLIENT_ADDR_BYTES_MAX {
+                routing.learn_client_addr(h.node_id.to_native(), h.client_addr.as_str());
+            }
+            self.up.set(true);
+            self.refused.set(false);
+            return;
+        }
+        let why = match f.header.kind {
+            FrameKind::Error => frame::access::<ArchivedWireError>(&f.body)
+                .ok()
+                .and_then(|e| rkyv::deserialize::<WireError, rkyv::rancor::Error>(e).ok())
+                .map_or_else(|| "an unreadable error frame".to_string(), |e| e.to_string()),
+            kind => format!("answered with a {kind:?} frame, not a hello of this cluster"),
+        };
+        if !self.refused.replace(true) {
+            tracing::warn!(addr = %self.addr, why, "peer shard refused this node's connection");
+        }
     }
 
     /// Waits until something is queued or `broken` is set.

@@ -16,8 +16,9 @@ pub enum Error {
     NoSpace { op: &'static str },
 
     /// An I/O error. Nothing acknowledged was lost; the failed batch was not acknowledged.
-    #[error("I/O error while {op}: {source}")]
-    Io { op: &'static str, source: io::Error },
+    /// (`error`, not `source`: the message says it once, and a chain printer would say it twice.)
+    #[error("I/O error while {op}: {error}")]
+    Io { op: &'static str, error: io::Error },
 
     /// On-disk data failed a checksum or a structural check somewhere other than the torn tail.
     /// Never retried and never skipped: the operator must look.
@@ -112,9 +113,9 @@ impl Error {
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::NoSpace { op } => Error::NoSpace { op },
-            Error::Io { op, source } => Error::Io {
+            Error::Io { op, error } => Error::Io {
                 op,
-                source: io::Error::new(source.kind(), source.to_string()),
+                error: io::Error::new(error.kind(), error.to_string()),
             },
             Error::Poisoned(why) => Error::Poisoned(why.clone()),
             other => Error::Background(other.to_string()),
@@ -127,10 +128,10 @@ impl Error {
     }
 
     /// Classifies an `io::Error` from operation `op`: ENOSPC/EDQUOT become `NoSpace`.
-    pub fn io(op: &'static str, source: io::Error) -> Error {
-        match source.raw_os_error() {
+    pub fn io(op: &'static str, error: io::Error) -> Error {
+        match error.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace { op },
-            _ => Error::Io { op, source },
+            _ => Error::Io { op, error },
         }
     }
 }

@@ -27,11 +27,11 @@ pub fn can_mount() -> bool {
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `bytes` on `path` (created if missing).
+    /// Mounts a tmpfs of `bytes` on `path` (created if missing), private to its owner (0700).
     pub fn mount(path: &Path, bytes: u64) -> Result<Tmpfs> {
         std::fs::create_dir_all(path).map_err(|e| Error::io("creating a mount point", e))?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "corekv-tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "corekv-tmpfs"])
             .arg(path)
             .output()
             .map_err(|e| Error::io("running mount", e))?;

@@ -1,20 +1,29 @@
 //! A local cluster of `corekv-server` processes: what the playground runs, and what the
 //! multi-process tests (and the chaos harness) drive — start, kill -9, restart, stop.
 //!
-//! Node k listens on base-port + 10*(k-1) (+ shard) and serves /metrics on that + 9, all on one
-//! host, or each node on its own host (the chaos harness gives each its own 127.0.0.N).
+//! Node k takes the block of ports base-port + 100*(k-1): clients on +0 (+ shard), peers on
+//! +40 (+ shard), /metrics on +80; all on one host, or each node on its own host (the chaos
+//! harness gives each its own 127.0.0.N). Its cluster has a token of its own, so that it never
+//! talks to another local cluster on the same ports (and its readiness check can tell).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use corekv_netio::msg::{Op, Reply, Request};
 use corekv_netio::{Client, ClientConfig};
+use corekv_shard::NodeConfig;
 
-/// Ports one node takes: shards on +0..+8, metrics on +9.
-pub const PORTS_PER_NODE: u16 = 10;
-pub const SHARDS_MAX: u32 = 9;
+/// Ports one node takes: clients on +0.., peers on +40.., metrics on +80.
+pub const PORTS_PER_NODE: u16 = 100;
+const PEER_PORT_OFFSET: u16 = 40;
+const STATUS_PORT_OFFSET: u16 = 80;
+/// Shards per node: one client and one peer port each within the node's block.
+pub const SHARDS_MAX: u32 = PEER_PORT_OFFSET as u32;
 const STOP_WAIT: Duration = Duration::from_secs(20);
+/// Where a local cluster keeps its token, beside the nodes' data dirs.
+const TOKEN_FILE: &str = "cluster-token";
 
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -28,6 +37,16 @@ pub struct ClusterSpec {
     pub server: PathBuf,
     /// Extra arguments for every server (e.g. `--config FILE`).
     pub extra_args: Vec<String>,
+    /// Mutual TLS everywhere, with throwaway certificates made in `data_dir/tls` (`certs`).
+    pub tls: bool,
+}
+
+/// A fresh cluster token: the time and this process, unique on this machine.
+fn new_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("local-{nanos:x}-{}", std::process::id())
 }
 
 pub struct LocalCluster {
@@ -49,8 +68,63 @@ impl ClusterSpec {
         format!("{}:{}", self.host(node), self.port(node))
     }
 
+    pub fn peer_endpoint(&self, node: u64) -> String {
+        format!("{}:{}", self.host(node), self.port(node) + PEER_PORT_OFFSET)
+    }
+
     pub fn status_addr(&self, node: u64) -> String {
-        format!("{}:{}", self.host(node), self.port(node) + PORTS_PER_NODE - 1)
+        format!("{}:{}", self.host(node), self.port(node) + STATUS_PORT_OFFSET)
+    }
+
+    /// `--initial-cluster` of every node: the peer addresses.
+    pub fn initial_cluster(&self) -> String {
+        let members: Vec<String> = (1..=self.nodes)
+            .map(|n| format!("{n}={}", self.peer_endpoint(n)))
+            .collect();
+        members.join(",")
+    }
+
+    /// The cluster's token: kept in the data dir, made on first start (a restart reuses it).
+    pub fn token(&self) -> Result<String> {
+        let path = self.data_dir.join(TOKEN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(token) => Ok(token.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = new_token();
+                std::fs::write(&path, &token).with_context(|| format!("write {}", path.display()))?;
+                Ok(token)
+            }
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    /// The TLS material of a TLS cluster (made on first use), `None` for a plain one.
+    pub fn certs(&self) -> Result<Option<crate::certs::LocalCerts>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let hosts: Vec<String> = (1..=self.nodes).map(|k| self.host(k).to_string()).collect();
+        crate::certs::generate(&self.data_dir.join("tls"), &hosts).map(Some)
+    }
+
+    /// A client configuration for this cluster (its TLS included).
+    pub fn client_config(&self) -> Result<ClientConfig> {
+        let mut cfg = ClientConfig::new(self.endpoints());
+        if let Some(certs) = self.certs()? {
+            cfg.tls = Some(corekv_netio::tls::Tls::load(&certs.client())?);
+        }
+        Ok(cfg)
+    }
+
+    /// The id the nodes derive from the token, members and shards (as the node does).
+    pub fn cluster_id(&self) -> Result<u64> {
+        let cfg = NodeConfig {
+            node_id: 1,
+            initial_cluster: self.initial_cluster(),
+            initial_cluster_token: self.token()?,
+            ..NodeConfig::default()
+        };
+        Ok(cfg.cluster_id(&cfg.members()?, self.shards))
     }
 
     /// Node `k`'s data dir.
@@ -78,7 +152,7 @@ impl ClusterSpec {
             );
         }
         let last = u64::from(self.base_port) + u64::from(PORTS_PER_NODE) * self.nodes;
-        if last > u64::from(u16::MAX) {
+        if self.base_port == 0 || last > u64::from(u16::MAX) {
             bail!("base port {} is too high for {} nodes", self.base_port, self.nodes);
         }
         Ok(())
@@ -107,7 +181,6 @@ impl LocalCluster {
     /// Starts node `k` (again) with its data dir: a restart recovers it.
     pub fn restart(&mut self, k: u64) -> Result<()> {
         let s = &self.spec;
-        let cluster: Vec<String> = (1..=s.nodes).map(|n| format!("{n}={}", s.endpoint(n))).collect();
         let file = std::fs::OpenOptions::new().create(true).append(true).open(s.log(k))?;
         let mut cmd = Command::new(&s.server);
         cmd.arg("--node-id")
@@ -117,7 +190,10 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(s.node_dir(k))
             .arg("--initial-cluster")
-            .arg(cluster.join(","))
+            .arg(s.initial_cluster())
+            .arg("--initial-cluster-token")
+            .arg(s.token()?)
+            .args(s.certs()?.map(|c| crate::certs::node_flags(&c)).unwrap_or_default())
             .arg("--shards")
             .arg(s.shards.to_string())
             .arg("--status-addr")
@@ -189,30 +265,22 @@ impl LocalCluster {
         Ok(exited)
     }
 
-    /// Waits until every region has a leader (as the nodes report it).
+    /// Waits until every node answers at its endpoint as itself (its node id, this cluster's
+    /// id: not another cluster on the same ports) and every region has a leader.
     pub fn wait_for_leaders(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let cluster_id = self.spec.cluster_id()?;
         loop {
             self.check_alive()?;
-            let endpoints = self.spec.endpoints();
-            let ready = crate::on_executor(move || async move {
-                let mut cfg = ClientConfig::new(endpoints);
-                cfg.attempt_timeout = Duration::from_millis(500);
-                Ok(match Client::connect(cfg).await {
-                    Ok(client) => {
-                        let regions = client.regions();
-                        !regions.is_empty() && regions.iter().all(|r| r.leader.is_some())
-                    }
-                    Err(_) => false,
-                })
-            })?;
-            if ready {
-                return Ok(());
+            let (spec, cfg) = (self.spec.clone(), self.spec.client_config()?);
+            let state = crate::on_executor(move || async move { Ok(readiness(&spec, cfg, cluster_id).await) })?;
+            match state {
+                Ok(()) => return Ok(()),
+                Err(why) if Instant::now() > deadline => {
+                    bail!("the cluster was not up after {timeout:?}: {why}; see the node logs")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
-            if Instant::now() > deadline {
-                bail!("not every region had a leader after {timeout:?}; see the node logs");
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -254,6 +322,39 @@ impl Drop for LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// `Ok` once every node of `spec` answers at its endpoint as itself, in cluster `cluster_id`,
+/// and every region has a leader; else what is missing.
+async fn readiness(spec: &ClusterSpec, mut cfg: ClientConfig, cluster_id: u64) -> std::result::Result<(), String> {
+    cfg.attempt_timeout = Duration::from_millis(500);
+    let client = Client::with_view(cfg, Vec::new());
+    let ask = Request {
+        region_id: 0,
+        epoch: Default::default(),
+        op: Op::ClusterInfo,
+    };
+    for k in 1..=spec.nodes {
+        let addr = spec.endpoint(k);
+        let info = match client.ask(&addr, ask.clone()).await {
+            Ok(Reply::Cluster(info)) => info,
+            Ok(other) => return Err(format!("{addr} answered {other:?}")),
+            Err(e) => return Err(format!("node {k}: {e}")),
+        };
+        if (info.node_id, info.cluster_id) != (k, cluster_id) {
+            return Err(format!(
+                "{addr} is node {} of cluster {:#x}, not node {k} of this cluster {cluster_id:#x} (another cluster on these ports?)",
+                info.node_id, info.cluster_id
+            ));
+        }
+    }
+    client.refresh().await.map_err(|e| e.to_string())?;
+    let regions = client.regions();
+    match regions.iter().find(|r| r.leader.is_none()) {
+        _ if regions.is_empty() => Err("no region known yet".into()),
+        Some(r) => Err(format!("region {} has no leader yet", r.region.id)),
+        None => Ok(()),
     }
 }
 

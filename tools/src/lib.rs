@@ -6,11 +6,44 @@
 //! engines of one shard, no network), `corekv-chaos` (faults against a cluster of server
 //! processes, judged by a linearizability check).
 
+pub mod bytes;
+pub mod certs;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
 
 use std::process::ExitCode;
+
+/// A client's TLS options, the same on every binary that talks to a cluster: the CA the
+/// nodes' certificates are signed by, and this client's certificate and key (all PEM).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// CA certificate the cluster's certificates are signed by (turns TLS on, with the next two).
+    #[arg(long, env = "COREKV_CA_PATH", requires_all = ["cert_path", "key_path"])]
+    pub ca_path: Option<std::path::PathBuf>,
+    /// This client's certificate (signed by that CA).
+    #[arg(long, env = "COREKV_CERT_PATH", requires = "ca_path")]
+    pub cert_path: Option<std::path::PathBuf>,
+    /// This client's private key.
+    #[arg(long, env = "COREKV_KEY_PATH", requires = "ca_path")]
+    pub key_path: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client TLS these options name (None: plain TCP).
+    pub fn load(&self) -> anyhow::Result<Option<corekv_netio::tls::Tls>> {
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca_path, &self.cert_path, &self.key_path) else {
+            return Ok(None);
+        };
+        let files = corekv_netio::tls::TlsFiles {
+            ca_path: ca.clone(),
+            cert_path: cert.clone(),
+            key_path: key.clone(),
+            allowed_cn: Vec::new(),
+        };
+        Ok(Some(corekv_netio::tls::Tls::load(&files)?))
+    }
+}
 
 /// Runs a binary's body: exit code 0, or 1 with a one-line reason on stderr.
 pub fn run_main(name: &str, body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
@@ -23,15 +56,32 @@ pub fn run_main(name: &str, body: impl FnOnce() -> anyhow::Result<()>) -> ExitCo
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides `default`. glommio's IOPOLL probe failure is expected
-/// (see storage::raftlog::disk), so that target is quiet unless asked for.
-pub fn init_logging(default: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| format!("{default},glommio::reactor=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Logs at `level` (`RUST_LOG`, if set, wins: `info`, `corekv_shard=debug,warn`, ...) to stderr,
+/// or appended to `file`. glommio's ERROR about its IOPOLL probe is expected and harmless (see
+/// storage::raftlog::disk), so that target is off unless `RUST_LOG` names glommio.
+pub fn init_logging(level: &str, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
+    if !filter.contains("glommio") {
+        filter.push_str(",glommio::reactor=off");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| anyhow::anyhow!("log level `{filter}`: {e} (try error, warn, info, debug or trace)"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("--log-file {}: {e}", path.display()))?;
+            builder.with_writer(std::sync::Mutex::new(file)).with_ansi(false).init();
+        }
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    Ok(())
 }
 
 /// Runs `f` on a glommio executor of its own (the client's home) and returns its result.

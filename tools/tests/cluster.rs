@@ -5,11 +5,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use corekv_netio::frame::{self, Body, FrameKind, Header, HEADER_BYTES};
-use corekv_netio::msg::{ArchivedReply, ArchivedWireError, ClusterInfo, Op, Reply, Request, WireError, WireRegion};
+use corekv_netio::msg::{
+    ArchivedPeerHello, ArchivedReply, ArchivedWireError, ClusterInfo, Op, PeerHello, RaftBatch, RaftEnvelope, Reply,
+    Request, WireError, WirePeer, WireRegion,
+};
 use corekv_netio::{Client, ClientConfig};
 use corekv_tools::cluster::{ClusterSpec, LocalCluster, PORTS_PER_NODE};
 
@@ -25,14 +28,14 @@ struct TestCluster {
 /// A base port whose node port blocks are all free now (tests run in parallel: each start
 /// takes the next block of a per-process sequence).
 fn free_base_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let span = PORTS_PER_NODE * NODES as u16;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORTS_PER_NODE) * NODES as u32;
     loop {
         let slot = NEXT.fetch_add(1, Ordering::Relaxed);
-        let base = 20000 + ((std::process::id() as u16 % 200) * 7 + slot * span) % 40000;
-        let free = (0..span).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let base = 20000 + ((std::process::id() % 200) * 7 + slot * span) % 40000;
+        let free = (0..span).all(|i| std::net::TcpListener::bind(("127.0.0.1", (base + i) as u16)).is_ok());
         if free {
-            return base;
+            return base as u16;
         }
     }
 }
@@ -44,24 +47,30 @@ fn start() -> TestCluster {
 /// Starts the cluster with `config` as every server's `--config` file (empty: none).
 fn start_with(config: &str) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
-    let mut extra_args = Vec::new();
-    if !config.is_empty() {
-        let path = dir.path().join("corekv.toml");
-        std::fs::write(&path, config).unwrap();
-        extra_args = vec!["--config".to_string(), path.display().to_string()];
-    }
-    let spec = ClusterSpec {
-        nodes: NODES,
-        shards: SHARDS,
-        data_dir: dir.path().to_path_buf(),
-        hosts: vec!["127.0.0.1".into()],
-        base_port: free_base_port(),
-        server: PathBuf::from(env!("CARGO_BIN_EXE_corekv-server")),
-        extra_args,
-    };
+    let spec = spec_in(dir.path(), free_base_port(), config);
     let mut cluster = LocalCluster::start(spec).unwrap();
     cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
     TestCluster { cluster, _dir: dir }
+}
+
+/// A 3 x 2 cluster spec in `dir` at `base_port`, with `config` as every server's `--config`.
+fn spec_in(dir: &std::path::Path, base_port: u16, config: &str) -> ClusterSpec {
+    let mut extra_args = Vec::new();
+    if !config.is_empty() {
+        let path = dir.join("corekv.toml");
+        std::fs::write(&path, config).unwrap();
+        extra_args = vec!["--config".to_string(), path.display().to_string()];
+    }
+    ClusterSpec {
+        nodes: NODES,
+        shards: SHARDS,
+        data_dir: dir.to_path_buf(),
+        hosts: vec!["127.0.0.1".into()],
+        base_port,
+        server: PathBuf::from(env!("CARGO_BIN_EXE_corekv-server")),
+        extra_args,
+        tls: false,
+    }
 }
 
 impl TestCluster {
@@ -76,25 +85,23 @@ impl TestCluster {
         Fut: std::future::Future<Output = anyhow::Result<T>> + 'static,
         T: Send + 'static,
     {
-        let endpoints = self.endpoints();
+        let cfg = self.cluster.spec().client_config().unwrap();
         corekv_tools::on_executor(move || async move {
-            let client = Client::connect(ClientConfig::new(endpoints)).await?;
+            let client = Client::connect(cfg).await?;
             f(client).await
         })
         .unwrap()
     }
 
     fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_corekv-ctl"))
-            .arg("--endpoints")
-            .arg(self.endpoints().join(","))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        let certs = self.cluster.spec().certs().unwrap();
+        let mut all: Vec<String> = certs
+            .map(|c| corekv_tools::certs::flags(&c.client()))
+            .unwrap_or_default();
+        all.extend(args.iter().map(|a| a.to_string()));
+        ctl(
+            &self.endpoints().join(","),
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
         )
     }
 
@@ -109,6 +116,21 @@ impl TestCluster {
         assert!(info.regions.iter().all(|r| r.leader.is_some()), "{info:?}");
         info
     }
+}
+
+/// Runs corekv-ctl against `endpoints`: (exit code, stdout, stderr).
+fn ctl(endpoints: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_corekv-ctl"))
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A key inside `region`.
@@ -204,6 +226,19 @@ fn ctl_and_client_serve_every_region() {
     );
     assert_eq!(t.ctl(&["raw", "delete", "hello"]).1, "OK\n");
     assert_eq!(t.ctl(&["raw", "get", "hello"]).0, 1);
+    // An empty or reversed range holds nothing.
+    assert_eq!(t.ctl(&["raw", "scan", "z", "a"]), (0, String::new(), String::new()));
+    assert_eq!(t.ctl(&["raw", "scan", "a", "a"]), (0, String::new(), String::new()));
+    // One key limit, one answer, whatever the command.
+    let huge = "k".repeat(100_000);
+    let (put, get) = (t.ctl(&["raw", "put", &huge, "v"]), t.ctl(&["raw", "get", &huge]));
+    assert_eq!((put.0, get.0), (1, 1));
+    assert!(
+        put.2.contains("key of 100000 bytes exceeds the maximum of 4096 bytes"),
+        "{}",
+        put.2
+    );
+    assert_eq!(put.2, get.2);
     let status = t.ctl(&["cluster", "status"]).1;
     assert!(
         status.contains("regions: 6") && !status.contains("leader none"),
@@ -270,13 +305,25 @@ fn ctl_and_client_serve_every_region() {
     for needle in [
         "corekv_requests_total{op=\"put\"",
         "corekv_request_duration_seconds_bucket",
-        "event=\"log_syncs\"",
-        "corekv_log_batch_regions",
-        "what=\"leaders\"",
-        "what=\"apply_lag_entries\"",
+        "corekv_raft_log_syncs_total{",
+        "corekv_raft_log_batch_regions_bucket",
+        "corekv_leaders{",
+        "corekv_apply_lag_entries{",
+        "corekv_build_info{commit=",
+        "corekv_raft_log_durability_info{",
+        "\nprocess_resident_memory_bytes{",
     ] {
         assert!(metrics.contains(needle), "/metrics lacks {needle}");
     }
+    assert!(
+        !metrics.contains("events_total") && !metrics.contains("shard_state"),
+        "one metric per meaning"
+    );
+    let mut health = connect(&t.cluster.spec().status_addr(1));
+    health.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    health.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains(" 200 OK\r\n") && answer.ends_with("ok\n"), "{answer}");
     assert!(t.cluster.stop().unwrap(), "every node exits cleanly on SIGTERM");
 }
 
@@ -352,13 +399,13 @@ fn killing_a_leader_node_loses_no_acknowledged_write() {
     t.cluster.restart(victim).unwrap();
     t.cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&t, victim, "event=\"snapshots_received\"") < regions.len() as f64 {
+    while metric(&t, victim, "corekv_snapshots_received_total{") < regions.len() as f64 {
         assert!(
             Instant::now() < deadline,
             "the restarted node did not receive a snapshot per region; {}\n{}",
             corekv_tools::cluster::log_tail(&t.cluster.spec().log(victim), 20),
             (1..=NODES)
-                .map(|n| format!("node {n} sent {}", metric(&t, n, "event=\"snapshots_sent\"")))
+                .map(|n| format!("node {n} sent {}", metric(&t, n, "corekv_snapshots_sent_total{")))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -514,4 +561,241 @@ fn misrouted_requests_get_typed_redirects_and_the_client_follows() {
     })
     .unwrap();
     assert!(stats.wrong_shard >= 6, "every region was redirected once: {stats:?}");
+}
+
+/// A peer port of node `node`'s shard `shard`.
+fn peer_addr(t: &TestCluster, node: u64, shard: u32) -> String {
+    let (host, port) = t
+        .cluster
+        .spec()
+        .peer_endpoint(node)
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap()))
+        .unwrap();
+    format!("{host}:{}", port + shard as u16)
+}
+
+fn hello(cluster_id: u64, node_id: u64) -> Vec<u8> {
+    let hello = PeerHello {
+        cluster_id,
+        node_id,
+        shard: 0,
+        client_addr: "127.0.0.1:1".into(),
+    };
+    frame::encode(FrameKind::PeerHello, 0, &hello)
+}
+
+// Proves each port takes only its own frames: raft traffic on a client port and a request on
+// a peer port are refused with a typed error and a closed connection, a peer of another
+// cluster is refused at its hello, and a peer of this cluster cannot speak for another node.
+#[test]
+fn ports_take_only_their_own_frames() {
+    let t = start();
+    let cluster_id = t.cluster.spec().cluster_id().unwrap();
+    let raft = frame::encode(FrameKind::RaftBatch, 0, &RaftBatch { messages: Vec::new() });
+    expect_rejected(&t.endpoints()[0], &raft, 308);
+    let request = frame::encode(FrameKind::Request, 1, &cluster_info_request());
+    expect_rejected(&peer_addr(&t, 1, 0), &request, 322);
+    expect_rejected(&peer_addr(&t, 1, 0), &hello(cluster_id ^ 1, 2), 322);
+    expect_rejected(&peer_addr(&t, 1, 0), &hello(cluster_id, 1), 322);
+    expect_rejected(&peer_addr(&t, 1, 0), &hello(cluster_id, 77), 322);
+
+    // A hello of this cluster is answered with the listener's own...
+    let mut s = connect(&peer_addr(&t, 1, 1));
+    s.write_all(&hello(cluster_id, 2)).unwrap();
+    let (header, body) = read_frame(&mut s).expect("the listener's hello");
+    assert_eq!(header.kind, FrameKind::PeerHello);
+    let theirs =
+        rkyv::deserialize::<PeerHello, rkyv::rancor::Error>(frame::access::<ArchivedPeerHello>(&body).unwrap())
+            .unwrap();
+    assert_eq!((theirs.cluster_id, theirs.node_id, theirs.shard), (cluster_id, 1, 1));
+    // ...but a raft message on it that claims to come from node 3 closes it.
+    let forged = RaftBatch {
+        messages: vec![RaftEnvelope {
+            region_id: 1,
+            from: WirePeer {
+                id: 3,
+                node: 3,
+                shard: 1,
+            },
+            to: WirePeer {
+                id: 1,
+                node: 1,
+                shard: 1,
+            },
+            message: Vec::new(),
+        }],
+    };
+    s.write_all(&frame::encode(FrameKind::RaftBatch, 0, &forged)).unwrap();
+    let (header, body) = read_frame(&mut s).expect("an error frame before the close");
+    assert_eq!(header.kind, FrameKind::Error);
+    let e = rkyv::deserialize::<WireError, rkyv::rancor::Error>(frame::access::<ArchivedWireError>(&body).unwrap())
+        .unwrap();
+    assert_eq!(e.code(), 306, "{e}");
+    assert_eq!(t.ctl(&["raw", "put", "still", "serving"]).1, "OK\n");
+}
+
+// Proves a port in use is refused, never shared: a second server on a running node's client
+// port exits at once naming the port and the flag, and a second local cluster on the same
+// ports is never reported up (it sees that the nodes answering there are not its own).
+#[test]
+fn ports_in_use_are_refused_not_shared() {
+    let t = start();
+    let spec = t.cluster.spec().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let spare = free_base_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_corekv-server"))
+        .args(["--node-id", "1", "--shards", "2", "--addr", &spec.endpoint(1)])
+        .args(["--initial-cluster", &format!("1=127.0.0.1:{spare}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("second"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second server started on {}", spec.endpoint(1));
+    // Either shard's port may be the one found taken first; each is named with the flag.
+    let named = (0..2).any(|i| stderr.contains(&format!("cannot listen on 127.0.0.1:{}", spec.port(1) + i)));
+    assert!(
+        named && stderr.contains("in use") && stderr.contains("--addr"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("os error").count(), 1, "the reason once: {stderr}");
+
+    // Nodes that stay alive without serving: whatever answers on these ports is the first cluster.
+    let sleeper = dir.path().join("sleeper.sh");
+    std::fs::write(&sleeper, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&sleeper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut second = spec_in(&dir.path().join("cluster"), spec.base_port, "");
+    second.server = sleeper;
+    let mut second = LocalCluster::start(second).unwrap();
+    let err = second.wait_for_leaders(Duration::from_secs(3)).unwrap_err().to_string();
+    assert!(err.contains("not node 1 of this cluster"), "{err}");
+    assert_eq!(t.ctl(&["raw", "put", "first", "cluster"]).1, "OK\n");
+}
+
+// Proves bad addresses fail the start at once with the flag to change, no panic: a client
+// port range past 65535, and a port that is not a number.
+#[test]
+fn bad_addresses_fail_the_start_with_the_flag_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    for (addr, needle) in [("127.0.0.1:65535", "past 65535"), ("127.0.0.1:65536", "invalid port")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_corekv-server"))
+            .args(["--node-id", "1", "--shards", "2", "--addr", addr])
+            .args(["--initial-cluster", "1=127.0.0.1:20999"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--addr") && stderr.contains(needle) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
+// Proves the client keeps its deadline with a region's leader paused (SIGSTOP): a read moves
+// on to the new leader while the old one is still stopped, and a write sent to the stopped
+// leader is settled once it resumes and retried, within the deadline, instead of failing
+// after one attempt.
+#[test]
+fn a_paused_leader_costs_time_not_the_operation() {
+    let t = start();
+    let info = t.info();
+    let region = info.regions[0].clone();
+    let victim = region.leader.expect("led").node;
+    let key = String::from_utf8(key_in(&region.region, "paused")).unwrap();
+    assert_eq!(t.ctl(&["raw", "put", &key, "before"]).1, "OK\n");
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_corekv-ctl"))
+            .args(["--endpoints", &t.endpoints().join(","), "--timeout-ms", "30000"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    assert!(t.cluster.signal(victim, libc::SIGSTOP).unwrap());
+    let mut get = spawn(&["raw", "get", &key]);
+    let put = spawn(&["raw", "put", &key, "after"]);
+    let paused = Instant::now();
+    let read_back = loop {
+        if let Some(status) = get.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(8),
+            "the read waited for the paused leader"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(read_back.success());
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(paused.elapsed()));
+    assert!(t.cluster.signal(victim, libc::SIGCONT).unwrap());
+    let put = put.wait_with_output().unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(t.ctl(&["raw", "get", &key]).1, "after\n");
+}
+
+// Proves an endpoint that is not corekv is named as such, and that a read's failure never
+// speaks of a write's outcome: a server that answers something else, one that never answers.
+#[test]
+fn errors_say_what_happened() {
+    let talker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let talker_addr = talker.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut s in talker.incoming().flatten() {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let (code, _, err) = ctl(&talker_addr, &["--timeout-ms", "3000", "raw", "get", "k"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a corekv") && !err.contains("write"), "{err}");
+    let (code, _, err) = ctl(
+        &silent.local_addr().unwrap().to_string(),
+        &["--timeout-ms", "1000", "raw", "get", "k"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no answer") && !err.contains("write"), "{err}");
+}
+
+// Proves mutual TLS end to end: a cluster with TLS on every port (nodes talk to each other
+// through it: every region elects a leader and replicates) serves a client that presents a
+// certificate of its CA; a plain client and one whose certificate another CA signed are refused
+// in the handshake; a plain connection to a peer port is closed before any frame is read.
+#[test]
+fn a_tls_cluster_serves_its_clients_and_refuses_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec_in(dir.path(), free_base_port(), "");
+    spec.tls = true;
+    let mut cluster = LocalCluster::start(spec).unwrap();
+    cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
+    let t = TestCluster { cluster, _dir: dir };
+    assert_eq!(t.ctl(&["raw", "put", "secret", "s3"]).1, "OK\n");
+    assert_eq!(t.ctl(&["raw", "get", "secret"]).1, "s3\n");
+    let regions = t.with_client(|c| async move { Ok(c.regions()) });
+    assert!(regions.len() == 6 && regions.iter().all(|r| r.leader.is_some()));
+
+    let endpoints = t.endpoints().join(",");
+    let (code, _, err) = ctl(&endpoints, &["--timeout-ms", "2000", "raw", "get", "secret"]);
+    assert_eq!(code, 1, "a plain client is refused: {err}");
+    let other = tempfile::tempdir().unwrap();
+    let stranger = corekv_tools::certs::generate(other.path(), &[]).unwrap().client();
+    let mut args = corekv_tools::certs::flags(&stranger);
+    args.extend(["--timeout-ms", "2000", "raw", "get", "secret"].map(String::from));
+    let (code, _, err) = ctl(&endpoints, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        code == 1 && err.contains("certificate"),
+        "another CA's client is refused: {err}"
+    );
+
+    let mut s = connect(&peer_addr(&t, 1, 0));
+    let cluster_id = t.cluster.spec().cluster_id().unwrap();
+    let _ = s.write_all(&hello(cluster_id, 2));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(!rest.starts_with(&frame::MAGIC), "a plain peer is answered no frame");
+    assert!(metric(&t, 1, "corekv_tls_handshakes_failed_total{") >= 1.0);
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, FrameError, Result};
 use crate::frame::{self, FrameKind};
 use crate::io::{self, FrameReader};
 use crate::msg::{ArchivedReply, ArchivedWireError, Reply, Request, WireError};
+use crate::tls::{Stream, Tls};
 
 /// What a connection delivers for one request.
 pub(crate) enum Answer {
@@ -34,20 +35,42 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects (bounded by `timeout`) and starts the connection's reader and writer tasks.
+    /// Connects (bounded by `timeout`, the TLS handshake included) and starts the
+    /// connection's reader and writer tasks.
     pub(crate) async fn open(
         addr: &str,
         timeout: Duration,
         inflight_max: usize,
         body_bytes_max: u32,
+        tls: Option<&Tls>,
     ) -> Result<Rc<Conn>> {
-        let sock: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|e| Error::InvalidArgument(format!("address {addr}: {e}")))?;
-        let stream = TcpStream::connect_timeout(sock, timeout)
+        let sock = io::resolve(addr)
             .await
-            .map_err(|e| Error::io(addr, e.into()))?;
-        stream.set_nodelay(true).map_err(|e| Error::io(addr, e.into()))?;
+            .map_err(|e| Error::InvalidArgument(format!("address {addr}: {e}")))?;
+        let connect = async {
+            let tcp = TcpStream::connect_timeout(sock, timeout).await?;
+            tcp.set_nodelay(true)?;
+            match tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some(tls) => {
+                    tls.connect(
+                        addr.rsplit_once(':').map_or(addr, |(h, _)| h.trim_matches(['[', ']'])),
+                        tcp,
+                    )
+                    .await
+                }
+            }
+        };
+        let stream = connect
+            .or(async {
+                glommio::timer::sleep(timeout).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting took too long",
+                ))
+            })
+            .await
+            .map_err(|e| Error::io(addr, e))?;
         let (read, mut write) = futures_lite::io::split(stream);
         let conn = Rc::new(Conn {
             addr: addr.to_string(),

@@ -6,9 +6,11 @@
 //! per operation. Runs on a glommio executor (`!Send`; one client per executor).
 //!
 //! Retry rule: a request is sent again only when it certainly was not applied (a typed
-//! rejection, or a connection that never opened). A write whose answer is lost (timeout,
-//! connection broken after sending) fails with `Timeout` / `Undetermined`: the caller knows the
-//! outcome is unknown. Reads retry on anything until the deadline.
+//! rejection, or a connection that never opened), until the operation's deadline. A read that
+//! gets no answer within `attempt_timeout` asks another replica; a write that was sent waits
+//! for its answer up to the deadline (a leader paused or cut off answers once it is back, often
+//! with "not applied", and the write is retried then). A write whose answer never comes fails
+//! with `Undetermined` (it may have been applied); `Timeout` means nothing was.
 //!
 //! Multi-region operations (batch_get, batch_put, delete_range, scan) are split by region and
 //! are atomic per region only.
@@ -26,7 +28,7 @@ use routes::{Locate, Routes};
 
 use crate::error::{Error, Result};
 use crate::frame::BODY_BYTES_MAX_DEFAULT;
-use crate::msg::{ClusterInfo, Op, RegionInfo, Reply, Request, WireError, WirePeer, WireRegion};
+use crate::msg::{ClusterInfo, NodeStatus, Op, RegionInfo, Reply, Request, WireError, WirePeer, WireRegion};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -41,6 +43,8 @@ pub struct ClientConfig {
     /// Requests in flight on one connection before the client itself answers `ServerBusy`.
     pub inflight_per_connection_max: usize,
     pub body_bytes_max: u32,
+    /// Mutual TLS with the cluster's CA and this client's certificate, when the cluster uses it.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl ClientConfig {
@@ -53,6 +57,7 @@ impl ClientConfig {
             backoff_max: Duration::from_millis(500),
             inflight_per_connection_max: 4096,
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct Client {
 
 struct Inner {
     cfg: ClientConfig,
+    /// The cluster the first answer came from; answers of any other are refused.
+    cluster_id: Cell<Option<u64>>,
     routes: RefCell<Routes>,
     conns: RefCell<HashMap<String, Rc<Conn>>>,
     stats: Cell<ClientStats>,
@@ -93,12 +100,14 @@ impl Client {
     /// stale views are corrected by the answers they cause.
     pub fn with_view(cfg: ClientConfig, views: Vec<ClusterInfo>) -> Client {
         let mut routes = Routes::default();
+        let cluster_id = views.first().map(|v| v.cluster_id);
         for v in views {
             routes.merge(v);
         }
         Client {
             inner: Rc::new(Inner {
                 cfg,
+                cluster_id: Cell::new(cluster_id),
                 routes: RefCell::new(routes),
                 conns: RefCell::new(HashMap::new()),
                 stats: Cell::new(ClientStats::default()),
@@ -121,7 +130,8 @@ impl Client {
         self.inner.routes.borrow().snapshot()
     }
 
-    /// Asks every endpoint and every node known for its view and merges what answers.
+    /// Asks every endpoint and every node known for its view (all at once) and merges what
+    /// answers. Fails when none answers, or when one answers for another cluster.
     pub async fn refresh(&self) -> Result<Vec<ClusterInfo>> {
         self.count(|s| s.refreshes += 1);
         let mut addrs = self.inner.cfg.endpoints.clone();
@@ -130,26 +140,26 @@ impl Client {
                 addrs.push(a);
             }
         }
-        let mut views = Vec::new();
-        let mut last_error = None;
-        for addr in addrs {
-            match self
-                .ask(
-                    &addr,
-                    Request {
-                        region_id: 0,
-                        epoch: Default::default(),
-                        op: Op::ClusterInfo,
-                    },
-                )
-                .await
-            {
-                Ok(Reply::Cluster(info)) => {
+        let asks: Vec<_> = addrs
+            .into_iter()
+            .map(|addr| {
+                let client = self.clone();
+                glommio::spawn_local(async move {
+                    let answer = client.ask(&addr, cluster_info_request()).await;
+                    (addr, answer)
+                })
+            })
+            .collect();
+        let (mut views, mut last_error) = (Vec::new(), None);
+        for ask in asks {
+            match ask.await {
+                (addr, Ok(Reply::Cluster(info))) => {
+                    self.pin_cluster(&addr, info.cluster_id)?;
                     self.inner.routes.borrow_mut().merge(info.clone());
                     views.push(info);
                 }
-                Ok(other) => last_error = Some(format!("{addr}: unexpected answer {other:?}")),
-                Err(e) => last_error = Some(e.to_string()),
+                (addr, Ok(other)) => last_error = Some(format!("{addr}: unexpected answer {other:?}")),
+                (_, Err(e)) => last_error = Some(e.to_string()),
             }
         }
         if views.is_empty() {
@@ -160,16 +170,39 @@ impl Client {
         Ok(views)
     }
 
-    /// One request to one address, one attempt.
-    async fn ask(&self, addr: &str, request: Request) -> Result<Reply> {
+    /// The cluster this client talks to is the first one that answers; any other is an error.
+    fn pin_cluster(&self, addr: &str, cluster_id: u64) -> Result<()> {
+        match self.inner.cluster_id.get() {
+            None => self.inner.cluster_id.set(Some(cluster_id)),
+            Some(expected) if expected != cluster_id => {
+                return Err(Error::WrongCluster {
+                    addr: addr.to_string(),
+                    expected,
+                    found: cluster_id,
+                })
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The id of the cluster this client talks to, once a node has answered.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.inner.cluster_id.get()
+    }
+
+    /// One request to one address, one attempt of at most `attempt_timeout`.
+    pub async fn ask(&self, addr: &str, request: Request) -> Result<Reply> {
         let conn = self.conn(addr).await?;
         let rx = conn.send(&request)?;
-        match conn::wait(rx, self.inner.cfg.attempt_timeout).await {
+        let wait = self.inner.cfg.attempt_timeout;
+        match conn::wait(rx, wait).await {
             Some(Answer::Reply(Reply::Failed(e))) => Err(Error::Server(e)),
             Some(Answer::Reply(r)) => Ok(r),
             Some(Answer::Lost(why)) => Err(Error::Unavailable(format!("{addr}: {why}"))),
             None => Err(Error::Timeout {
-                ms: self.inner.cfg.attempt_timeout.as_millis() as u64,
+                ms: wait.as_millis() as u64,
+                last: format!("{addr} did not answer"),
             }),
         }
     }
@@ -184,6 +217,7 @@ impl Client {
             cfg.attempt_timeout,
             cfg.inflight_per_connection_max,
             cfg.body_bytes_max,
+            cfg.tls.as_ref(),
         )
         .await?;
         self.inner.conns.borrow_mut().insert(addr.to_string(), Rc::clone(&c));
@@ -198,84 +232,103 @@ impl Client {
         let deadline = Instant::now() + cfg.request_timeout;
         let mut backoff = cfg.backoff_min;
         let mut tries: usize = 0;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout {
-                    ms: cfg.request_timeout.as_millis() as u64,
-                });
-            }
-            let located = self.inner.routes.borrow().locate(at).cloned();
-            let Some(info) = located else {
-                if self.refresh().await.is_err() || self.inner.routes.borrow().locate(at).is_none() {
-                    self.backoff(&mut backoff).await;
+        let mut last = String::from("no server was reachable");
+        while Instant::now() < deadline {
+            let (info, target, addr) = match self.route(at, tries, &mut backoff).await {
+                Ok(found) => found,
+                Err(why) => {
+                    last = why;
+                    continue;
                 }
-                continue;
             };
             tries += 1;
-            if info.region.peers.is_empty() {
-                self.refresh().await.ok();
-                self.backoff(&mut backoff).await;
-                continue;
-            }
-            let target = info
-                .leader
-                .unwrap_or_else(|| info.region.peers[tries % info.region.peers.len().max(1)]);
-            let Some(addr) = self.inner.routes.borrow().addr_of(&target) else {
-                self.refresh().await.ok();
-                self.backoff(&mut backoff).await;
-                continue;
-            };
             let request = Request {
                 region_id: info.region.id,
                 epoch: info.region.epoch,
                 op: op(&info.region),
             };
             let is_write = request.op.is_write();
-            self.count(|s| s.attempts += 1);
-            let sent = match self.conn(&addr).await {
-                Ok(conn) => conn.send(&request),
-                Err(e) => Err(e),
-            };
-            let rx = match sent {
-                Ok(rx) => rx,
-                Err(e) => {
-                    // Never sent: safe to try another replica.
-                    tracing::debug!(%addr, error = %e, "request not sent");
-                    self.inner.routes.borrow_mut().set_leader(info.region.id, None);
-                    self.backoff(&mut backoff).await;
-                    continue;
+            match self.attempt(&addr, &request, deadline).await {
+                Attempt::Reply(Reply::Failed(e)) => {
+                    last = format!("{addr}: {e}");
+                    self.reroute(&info, target, e, &mut backoff).await?;
                 }
-            };
-            let wait = cfg.attempt_timeout.min(deadline - now);
-            match conn::wait(rx, wait).await {
-                None if is_write => {
-                    return Err(Error::Timeout {
-                        ms: wait.as_millis() as u64,
-                    })
-                }
-                Some(Answer::Lost(_)) if is_write => return Err(Error::Undetermined),
-                None | Some(Answer::Lost(_)) => {
-                    self.inner.routes.borrow_mut().set_leader(info.region.id, None);
-                }
-                Some(Answer::Reply(Reply::Failed(e))) => {
-                    if !self.reroute(&info, target, e, &mut backoff).await? {
-                        continue;
-                    }
-                }
-                Some(Answer::Reply(reply)) => {
+                Attempt::Reply(reply) => {
                     if info.leader != Some(target) {
                         self.inner.routes.borrow_mut().set_leader(info.region.id, Some(target));
                     }
                     return Ok((info.region, reply));
                 }
+                Attempt::Lost(reason) if is_write => return Err(Error::Undetermined { reason }),
+                Attempt::NotSent(why) | Attempt::Lost(why) => {
+                    // Safe to try another replica: nothing was sent, or it was a read.
+                    tracing::debug!(%addr, why, "attempt failed");
+                    last = why;
+                    self.inner.routes.borrow_mut().set_leader(info.region.id, None);
+                    self.backoff(&mut backoff).await;
+                }
             }
+        }
+        Err(Error::Timeout {
+            ms: cfg.request_timeout.as_millis() as u64,
+            last,
+        })
+    }
+
+    /// The region at `at`, the replica to ask (the leader if known, else the next one) and its
+    /// address. `Err` says why there is none yet, after refreshing and waiting.
+    async fn route(
+        &self,
+        at: Locate<'_>,
+        tries: usize,
+        backoff: &mut Duration,
+    ) -> std::result::Result<(RegionInfo, WirePeer, String), String> {
+        let located = self.inner.routes.borrow().locate(at).cloned();
+        let found = located.and_then(|info| {
+            let peers = &info.region.peers;
+            let target = info.leader.or_else(|| peers.get(tries % peers.len().max(1)).copied())?;
+            let addr = self.inner.routes.borrow().addr_of(&target)?;
+            Some((info, target, addr))
+        });
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        let why = match self.refresh().await {
+            Err(e) => e.to_string(),
+            Ok(_) => "no node knows where the key's region is yet".to_string(),
+        };
+        self.backoff(backoff).await;
+        Err(why)
+    }
+
+    /// Sends `request` to `addr` and waits for its answer: a read for at most `attempt_timeout`
+    /// (then another replica is asked), a write until the deadline, since a write sent has to
+    /// be answered to be retried (a slow or paused leader may still say it did not apply it).
+    async fn attempt(&self, addr: &str, request: &Request, deadline: Instant) -> Attempt {
+        self.count(|s| s.attempts += 1);
+        let sent = match self.conn(addr).await {
+            Ok(conn) => conn.send(request),
+            Err(e) => Err(e),
+        };
+        let rx = match sent {
+            Ok(rx) => rx,
+            Err(e) => return Attempt::NotSent(e.to_string()),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = match request.op.is_write() {
+            true => left,
+            false => self.inner.cfg.attempt_timeout.min(left),
+        };
+        match conn::wait(rx, wait).await {
+            Some(Answer::Reply(reply)) => Attempt::Reply(reply),
+            Some(Answer::Lost(why)) => Attempt::Lost(format!("{addr}: {why}")),
+            None => Attempt::Lost(format!("{addr} did not answer within {} ms", wait.as_millis())),
         }
     }
 
     /// Acts on a typed rejection: updates the caches and waits if waiting helps. `Err` when
-    /// retrying cannot help; `Ok(false)` means "try again".
-    async fn reroute(&self, info: &RegionInfo, target: WirePeer, e: WireError, backoff: &mut Duration) -> Result<bool> {
+    /// retrying cannot help.
+    async fn reroute(&self, info: &RegionInfo, target: WirePeer, e: WireError, backoff: &mut Duration) -> Result<()> {
         let id = info.region.id;
         match e.clone() {
             WireError::NotLeader { leader, .. } => {
@@ -323,14 +376,17 @@ impl Client {
                     return Err(Error::Server(e));
                 }
             }
-            WireError::ServerBusy { .. } | WireError::ProposalDropped { .. } | WireError::ShuttingDown => {
+            WireError::ServerBusy { .. }
+            | WireError::ProposalDropped { .. }
+            | WireError::ShuttingDown
+            | WireError::RegionUnavailable { .. } => {
                 self.inner.routes.borrow_mut().set_leader(id, None);
                 self.backoff(backoff).await;
             }
-            WireError::OutcomeUnknown { .. } => return Err(Error::Undetermined),
+            WireError::OutcomeUnknown { .. } => return Err(Error::Undetermined { reason: e.to_string() }),
             fatal => return Err(Error::Server(fatal)),
         }
-        Ok(false)
+        Ok(())
     }
 
     async fn backoff(&self, backoff: &mut Duration) {
@@ -340,6 +396,22 @@ impl Client {
     }
 
     // ---- the API ----
+
+    /// The health and load of the node at `addr` (one attempt).
+    pub async fn node_status(&self, addr: &str) -> Result<NodeStatus> {
+        let request = Request {
+            region_id: 0,
+            epoch: Default::default(),
+            op: Op::NodeStatus,
+        };
+        match self.ask(addr, request).await? {
+            Reply::Status(status) => {
+                self.pin_cluster(addr, status.cluster_id)?;
+                Ok(status)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.call(Locate::Key(key), |_| Op::Get { key: key.to_vec() }).await? {
@@ -430,6 +502,9 @@ impl Client {
 
     /// Deletes every key in `[start, end)` (empty `end`: to the end of the key space).
     pub async fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        if is_empty_range(start, end) {
+            return Ok(());
+        }
         let mut cursor = start.to_vec();
         loop {
             let (region, reply) = self
@@ -450,6 +525,9 @@ impl Client {
     /// descending from `end` when `reverse`.
     pub async fn scan(&self, start: &[u8], end: &[u8], limit: u32, reverse: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut rows = Vec::new();
+        if is_empty_range(start, end) {
+            return Ok(rows);
+        }
         // Forward: the next key to read. Reverse: the exclusive upper bound still to read.
         let mut cursor = if reverse { end.to_vec() } else { start.to_vec() };
         while (rows.len() as u32) < limit {
@@ -520,6 +598,28 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Reply(Reply),
+    /// Never sent (no connection, or the client's own in-flight bound): certainly not applied.
+    NotSent(String),
+    /// Sent, and no answer came back (the connection broke or the wait ran out).
+    Lost(String),
+}
+
+fn cluster_info_request() -> Request {
+    Request {
+        region_id: 0,
+        epoch: Default::default(),
+        op: Op::ClusterInfo,
+    }
+}
+
+/// Whether `[start, end)` holds no key (empty `end`: unbounded, never empty).
+fn is_empty_range(start: &[u8], end: &[u8]) -> bool {
+    !end.is_empty() && start >= end
 }
 
 /// The smaller of two exclusive upper bounds, where empty means unbounded.

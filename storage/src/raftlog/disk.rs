@@ -21,6 +21,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -71,16 +72,77 @@ fn glommio_io(e: glommio::GlommioError<()>) -> io::Error {
     }
 }
 
+/// How a group commit is made durable (`LogConfig::sync_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// By the filesystem: `ODsync` on ext4, xfs and btrfs, `Fdatasync` anywhere else.
+    #[default]
+    Auto,
+    /// One O_DIRECT|O_DSYNC write per group.
+    ODsync,
+    /// An O_DIRECT write, then fdatasync.
+    Fdatasync,
+}
+
+/// What `UringDisk::open` found and chose for a log directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// The filesystem, by its statfs magic ("unknown" if not one corekv knows).
+    pub filesystem: &'static str,
+    /// `ODsync` or `Fdatasync`: never `Auto`.
+    pub sync: SyncMode,
+    /// Whether fallocate works there (else segments are reserved by writing zeroes alone).
+    pub fallocate: bool,
+}
+
+impl Durability {
+    pub fn sync_name(&self) -> &'static str {
+        match self.sync {
+            SyncMode::ODsync => "o_dsync",
+            _ => "fdatasync",
+        }
+    }
+}
+
+/// Filesystems (statfs magic, name) whose io_uring O_DIRECT writes honour O_DSYNC.
+const DSYNC_FILESYSTEMS: [(i64, &str); 3] = [(0xEF53, "ext4"), (0x5846_5342, "xfs"), (0x9123_683E, "btrfs")];
+/// Others corekv names in its log line (none of them trusted with O_DSYNC).
+const OTHER_FILESYSTEMS: [(i64, &str); 3] = [(0x6573_5546, "fuse"), (0x0102_1994, "tmpfs"), (0x6969, "nfs")];
+
+/// The filesystem holding `dir`, by name, and whether it honours O_DSYNC on async direct writes.
+fn filesystem_of(dir: &Path) -> io::Result<(&'static str, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: `path` is a valid C string; `st` is a writable statfs the call fills in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; statfs reads the path and writes only `st`.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let magic = st.f_type as i64;
+    if let Some((_, name)) = DSYNC_FILESYSTEMS.iter().find(|(m, _)| *m == magic) {
+        return Ok((name, true));
+    }
+    let name = OTHER_FILESYSTEMS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map_or("unknown", |(_, n)| n);
+    Ok((name, false))
+}
+
 /// The real disk: glommio `DmaFile`s (O_DIRECT, io_uring main ring) in one directory.
 pub struct UringDisk {
     dir: PathBuf,
+    durability: Durability,
 }
 
 impl UringDisk {
-    /// Opens `dir` (created if missing) and turns glommio's poll ring off for its device on
-    /// this executor; see the module doc. Must run inside a glommio executor.
-    pub async fn open(dir: &Path) -> io::Result<UringDisk> {
-        std::fs::create_dir_all(dir)?;
+    /// Opens `dir` (created if missing, 0700), turns glommio's poll ring off for its device on
+    /// this executor, and decides how writes are made durable there (see the module doc). Must
+    /// run inside a glommio executor.
+    pub async fn open(dir: &Path, mode: SyncMode) -> io::Result<UringDisk> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let probe_path = dir.join("iopoll-probe");
         let probe = OpenOptions::new()
             .write(true)
@@ -89,30 +151,68 @@ impl UringDisk {
             .dma_open(&probe_path)
             .await
             .map_err(glommio_io)?;
+        // FUSE has no fallocate (EOPNOTSUPP). Any other failure (a full disk) says it exists:
+        // the segments' own allocations report their errors when they happen.
+        let probed = probe.pre_allocate(BLOCK_PROBE_BYTES, true).await.map_err(glommio_io);
+        let fallocate = !matches!(probed, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP));
         probe.close().await.map_err(glommio_io)?;
         std::fs::remove_file(&probe_path)?;
-        Ok(UringDisk { dir: dir.to_path_buf() })
+        let (filesystem, dsync_ok) = filesystem_of(dir)?;
+        let sync = match mode {
+            SyncMode::Auto if dsync_ok => SyncMode::ODsync,
+            SyncMode::Auto => SyncMode::Fdatasync,
+            forced => forced,
+        };
+        let durability = Durability {
+            filesystem,
+            sync,
+            fallocate,
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            filesystem,
+            group_commit = if sync == SyncMode::ODsync { "one O_DSYNC write" } else { "a write, then fdatasync" },
+            fallocate = if fallocate { "yes" } else { "no: segments are zero-filled" },
+            "raft log durability"
+        );
+        Ok(UringDisk {
+            dir: dir.to_path_buf(),
+            durability,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.dir
     }
+
+    /// What this disk found and chose at open.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
 }
+
+/// fallocate is probed with this many bytes.
+const BLOCK_PROBE_BYTES: u64 = 4096;
 
 impl Disk for UringDisk {
     type File = UringFile;
 
-    /// O_DSYNC: a write through this handle is durable when it completes. The kernel issues
-    /// it with FUA (or a flush) itself, so a group commit is one round trip through the
-    /// executor instead of two, and no fsync is punted to an io-wq worker (measured:
-    /// docs/format.md, "I/O path").
+    /// O_DSYNC where the filesystem honours it: a write through this handle is durable when it
+    /// completes. The kernel issues it with FUA (or a flush) itself, so a group commit is one
+    /// round trip through the executor instead of two, and no fsync is punted to an io-wq
+    /// worker (measured: docs/format.md, "I/O path"). Elsewhere `write_durable` syncs.
     async fn open(&self, name: &str) -> io::Result<UringFile> {
+        let dsync = self.durability.sync == SyncMode::ODsync;
         let mut opts = OpenOptions::new();
-        opts.read(true).write(true).custom_flags(libc::O_DSYNC);
+        opts.read(true).write(true);
+        if dsync {
+            opts.custom_flags(libc::O_DSYNC);
+        }
         let file = opts.dma_open(self.dir.join(name)).await;
         Ok(UringFile {
             file: file.map_err(glommio_io)?,
-            dsync: true,
+            dsync,
+            fallocate: self.durability.fallocate,
         })
     }
 
@@ -126,6 +226,7 @@ impl Disk for UringDisk {
         Ok(UringFile {
             file: file.map_err(glommio_io)?,
             dsync: false,
+            fallocate: self.durability.fallocate,
         })
     }
 
@@ -162,6 +263,8 @@ pub struct UringFile {
     file: DmaFile,
     /// Opened with O_DSYNC: every completed write is durable.
     dsync: bool,
+    /// The filesystem has fallocate (else `allocate` leaves reserving to the zero-fill).
+    fallocate: bool,
 }
 
 impl DiskFile for UringFile {
@@ -208,6 +311,9 @@ impl DiskFile for UringFile {
     }
 
     async fn allocate(&self, len: u64) -> io::Result<()> {
+        if !self.fallocate {
+            return Ok(()); // the segment's zero-fill writes every block anyway
+        }
         self.file.pre_allocate(len, true).await.map_err(glommio_io)
     }
 

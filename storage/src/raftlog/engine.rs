@@ -239,6 +239,11 @@ impl<D: Disk> LogEngine<D> {
         }
     }
 
+    /// The disk under the engine.
+    pub fn disk(&self) -> &D {
+        &self.shared.disk
+    }
+
     pub fn config(&self) -> &LogConfig {
         &self.shared.cfg
     }

@@ -26,7 +26,7 @@ mod recovery;
 use serde::Deserialize;
 
 pub use batch::LogBatch;
-pub use disk::{Disk, DiskFile, Fault, MemDisk, MemDiskFile, UringDisk, UringFile};
+pub use disk::{Disk, DiskFile, Durability, Fault, MemDisk, MemDiskFile, SyncMode, UringDisk, UringFile};
 pub use engine::{Appended, LogEngine, LogEntry, LogStats, PurgeReport};
 pub use format::{BLOCK_BYTES, RECORD_HEADER_BYTES};
 pub use recovery::RecoveryReport;
@@ -47,6 +47,9 @@ pub struct LogConfig {
     pub purge_segments_threshold: usize,
     /// Purged segments kept as spares for reuse (no allocation, no file growth).
     pub recycle_segments_max: usize,
+    /// How a group commit is made durable on the real disk: "auto" (by the filesystem),
+    /// "o_dsync" or "fdatasync" (see `disk`).
+    pub sync_mode: SyncMode,
 }
 
 impl Default for LogConfig {
@@ -57,6 +60,7 @@ impl Default for LogConfig {
             group_bytes_max: 4 << 20,
             purge_segments_threshold: 16,
             recycle_segments_max: 4,
+            sync_mode: SyncMode::Auto,
         }
     }
 }
@@ -95,7 +99,7 @@ impl<D: Disk> LogEngine<D> {
 impl LogEngine<UringDisk> {
     /// Opens the log in directory `dir` on the real disk (O_DIRECT through io_uring).
     pub async fn open_dir(dir: &std::path::Path, cfg: LogConfig) -> Result<(Self, RecoveryReport)> {
-        let disk = UringDisk::open(dir)
+        let disk = UringDisk::open(dir, cfg.sync_mode)
             .await
             .map_err(|e| Error::io("opening the log directory", e))?;
         Self::open(disk, cfg).await

@@ -7,7 +7,7 @@ use corekv_tools::chaos::{self, ChaosArgs};
 
 /// Inject faults into a local 3-node cluster and check what the clients saw.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "corekv-chaos", version = corekv_shard::VERSION)]
 struct Cli {
     #[command(flatten)]
     args: ChaosArgs,
@@ -16,7 +16,7 @@ struct Cli {
 fn main() -> std::process::ExitCode {
     // The network namespace is entered by this (main) thread before any other starts.
     corekv_tools::run_main("corekv-chaos", || {
-        corekv_tools::init_logging("warn");
+        corekv_tools::init_logging("warn", None)?;
         chaos::run_and_report(&Cli::parse().args)
     })
 }

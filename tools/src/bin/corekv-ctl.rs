@@ -1,27 +1,47 @@
 //! corekv-ctl: one-shot commands against a running cluster, through the client library.
 //! Any failure: a non-zero exit and a one-line reason on stderr.
+//!
+//! Keys and values are bytes: arguments are taken as they are (or as hex with `--hex`), a
+//! value may come from a file or stdin, and what is printed is escaped (`\t`, `\n`, `\\`,
+//! `\xNN`) or hex, so a tab or newline in a key never breaks a `key<TAB>value` line.
 
-use std::io::Write;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
-use corekv_netio::msg::{ClusterInfo, RegionInfo};
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use corekv_netio::msg::{ClusterInfo, NodeStatus, RegionInfo};
 use corekv_netio::{Client, ClientConfig};
+use corekv_tools::bytes::{decode_arg, escape, Encoding};
+use serde_json::{json, Value};
 
 /// Talk to a corekv cluster.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "corekv-ctl", version = corekv_shard::VERSION)]
 struct Args {
-    /// Client addresses of some nodes (HOST:PORT of their shard 0), comma-separated; the rest
-    /// of the cluster is learned from them.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Client addresses of some nodes (HOST:PORT of their shard 0; names or IPs),
+    /// comma-separated; the rest of the cluster is learned from them.
+    #[arg(long, value_delimiter = ',', env = "COREKV_ENDPOINTS")]
     endpoints: Vec<String>,
     /// Give up on a command after this long (retries included).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Keys and values in arguments and output are hex (binary-safe both ways).
+    #[arg(long, global = true)]
+    hex: bool,
+    #[command(flatten)]
+    tls: corekv_tools::TlsArgs,
+    /// Output format of commands that print data.
+    #[arg(short = 'w', long = "output", value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -36,12 +56,25 @@ enum Command {
         #[command(subcommand)]
         op: Cluster,
     },
+    /// Each endpoint's health and load.
+    Endpoint {
+        #[command(subcommand)]
+        op: Endpoint,
+    },
+    /// Prints a completion script for SHELL (e.g. `corekv-ctl completion bash > /etc/bash_completion.d/corekv-ctl`).
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
 enum Raw {
-    /// Sets KEY to VALUE; prints OK.
-    Put { key: String, value: String },
+    /// Sets KEY to VALUE (`-`: read it from stdin; or --value-file); prints OK.
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        value_file: Option<std::path::PathBuf>,
+    },
     /// Prints KEY's value; exit code 1 and `not found` on stderr when absent.
     Get { key: String },
     /// Deletes KEY; prints OK.
@@ -56,12 +89,58 @@ enum Raw {
         #[arg(long)]
         reverse: bool,
     },
+    /// Sets KEY to --new (or deletes it with --delete) if its value is --expected (or it is
+    /// absent with --expect-absent); prints OK, else exit code 1 with the value found.
+    Cas {
+        key: String,
+        /// The value KEY must have.
+        #[arg(long, required_unless_present = "expect_absent")]
+        expected: Option<String>,
+        /// KEY must be absent.
+        #[arg(long, conflicts_with = "expected")]
+        expect_absent: bool,
+        /// The value to set.
+        #[arg(long, required_unless_present = "delete")]
+        new: Option<String>,
+        /// Delete KEY instead.
+        #[arg(long, conflicts_with = "new")]
+        delete: bool,
+    },
+    /// Deletes every key in [START, END) (END "" = to the end); prints OK.
+    DeleteRange { start: String, end: String },
+    /// Prints `key<TAB>value` for each KEY (`key<TAB>` and nothing more when absent).
+    BatchGet {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Sets each KEY to its VALUE (atomic per region); prints OK.
+    BatchPut {
+        /// KEY VALUE [KEY VALUE]...
+        #[arg(required = true, num_args = 2.., value_names = ["KEY", "VALUE"])]
+        pairs: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
 enum Cluster {
-    /// Nodes, shards, regions and their leaders.
+    /// Nodes, shards, regions and their leaders, and regions stopped on a node.
     Status,
+}
+
+#[derive(Subcommand)]
+enum Endpoint {
+    /// Whether each endpoint answers, and how fast; exit code 1 if any does not.
+    Health {
+        /// Every node the cluster knows, not only --endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Per endpoint: node, version, uptime, regions, leaders, apply lag, disk use.
+    Status {
+        /// Every node the cluster knows, not only --endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,92 +148,351 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    corekv_tools::init_logging("warn");
+    corekv_tools::init_logging("warn", None)?;
     let args = Args::parse();
-    let found = corekv_tools::on_executor(move || async move {
-        let mut cfg = ClientConfig::new(args.endpoints);
-        cfg.request_timeout = Duration::from_millis(args.timeout_ms);
-        cfg.attempt_timeout = cfg.attempt_timeout.min(cfg.request_timeout);
-        let client = Client::connect(cfg).await?;
-        let mut out = std::io::stdout().lock();
-        match args.command {
-            Command::Raw { op } => match op {
-                Raw::Put { key, value } => {
-                    client.put(key.as_bytes(), value.as_bytes()).await?;
-                    writeln!(out, "OK")?;
-                }
-                Raw::Get { key } => match client.get(key.as_bytes()).await? {
-                    Some(v) => {
-                        out.write_all(&v)?;
-                        writeln!(out)?;
-                    }
-                    None => return Ok(false),
-                },
-                Raw::Delete { key } => {
-                    client.delete(key.as_bytes()).await?;
-                    writeln!(out, "OK")?;
-                }
-                Raw::Scan {
-                    start,
-                    end,
-                    limit,
-                    reverse,
-                } => {
-                    for (k, v) in client.scan(start.as_bytes(), end.as_bytes(), limit, reverse).await? {
-                        out.write_all(&k)?;
-                        out.write_all(b"\t")?;
-                        out.write_all(&v)?;
-                        writeln!(out)?;
-                    }
-                }
-            },
-            Command::Cluster { op: Cluster::Status } => {
-                let views = client.refresh().await?;
-                print_status(&mut out, &views, &client.regions())?;
-            }
+    let enc = Encoding { hex: args.hex };
+    let json = args.output == Output::Json;
+    let printed = match args.command {
+        Command::Completion { shell } => completion(shell),
+        _ if args.endpoints.is_empty() => bail!("give --endpoints HOST:PORT[,...] (or set COREKV_ENDPOINTS)"),
+        command => {
+            let mut cfg = ClientConfig::new(args.endpoints);
+            cfg.tls = args.tls.load()?;
+            cfg.request_timeout = Duration::from_millis(args.timeout_ms);
+            cfg.attempt_timeout = cfg.attempt_timeout.min(cfg.request_timeout);
+            corekv_tools::on_executor(move || async move { execute(cfg, command, enc, json).await })?
         }
-        Ok(true)
-    })?;
-    if !found {
-        bail!("not found");
+    };
+    std::io::stdout().lock().write_all(printed.text.as_bytes())?;
+    match printed.failure {
+        Some(why) => bail!(why),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-fn print_status(out: &mut impl Write, views: &[ClusterInfo], regions: &[RegionInfo]) -> Result<()> {
-    let first = &views[0];
-    writeln!(out, "nodes: {}  shards per node: {}", first.nodes.len(), first.shards)?;
-    for (id, addr) in &first.nodes {
-        let up = if views.iter().any(|v| v.node_id == *id) {
-            "up"
-        } else {
-            "not answering"
-        };
-        writeln!(out, "  node {id}  {addr}  {up}")?;
+async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool) -> Result<Printed> {
+    match command {
+        Command::Raw { op } => raw(Client::connect(cfg).await?, op, enc, json).await,
+        Command::Cluster { op: Cluster::Status } => {
+            let client = Client::connect(cfg).await?;
+            let views = client.refresh().await?;
+            Ok(status(&views, &client.regions(), enc, json))
+        }
+        Command::Endpoint { op } => endpoints(cfg, op, json).await,
+        Command::Completion { shell } => Ok(completion(shell)),
     }
-    writeln!(out, "regions: {}", regions.len())?;
-    let show = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
-    for r in regions {
-        let peers: Vec<String> = r
-            .region
-            .peers
+}
+
+/// The completion script of `shell` for corekv-ctl.
+fn completion(shell: clap_complete::Shell) -> Printed {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "corekv-ctl", &mut script);
+    Printed::ok(String::from_utf8_lossy(&script))
+}
+
+/// What a command prints, and the reason it fails with after printing it (exit code 1).
+struct Printed {
+    text: String,
+    failure: Option<String>,
+}
+
+impl Printed {
+    fn ok(text: impl Into<String>) -> Printed {
+        Printed {
+            text: text.into(),
+            failure: None,
+        }
+    }
+
+    fn json(v: Value) -> Printed {
+        Printed::ok(format!("{v:#}\n"))
+    }
+}
+
+async fn raw(client: Client, op: Raw, enc: Encoding, json: bool) -> Result<Printed> {
+    let key = |k: &str| -> Result<Vec<u8>> {
+        let k = decode_arg(k, enc)?;
+        if k.is_empty() {
+            bail!("the empty key is not a key");
+        }
+        Ok(k)
+    };
+    Ok(match op {
+        Raw::Put {
+            key: k,
+            value,
+            value_file,
+        } => {
+            let value = read_value(value, value_file, enc)?;
+            client.put(&key(&k)?, &value).await?;
+            Printed::ok("OK\n")
+        }
+        Raw::Get { key: k } => {
+            let k = key(&k)?;
+            match (client.get(&k).await?, json) {
+                (v, true) => Printed::json(json!({ "key": enc.show(&k), "value": v.as_deref().map(|v| enc.show(v)) })),
+                (Some(v), false) if enc.hex => Printed::ok(format!("{}\n", enc.show(&v))),
+                (Some(v), false) => Printed::ok(format!("{}\n", String::from_utf8_lossy(&v))),
+                (None, false) => Printed {
+                    text: String::new(),
+                    failure: Some("not found".into()),
+                },
+            }
+        }
+        Raw::Delete { key: k } => {
+            client.delete(&key(&k)?).await?;
+            Printed::ok("OK\n")
+        }
+        Raw::Scan {
+            start,
+            end,
+            limit,
+            reverse,
+        } => {
+            let (start, end) = (decode_arg(&start, enc)?, decode_arg(&end, enc)?);
+            let rows = client.scan(&start, &end, limit, reverse).await?;
+            pairs(rows.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))), enc, json)
+        }
+        Raw::Cas {
+            key: k, expected, new, ..
+        } => {
+            let expected = expected.map(|v| decode_arg(&v, enc)).transpose()?;
+            let new = new.map(|v| decode_arg(&v, enc)).transpose()?;
+            let (swapped, found) = client
+                .compare_and_swap(&key(&k)?, expected.as_deref(), new.as_deref())
+                .await?;
+            let found_text = found.as_deref().map_or("absent".to_string(), escape);
+            match (swapped, json) {
+                (_, true) => {
+                    Printed::json(json!({ "swapped": swapped, "previous": found.as_deref().map(|v| enc.show(v)) }))
+                }
+                (true, false) => Printed::ok("OK\n"),
+                (false, false) => Printed {
+                    text: String::new(),
+                    failure: Some(format!("not swapped: the value is {found_text}")),
+                },
+            }
+        }
+        Raw::DeleteRange { start, end } => {
+            client
+                .delete_range(&decode_arg(&start, enc)?, &decode_arg(&end, enc)?)
+                .await?;
+            Printed::ok("OK\n")
+        }
+        Raw::BatchGet { keys } => {
+            let keys = keys.iter().map(|k| key(k)).collect::<Result<Vec<_>>>()?;
+            let values = client.batch_get(&keys).await?;
+            pairs(
+                keys.iter().zip(&values).map(|(k, v)| (k.as_slice(), v.as_deref())),
+                enc,
+                json,
+            )
+        }
+        Raw::BatchPut { pairs: args } => {
+            if args.len() % 2 != 0 {
+                bail!("batch-put takes KEY VALUE pairs: {} arguments is not pairs", args.len());
+            }
+            let pairs = args
+                .chunks(2)
+                .map(|p| Ok((key(&p[0])?, decode_arg(&p[1], enc)?)))
+                .collect::<Result<Vec<_>>>()?;
+            client.batch_put(&pairs).await?;
+            Printed::ok("OK\n")
+        }
+    })
+}
+
+/// The value of a put: the argument, stdin for `-`, or a file.
+fn read_value(arg: Option<String>, file: Option<std::path::PathBuf>, enc: Encoding) -> Result<Vec<u8>> {
+    match (arg.as_deref(), file) {
+        (_, Some(path)) => std::fs::read(&path).with_context(|| format!("read {}", path.display())),
+        (Some("-"), None) => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .context("read the value from stdin")?;
+            Ok(v)
+        }
+        (Some(v), None) => decode_arg(v, enc),
+        (None, None) => bail!("give a VALUE, `-` for stdin, or --value-file"),
+    }
+}
+
+/// `key<TAB>value` lines (value absent: `key<TAB>`), or a JSON array.
+fn pairs<'a>(rows: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>, enc: Encoding, json: bool) -> Printed {
+    let rows: Vec<(&[u8], Option<&[u8]>)> = rows.collect();
+    if json {
+        let list: Vec<Value> = rows
             .iter()
-            .map(|p| format!("n{}/s{}", p.node, p.shard))
+            .map(|(k, v)| json!({ "key": enc.show(k), "value": v.map(|v| enc.show(v)) }))
             .collect();
-        let leader = r.leader.map_or("none".to_string(), |l| {
-            format!("n{}/s{} (term {})", l.node, l.shard, r.term)
-        });
-        writeln!(
-            out,
-            "  region {:<3} [{:?}, {:?})  epoch {}/{}  peers {}  leader {}",
-            r.region.id,
-            show(&r.region.start),
-            show(&r.region.end),
-            r.region.epoch.conf_ver,
-            r.region.epoch.version,
-            peers.join(" "),
-            leader
-        )?;
+        return Printed::json(Value::Array(list));
     }
-    Ok(())
+    let mut text = String::new();
+    for (k, v) in rows {
+        text.push_str(&format!(
+            "{}\t{}\n",
+            enc.show(k),
+            v.map(|v| enc.show(v)).unwrap_or_default()
+        ));
+    }
+    Printed::ok(text)
+}
+
+fn status(views: &[ClusterInfo], regions: &[RegionInfo], enc: Encoding, json: bool) -> Printed {
+    let first = &views[0];
+    let up = |id: u64| views.iter().any(|v| v.node_id == id);
+    let stopped: Vec<(u64, u64, &str)> = views
+        .iter()
+        .flat_map(|v| v.stopped.iter().map(move |(r, why)| (v.node_id, *r, why.as_str())))
+        .collect();
+    if json {
+        return Printed::json(json!({
+            "cluster_id": format!("{:#x}", first.cluster_id),
+            "shards": first.shards,
+            "nodes": first.nodes.iter().map(|(id, addr)| json!({"id": id, "addr": addr, "up": up(*id)})).collect::<Vec<_>>(),
+            "regions": regions.iter().map(|r| region_json(r, enc)).collect::<Vec<_>>(),
+            "stopped": stopped.iter().map(|(n, r, why)| json!({"node": n, "region": r, "reason": why})).collect::<Vec<_>>(),
+        }));
+    }
+    let mut t = format!(
+        "cluster {:#x}  nodes: {}  shards per node: {}\n",
+        first.cluster_id,
+        first.nodes.len(),
+        first.shards
+    );
+    for (id, addr) in &first.nodes {
+        let state = if up(*id) { "up" } else { "not answering" };
+        t.push_str(&format!("  node {id}  {addr}  {state}\n"));
+    }
+    t.push_str(&format!("regions: {}\n", regions.len()));
+    for r in regions {
+        t.push_str(&region_line(r, enc));
+    }
+    for (node, region, why) in stopped {
+        t.push_str(&format!("  STOPPED on node {node}: region {region} ({why})\n"));
+    }
+    Printed::ok(t)
+}
+
+fn region_line(r: &RegionInfo, enc: Encoding) -> String {
+    let peers: Vec<String> = r
+        .region
+        .peers
+        .iter()
+        .map(|p| format!("n{}/s{}", p.node, p.shard))
+        .collect();
+    let leader = r.leader.map_or("none".to_string(), |l| {
+        format!("n{}/s{} (term {})", l.node, l.shard, r.term)
+    });
+    format!(
+        "  region {:<3} [\"{}\", \"{}\")  epoch {}/{}  peers {}  leader {}\n",
+        r.region.id,
+        enc.show(&r.region.start),
+        enc.show(&r.region.end),
+        r.region.epoch.conf_ver,
+        r.region.epoch.version,
+        peers.join(" "),
+        leader
+    )
+}
+
+fn region_json(r: &RegionInfo, enc: Encoding) -> Value {
+    json!({
+        "id": r.region.id,
+        "start": enc.show(&r.region.start),
+        "end": enc.show(&r.region.end),
+        "conf_ver": r.region.epoch.conf_ver,
+        "version": r.region.epoch.version,
+        "peers": r.region.peers.iter().map(|p| json!({"id": p.id, "node": p.node, "shard": p.shard})).collect::<Vec<_>>(),
+        "leader": r.leader.map(|l| json!({"id": l.id, "node": l.node, "shard": l.shard})),
+        "term": r.term,
+    })
+}
+
+/// `endpoint health` / `endpoint status`: each endpoint (or each node, with `--cluster`) asked
+/// on its own.
+async fn endpoints(cfg: ClientConfig, op: Endpoint, json: bool) -> Result<Printed> {
+    let client = Client::with_view(cfg.clone(), Vec::new());
+    let (Endpoint::Health { cluster } | Endpoint::Status { cluster }) = op;
+    let addrs = match cluster {
+        true => client
+            .refresh()
+            .await?
+            .iter()
+            .flat_map(|v| v.nodes.iter().map(|(_, a)| a.clone()))
+            .collect(),
+        false => cfg.endpoints.clone(),
+    };
+    let addrs: std::collections::BTreeSet<String> = addrs.into_iter().collect();
+    let mut rows = Vec::new();
+    for addr in &addrs {
+        let t0 = Instant::now();
+        let answer = client.node_status(addr).await;
+        rows.push((addr.clone(), t0.elapsed(), answer));
+    }
+    let failed = rows.iter().filter(|(_, _, a)| a.is_err()).count();
+    let mut printed = match op {
+        Endpoint::Health { .. } => health(&rows, json),
+        Endpoint::Status { .. } => node_statuses(&rows, json),
+    };
+    if failed > 0 {
+        printed.failure = Some(format!("{failed} of {} endpoints unhealthy", rows.len()));
+    }
+    Ok(printed)
+}
+
+type Asked = (String, Duration, corekv_netio::Result<NodeStatus>);
+
+fn health(rows: &[Asked], json: bool) -> Printed {
+    if json {
+        let list = rows.iter().map(|(addr, took, a)| {
+            json!({"endpoint": addr, "healthy": a.is_ok(), "took_ms": took.as_millis() as u64,
+                   "error": a.as_ref().err().map(|e| e.to_string())})
+        });
+        return Printed::json(Value::Array(list.collect()));
+    }
+    let lines = rows.iter().map(|(addr, took, a)| match a {
+        Ok(_) => format!("{addr} is healthy: answered in {:.1} ms\n", took.as_secs_f64() * 1e3),
+        Err(e) => format!("{addr} is unhealthy: {e}\n"),
+    });
+    Printed::ok(lines.collect::<String>())
+}
+
+fn node_statuses(rows: &[Asked], json: bool) -> Printed {
+    if json {
+        let list = rows.iter().map(|(addr, _, a)| match a {
+            Ok(s) => {
+                json!({"endpoint": addr, "up": true, "node_id": s.node_id, "cluster_id": format!("{:#x}", s.cluster_id),
+                "version": s.version, "shards": s.shards, "uptime_secs": s.uptime_secs, "regions": s.regions,
+                "leaders": s.leaders, "stopped_regions": s.stopped_regions, "apply_lag_entries": s.apply_lag_entries,
+                "kv_disk_bytes": s.kv_disk_bytes, "raft_log_disk_bytes": s.raft_log_disk_bytes})
+            }
+            Err(e) => json!({"endpoint": addr, "up": false, "error": e.to_string()}),
+        });
+        return Printed::json(Value::Array(list.collect()));
+    }
+    let mut t = format!(
+        "{:<22} {:>4} {:>8} {:<24} {:>7} {:>7} {:>7} {:>9} {:>10} {:>10}\n",
+        "ENDPOINT", "NODE", "UPTIME", "VERSION", "REGIONS", "LEADERS", "STOPPED", "APPLY LAG", "KV MiB", "LOG MiB"
+    );
+    for (addr, _, a) in rows {
+        let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
+        t.push_str(&match a {
+            Ok(s) => format!(
+                "{addr:<22} {:>4} {:>7}s {:<24} {:>7} {:>7} {:>7} {:>9} {:>10} {:>10}\n",
+                s.node_id,
+                s.uptime_secs,
+                s.version,
+                s.regions,
+                s.leaders,
+                s.stopped_regions,
+                s.apply_lag_entries,
+                mib(s.kv_disk_bytes),
+                mib(s.raft_log_disk_bytes)
+            ),
+            Err(e) => format!("{addr:<22} {:>4} {:>8} down: {e}\n", "-", "-"),
+        });
+    }
+    Printed::ok(t)
 }

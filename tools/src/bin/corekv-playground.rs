@@ -1,6 +1,6 @@
 //! corekv-playground: a local cluster of `corekv-server` processes for trying corekv out.
-//! Node k listens on base-port + 10*(k-1) (+ shard), serves /metrics on that + 9, and logs
-//! to DATA_DIR/node-k.log. Stops its children on Ctrl-C / SIGTERM.
+//! Node k takes ports base-port + 100*(k-1): clients on +0 (+ shard), peers on +40 (+ shard),
+//! /metrics on +80; it logs to DATA_DIR/node-k.log. Stops its children on Ctrl-C / SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,21 +9,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use corekv_netio::{Client, ClientConfig};
+use corekv_netio::Client;
 use corekv_tools::cluster::{sibling_binary, ClusterSpec, LocalCluster};
 
 /// Start a local corekv cluster (child processes) and keep it running until Ctrl-C.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "corekv-playground", version = corekv_shard::VERSION)]
 struct Args {
+    /// Nodes to start (each a corekv-server process).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Shards (cores) per node, at most 9 (ports of a node: +0..+8, metrics on +9).
+    /// Shards (cores) per node, at most 40 (a node's client ports: +0..+39, peer ports +40..+79).
     #[arg(long, default_value_t = 2)]
     shards: u32,
     /// One sub-directory per node; an existing one is recovered.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Node k's ports start at this + 100*(k-1).
     #[arg(long, default_value_t = 20160)]
     base_port: u16,
     /// Host the nodes listen on.
@@ -35,6 +37,10 @@ struct Args {
     /// Exit after starting (and the demo) instead of waiting for Ctrl-C.
     #[arg(long)]
     no_wait: bool,
+    /// Mutual TLS on every port, with a throwaway CA and certificates made in DATA_DIR/tls
+    /// (the ctl flags to use are printed).
+    #[arg(long)]
+    tls: bool,
 }
 
 const LEADERS_WAIT: Duration = Duration::from_secs(60);
@@ -45,7 +51,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    corekv_tools::init_logging("warn");
+    corekv_tools::init_logging("warn", None)?;
     let args = Args::parse();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -59,6 +65,7 @@ fn run() -> Result<()> {
         base_port: args.base_port,
         server: sibling_binary("corekv-server")?,
         extra_args: Vec::new(),
+        tls: args.tls,
     };
     let mut cluster = LocalCluster::start(spec.clone())?;
     cluster
@@ -66,9 +73,9 @@ fn run() -> Result<()> {
         .context("the cluster did not come up (a port in use? pick another --base-port)")?;
     let demo = match args.demo_keys {
         Some(keys) => {
-            let endpoints = spec.endpoints();
+            let cfg = spec.client_config()?;
             Some(corekv_tools::on_executor(move || async move {
-                let client = Client::connect(ClientConfig::new(endpoints)).await?;
+                let client = Client::connect(cfg).await?;
                 let phases = corekv_tools::demo::run(&client, keys, DEMO_CONCURRENCY).await?;
                 Ok((phases, client.stats()))
             })?)
@@ -78,14 +85,24 @@ fn run() -> Result<()> {
     println!("corekv playground: {} nodes x {} shards", spec.nodes, spec.shards);
     for k in 1..=spec.nodes {
         println!(
-            "  node {k}  {} (shards on +0..+{})  metrics http://{}/metrics  log {}",
+            "  node {k}  {} (shards on +0..+{})  peers {}  metrics http://{}/metrics  log {}",
             spec.endpoint(k),
             spec.shards - 1,
+            spec.peer_endpoint(k),
             spec.status_addr(k),
             spec.log(k).display()
         );
     }
     println!("endpoints: {}", spec.endpoints().join(","));
+    if let Some(certs) = spec.certs()? {
+        let client = certs.client();
+        println!(
+            "TLS: corekv-ctl --ca-path {} --cert-path {} --key-path {} ...",
+            client.ca_path.display(),
+            client.cert_path.display(),
+            client.key_path.display()
+        );
+    }
     if let Some((phases, stats)) = demo {
         println!(
             "demo: {} keys over every region, {DEMO_CONCURRENCY} requests in flight, then a full scan and a compare-and-swap:",

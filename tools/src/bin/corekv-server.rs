@@ -1,6 +1,6 @@
-//! corekv-server: one corekv node. Shard i (one pinned core each) serves clients and peer
-//! shards on the `--addr` port + i. Starting it again with the same arguments and data dir
-//! recovers the node. SIGTERM or Ctrl-C stops it cleanly.
+//! corekv-server: one corekv node. Shard i (one pinned core each) serves clients on the
+//! `--addr` port + i and peer shards on the peer port + i. Starting it again with the same
+//! arguments and data dir recovers the node. SIGTERM or Ctrl-C stops it cleanly.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -15,24 +15,32 @@ use corekv_shard::NodeConfig;
 /// Flags override the config file; the file's fields not named keep their defaults (see
 /// README: "Configuration").
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "corekv-server", version = corekv_shard::VERSION)]
 struct Args {
     /// This node's id (1..=999), one of the ids in --initial-cluster.
     #[arg(long)]
     node_id: Option<u64>,
-    /// Address of this node's shard 0 (HOST:PORT); shard i listens on PORT + i, for clients
-    /// and peer shards alike. Must match this node's entry in --initial-cluster.
+    /// Client address of this node's shard 0 (HOST:PORT); shard i serves clients on PORT + i.
     #[arg(long)]
     addr: Option<String>,
+    /// Peer address of this node's shard 0 (HOST:PORT): raft traffic between nodes only; shard
+    /// i on PORT + i [default: this node's entry in --initial-cluster].
+    #[arg(long)]
+    peer_addr: Option<String>,
     /// Where the node keeps its data (one raft log and one RocksDB per shard). An existing
     /// data dir is recovered.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Every member as ID=HOST:PORT (its shard 0), comma-separated; the same on every node.
-    /// Regions are pre-split so that every shard of every node holds replicas.
+    /// Every member as ID=HOST:PORT (the PEER address of its shard 0), comma-separated; the
+    /// same on every node. Regions are pre-split so that every shard of every node holds
+    /// replicas.
     #[arg(long)]
     initial_cluster: Option<String>,
-    /// Shards (pinned cores) of this node [default: one per available CPU]. Every node of a
+    /// A name for the cluster, the same on every node: nodes and clients never mix two
+    /// clusters with different tokens, even on the same addresses [default: corekv].
+    #[arg(long)]
+    initial_cluster_token: Option<String>,
+    /// Shards (pinned cores) of this node; 0 or absent: one per available CPU. Every node of a
     /// cluster must run the same number.
     #[arg(long)]
     shards: Option<usize>,
@@ -42,6 +50,26 @@ struct Args {
     /// TOML config file (raft timing, network limits, log and KV engine tuning).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Mutual TLS on every port: the CA that signs every node's and client's certificate (with
+    /// --cert-path and --key-path; or [security] in the config file).
+    #[arg(long, requires_all = ["cert_path", "key_path"])]
+    ca_path: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the CA.
+    #[arg(long, requires = "ca_path")]
+    cert_path: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "ca_path")]
+    key_path: Option<PathBuf>,
+    /// Subject CNs allowed on a client's or peer's certificate, comma-separated [default: any
+    /// the CA signed].
+    #[arg(long, value_delimiter = ',')]
+    cert_allowed_cn: Option<Vec<String>>,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG, if set, wins).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Append logs to this file instead of stderr.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,8 +77,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    corekv_tools::init_logging("info");
     let args = Args::parse();
+    corekv_tools::init_logging(&args.log_level, args.log_file.as_deref())?;
+    // Everything the node creates is its own: files 0600, directories 0700.
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     let mut cfg = match &args.config {
         Some(path) => NodeConfig::from_file(path)?,
         None => NodeConfig::default(),
@@ -64,8 +95,14 @@ fn run() -> Result<()> {
     if let Some(v) = args.data_dir {
         cfg.data_dir = v;
     }
+    if let Some(v) = args.peer_addr {
+        cfg.peer_addr = v;
+    }
     if let Some(v) = args.initial_cluster {
         cfg.initial_cluster = v;
+    }
+    if let Some(v) = args.initial_cluster_token {
+        cfg.initial_cluster_token = v;
     }
     if let Some(v) = args.shards {
         cfg.shards = v;
@@ -73,6 +110,20 @@ fn run() -> Result<()> {
     if let Some(v) = args.status_addr {
         cfg.status_addr = v;
     }
+    if let (Some(ca), Some(cert), Some(key)) = (args.ca_path, args.cert_path, args.key_path) {
+        (cfg.security.ca_path, cfg.security.cert_path, cfg.security.key_path) = (ca, cert, key);
+    }
+    if let Some(v) = args.cert_allowed_cn {
+        cfg.security.cert_allowed_cn = v;
+    }
+    tracing::info!(
+        version = corekv_shard::VERSION,
+        node_id = cfg.node_id,
+        addr = cfg.addr,
+        data_dir = %cfg.data_dir.display(),
+        config = args.config.as_ref().map_or("none (defaults)".to_string(), |p| p.display().to_string()),
+        "corekv-server starting"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;

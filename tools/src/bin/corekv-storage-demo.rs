@@ -24,6 +24,7 @@ use hdrhistogram::Histogram;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "corekv-storage-demo",
+    version = corekv_shard::VERSION,
     about = "Runs one shard's two storage engines and prints what they did"
 )]
 struct Args {
@@ -59,7 +60,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    corekv_tools::init_logging("warn");
+    corekv_tools::init_logging("warn", None)?;
     let args = Args::parse();
     let cache = SharedBlockCache::new(args.block_cache_mib << 20);
     println!(

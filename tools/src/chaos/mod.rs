@@ -182,6 +182,7 @@ pub fn run(args: &ChaosArgs) -> Result<Summary> {
         base_port: BASE_PORT,
         server,
         extra_args: vec!["--config".into(), config.display().to_string()],
+        tls: false,
     };
     let disks = (1..=NODES)
         .map(|k| Tmpfs::mount(&spec.node_dir(k), DISK_BYTES))
@@ -396,7 +397,7 @@ fn apply_lag(status_addr: &str) -> Result<u64> {
     conn.read_to_string(&mut text)?;
     let lags: Vec<u64> = text
         .lines()
-        .filter(|l| l.contains("what=\"apply_lag_entries\""))
+        .filter(|l| l.starts_with("corekv_apply_lag_entries{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     if lags.is_empty() {
