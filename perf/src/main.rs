@@ -52,3 +52,17 @@ fn run() -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(&args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    // Proves `--help` explains every flag, argument and subcommand (none is undocumented).
+    #[test]
+    fn every_argument_is_documented() {
+        Cli::command().debug_assert();
+        assert_eq!(corekv_tools::undocumented(&Cli::command()), Vec::<String>::new());
+    }
+}

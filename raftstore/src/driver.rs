@@ -144,9 +144,11 @@ impl<D: Disk> Engines<D> {
         }
         // A received snapshot is staged durably, then the log records it (in `log_batch`),
         // then the KV engine installs it: a crash anywhere in between is finished on restart.
+        // (Writes, fsyncs and renames: off the shard's thread.)
         for (region, snap) in &rd.install_snapshots {
-            until_space(&self.kv, &mut stats, "staging a snapshot", || async {
-                apply::stage_snapshot(&self.snap_dir, region.id, &snap.data)
+            until_space(&self.kv, &mut stats, "staging a snapshot", || {
+                let (id, data, dir) = (region.id, snap.data.clone(), self.snap_dir.clone());
+                self.kv.offload(move |_| apply::stage_snapshot(&dir, id, &data))
             })
             .await?;
         }
@@ -171,8 +173,11 @@ impl<D: Disk> Engines<D> {
             let index = snap.get_metadata().index;
             let installed = until_space(&self.kv, &mut stats, "installing a snapshot", || {
                 let (target, data, dir) = (region.clone(), snap.data.clone(), self.snap_dir.clone());
-                self.kv
-                    .offload(move |kv| apply::install_snapshot(kv, &target, index, &data, &dir))
+                self.kv.offload(move |kv| {
+                    apply::install_snapshot(kv, &target, index, &data, &dir)?;
+                    apply::drop_staged_snapshot(&dir, target.id);
+                    Ok::<(), Error>(())
+                })
             })
             .await;
             match installed {
@@ -181,7 +186,6 @@ impl<D: Disk> Engines<D> {
                 Err(Error::Corruption { region_id, reason }) => self.core.borrow_mut().stop_region(region_id, reason),
                 other => {
                     other?;
-                    apply::drop_staged_snapshot(&self.snap_dir, region.id);
                     stats.snapshots_installed += 1;
                 }
             }

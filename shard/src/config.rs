@@ -113,6 +113,10 @@ pub struct NetSection {
     pub frame_bytes_max: u32,
     /// Requests in flight on one client connection before `ServerBusy`.
     pub inflight_per_connection_max: usize,
+    /// Reply bytes one connection may have queued or promised (answers not yet read by the
+    /// client, big reads and compare-and-swaps in flight); a read that would pass it is
+    /// answered `ServerBusy`, and no new request is read while queued answers pass it.
+    pub reply_bytes_per_connection_max: usize,
     /// Bytes queued for one destination shard before raft messages to it are dropped (raft
     /// resends) and snapshots reported as failed.
     pub peer_queue_bytes_max: usize,
@@ -164,6 +168,7 @@ impl Default for NetSection {
         NetSection {
             frame_bytes_max: corekv_netio::frame::BODY_BYTES_MAX_DEFAULT,
             inflight_per_connection_max: 4096,
+            reply_bytes_per_connection_max: 64 << 20,
             peer_queue_bytes_max: 256 << 20,
             connect_timeout_ms: 500,
             reconnect_ms_max: 1000,
@@ -321,6 +326,10 @@ impl NodeConfig {
         check(
             self.net.frame_bytes_max as usize >= frame_min,
             "net.frame_bytes_max must be at least 5 MiB (the largest command + 1 MiB)",
+        )?;
+        check(
+            self.net.reply_bytes_per_connection_max >= 2 * corekv_raftstore::cmd::VALUE_BYTES_MAX,
+            "net.reply_bytes_per_connection_max must be at least 2 MiB (a value and its key, twice)",
         )?;
         self.kv.validate().map_err(|e| Error::Config(e.to_string()))?;
         self.security.files()?;

@@ -6,7 +6,7 @@
 //!   bootstrap `layout`, starts one pinned executor per shard, serves `/metrics`, and stops
 //!   on request.
 //! - `runtime`: one shard at run time: its loop over `raftstore::driver`, its ticker, request
-//!   handling and reads.
+//!   handling; `reads`: reads once their region caught up (where they run, how big a reply).
 //! - `server`: the shard's listener and connections; `transport`: its raft transport to peer
 //!   shards; `convert`: wire <-> raftstore types at that edge.
 //! - `routing`: the node's region table (who hosts what, which leader it saw), shared by its
@@ -22,6 +22,7 @@ pub mod error;
 pub mod layout;
 pub mod metrics;
 pub mod node;
+pub mod reads;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -36,14 +36,11 @@ use crate::config::{Member, NodeConfig};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::metrics::ShardMetrics;
+use crate::reads::{Read, REPLY_BYTES_MAX, REPLY_BYTES_MIN, SCAN_ROWS_MAX};
 use crate::routing::Routing;
 use crate::server::{self, Connection, Port};
 use crate::transport::Transport;
 
-/// Most rows one scan request returns (the client continues from the last key).
-pub const SCAN_ROWS_MAX: u32 = 10_000;
-/// Most key and value bytes one read reply carries: far below the frame limit.
-pub const REPLY_BYTES_MAX: usize = 4 << 20;
 /// Ticks replayed at most after the executor was stopped for a while: enough to expire any
 /// lease and time out any election, few enough not to stall the shard.
 const CATCH_UP_TICKS_MAX: u64 = 64;
@@ -70,26 +67,15 @@ pub struct ShardArgs {
     pub stop: Arc<AtomicBool>,
 }
 
-/// A read waiting for its region to catch up (lease or ReadIndex).
-enum Read {
-    Get(Vec<u8>),
-    BatchGet(Vec<Vec<u8>>),
-    Scan {
-        start: Vec<u8>,
-        end: Vec<u8>,
-        /// The request's limit, capped at `SCAN_ROWS_MAX`...
-        limit: u32,
-        /// ...and as asked.
-        asked: u32,
-        reverse: bool,
-    },
-}
-
 struct Pending {
     out: Rc<Connection>,
     client_id: u64,
     op: usize,
+    /// A read (until it runs, its `Read`); else a write.
+    is_read: bool,
     read: Option<Read>,
+    /// Reply bytes held on `out`'s budget until this is answered.
+    reserved: usize,
     started: Instant,
 }
 
@@ -244,16 +230,11 @@ impl Shard {
         glommio::spawn_local(server::listen(Rc::clone(&self), listeners.client, Port::Client)).detach();
         glommio::spawn_local(server::listen(Rc::clone(&self), listeners.peer, Port::Peer)).detach();
         glommio::spawn_local(Rc::clone(&self).tick_loop()).detach();
-        let result = self.run_loop().await;
+        let result = Rc::clone(&self).run_loop().await;
         self.stopping.set(true);
         // Whatever is still waiting will not be answered by this process: a read may be
         // retried elsewhere, a write may have committed already.
-        let pending: Vec<(RequestId, bool)> = self
-            .pending
-            .borrow()
-            .iter()
-            .map(|(&id, p)| (id, p.read.is_some()))
-            .collect();
+        let pending: Vec<(RequestId, bool)> = self.pending.borrow().iter().map(|(&id, p)| (id, p.is_read)).collect();
         for (id, is_read) in pending {
             let error = match is_read {
                 true => WireError::ShuttingDown,
@@ -270,7 +251,7 @@ impl Shard {
         self.wake.notify(1);
     }
 
-    async fn run_loop(&self) -> Result<()> {
+    async fn run_loop(self: Rc<Self>) -> Result<()> {
         loop {
             let listener = self.wake.listen();
             if self.stopping.get() {
@@ -582,6 +563,15 @@ impl Shard {
             }
         };
         let id = self.next_request.get();
+        // A compare-and-swap answers with the value it found: its room is held from now on.
+        let hold = match &action {
+            Ok(Action::Write(Command::CompareAndSwap { .. })) => cmd::VALUE_BYTES_MAX,
+            _ => 0,
+        };
+        if hold > out.reply_room() {
+            reply_now(Reply::Failed(budget_spent()));
+            return Ok(());
+        }
         let read = match action {
             Err(e) => {
                 reply_now(Reply::Failed(e));
@@ -605,13 +595,16 @@ impl Shard {
         };
         self.next_request.set(id + 1);
         out.inflight.set(out.inflight.get() + 1);
+        out.reserve(hold);
         self.pending.borrow_mut().insert(
             id,
             Pending {
                 out: Rc::clone(out),
                 client_id,
                 op,
+                is_read: read.is_some(),
                 read,
+                reserved: hold,
                 started,
             },
         );
@@ -644,7 +637,7 @@ impl Shard {
         }
     }
 
-    fn serve_responses(&self) {
+    fn serve_responses(self: &Rc<Self>) {
         let responses = self.engines.core.borrow_mut().take_responses();
         for response in responses {
             let (id, result) = match response {
@@ -656,53 +649,57 @@ impl Shard {
                     }),
                 ),
                 Response::Failed { id, error } => (id, Err(crate::convert::error(error))),
-                Response::ReadReady { id, region_id } => (id, self.read(id, region_id)),
+                Response::ReadReady { id, region_id } => {
+                    self.start_read(id, region_id);
+                    continue;
+                }
             };
             self.answer(id, result);
         }
     }
 
-    /// Serves a read whose region has caught up.
-    fn read(&self, id: RequestId, region_id: u64) -> std::result::Result<Reply, WireError> {
-        let pending = self.pending.borrow();
-        let Some(read) = pending.get(&id).and_then(|p| p.read.as_ref()) else {
-            return Err(WireError::Storage {
-                reason: "read state lost".into(),
-            });
+    /// Runs a read whose region caught up, within its connection's reply room: on this thread
+    /// when small, off it (its room held until answered) when not.
+    fn start_read(self: &Rc<Self>, id: RequestId, region_id: u64) {
+        let taken = self
+            .pending
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|p| Some((p.read.take()?, p.out.reply_room())));
+        let Some((read, room)) = taken else {
+            return self.answer(id, Err(storage_error("read state lost")));
         };
-        let kv = &self.engines.kv;
-        let result = match read {
-            Read::Get(key) => apply::read(kv, key).map(Reply::Value),
-            Read::BatchGet(keys) => {
-                let (mut values, mut bytes) = (Vec::with_capacity(keys.len()), 0);
-                for key in keys {
-                    let value = apply::read(kv, key).map_err(crate::convert::error)?;
-                    bytes += value.as_ref().map_or(0, Vec::len);
-                    if bytes > REPLY_BYTES_MAX {
-                        return Err(WireError::TooLarge {
-                            reason: format!("batch_get values exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys"),
-                        });
-                    }
-                    values.push(value);
-                }
-                Ok(Reply::Values(values))
-            }
-            Read::Scan {
-                start,
-                end,
-                limit,
-                asked,
-                reverse,
-            } => {
-                let core = self.engines.core.borrow();
-                let region = core.region(region_id).ok_or(WireError::RegionNotFound { region_id })?;
-                apply::scan(kv, region, (start, end), *limit as usize, *reverse, REPLY_BYTES_MAX).map(|(rows, cut)| {
-                    let more = cut || (rows.len() as u32 == *limit && limit < asked);
-                    Reply::Rows { rows, more }
-                })
-            }
+        let room = room.min(REPLY_BYTES_MAX);
+        if room < REPLY_BYTES_MIN {
+            return self.answer(id, Err(budget_spent()));
+        }
+        let core = self.engines.core.borrow();
+        let Some(region) = core.region(region_id) else {
+            drop(core);
+            return self.answer(id, Err(WireError::RegionNotFound { region_id }));
         };
-        result.map_err(crate::convert::error)
+        if read.is_small() {
+            let result = read.run(&self.engines.kv, region, room);
+            drop(core);
+            return self.answer(id, result);
+        }
+        let region = region.clone();
+        drop(core);
+        self.hold(id, room);
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let result = shard.engines.kv.offload(move |kv| read.run(kv, &region, room)).await;
+            shard.answer(id, result);
+        })
+        .detach();
+    }
+
+    /// Holds `bytes` of request `id`'s connection's reply budget until it is answered.
+    fn hold(&self, id: RequestId, bytes: usize) {
+        if let Some(p) = self.pending.borrow_mut().get_mut(&id) {
+            p.out.reserve(bytes);
+            p.reserved += bytes;
+        }
     }
 
     fn answer(&self, id: RequestId, result: std::result::Result<Reply, WireError>) {
@@ -710,6 +707,7 @@ impl Shard {
             return;
         };
         p.out.inflight.set(p.out.inflight.get() - 1);
+        p.out.release(p.reserved);
         let reply = result.unwrap_or_else(Reply::Failed);
         self.reply(&p.out, p.client_id, p.op, p.started, reply);
     }
@@ -856,6 +854,19 @@ fn disk_use(dir: &std::path::Path) -> u64 {
             _ => e.metadata().map_or(0, |m| m.len()),
         })
         .sum()
+}
+
+fn storage_error(reason: &str) -> WireError {
+    WireError::Storage {
+        reason: reason.to_string(),
+    }
+}
+
+/// What a request is told when its connection's reply budget has no room for its answer.
+fn budget_spent() -> WireError {
+    WireError::ServerBusy {
+        reason: "this connection's reply budget is spent: read the answers already sent".into(),
+    }
 }
 
 /// Where a shard keeps its engines.

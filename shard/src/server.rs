@@ -29,10 +29,6 @@ use corekv_raftstore::snapshot_chunks::Reassembler;
 use crate::error::{Error, Result};
 use crate::runtime::Shard;
 
-/// Answers queued for one connection beyond which the shard stops reading its requests until
-/// the peer reads (a client that never reads cannot grow the shard's memory).
-const OUTBOX_BYTES_MAX: usize = 16 << 20;
-
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
@@ -56,13 +52,19 @@ pub struct Connection {
     drained: event_listener::Event,
     /// Requests of this connection the shard has not answered yet.
     pub inflight: Cell<usize>,
+    /// The reply budget: answers queued plus `reserved` stay below it (`net.reply_bytes_per_connection_max`).
+    reply_bytes_max: usize,
+    /// Reply bytes promised to requests not answered yet (offloaded reads, compare-and-swaps).
+    reserved: Cell<usize>,
     closing: Cell<bool>,
 }
 
 impl Connection {
-    fn new(port: Port) -> Connection {
+    fn new(port: Port, reply_bytes_max: usize) -> Connection {
         Connection {
             port,
+            reply_bytes_max,
+            reserved: Cell::new(0),
             peer_node: Cell::new(None),
             buf: RefCell::new(Vec::new()),
             wake: event_listener::Event::new(),
@@ -80,6 +82,24 @@ impl Connection {
             frame::encode_into(&mut self.buf.borrow_mut(), kind, request_id, value);
             self.wake.notify(1);
         }
+    }
+
+    /// Reply bytes this connection may still be promised: its budget less what is queued and
+    /// what is held for answers to come.
+    pub fn reply_room(&self) -> usize {
+        self.reply_bytes_max
+            .saturating_sub(self.buf.borrow().len() + self.reserved.get())
+    }
+
+    /// Holds `bytes` of the budget for an answer to come.
+    pub fn reserve(&self, bytes: usize) {
+        self.reserved.set(self.reserved.get() + bytes);
+    }
+
+    /// Gives back what `reserve` held.
+    pub fn release(&self, bytes: usize) {
+        debug_assert!(bytes <= self.reserved.get(), "release only what was held");
+        self.reserved.set(self.reserved.get().saturating_sub(bytes));
     }
 
     /// Sends what is queued, then closes.
@@ -142,7 +162,8 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port) {
     };
     open.inc();
     let (read, mut write) = futures_lite::io::split(stream);
-    let out = Rc::new(Connection::new(port));
+    let budget = shard.config().net.reply_bytes_per_connection_max;
+    let out = Rc::new(Connection::new(port, budget));
     let writer = {
         let (out, peer) = (Rc::clone(&out), peer.clone());
         glommio::spawn_local(async move {
@@ -166,10 +187,10 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port) {
     };
     let mut frames = FrameReader::new(read, peer.clone(), shard.config().net.frame_bytes_max);
     loop {
-        // Backpressure: no new requests while this peer's answers pile up unread.
+        // Backpressure: no new requests while this peer's answers fill its reply budget unread.
         loop {
             let listener = out.drained.listen();
-            if out.closing.get() || out.buf.borrow().len() <= OUTBOX_BYTES_MAX {
+            if out.closing.get() || out.buf.borrow().len() <= budget {
                 break;
             }
             listener.await;

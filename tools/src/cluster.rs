@@ -235,6 +235,11 @@ impl LocalCluster {
         Ok(true)
     }
 
+    /// Node `k`'s process id, if it runs.
+    pub fn pid(&self, k: u64) -> Option<u32> {
+        self.children[(k - 1) as usize].as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, k: u64) -> bool {
         self.children[(k - 1) as usize].is_some()
     }

@@ -45,6 +45,26 @@ impl TlsArgs {
     }
 }
 
+/// The arguments and subcommands of `cmd` (and of its subcommands) that `--help` would list
+/// without a word of explanation, as `command path: argument`. Every binary's test asserts
+/// none: a flag nobody can learn about from `--help` is a defect.
+pub fn undocumented(cmd: &clap::Command) -> Vec<String> {
+    let mut missing = Vec::new();
+    let path = cmd.get_name().to_string();
+    for arg in cmd.get_arguments() {
+        if arg.get_help().is_none() && arg.get_long_help().is_none() {
+            missing.push(format!("{path}: {}", arg.get_id()));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        if sub.get_about().is_none() && sub.get_long_about().is_none() {
+            missing.push(format!("{path}: subcommand {}", sub.get_name()));
+        }
+        missing.extend(undocumented(sub).into_iter().map(|m| format!("{path} {m}")));
+    }
+    missing
+}
+
 /// Runs a binary's body: exit code 0, or 1 with a one-line reason on stderr.
 pub fn run_main(name: &str, body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     match body() {

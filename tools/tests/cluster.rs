@@ -758,7 +758,7 @@ fn errors_say_what_happened() {
         &["--timeout-ms", "1000", "raw", "get", "k"],
     );
     assert_eq!(code, 1);
-    assert!(err.contains("no answer") && !err.contains("write"), "{err}");
+    assert!(err.contains("did not answer") && !err.contains("write"), "{err}");
 }
 
 // Proves mutual TLS end to end: a cluster with TLS on every port (nodes talk to each other
@@ -798,4 +798,66 @@ fn a_tls_cluster_serves_its_clients_and_refuses_strangers() {
     let _ = s.read_to_end(&mut rest);
     assert!(!rest.starts_with(&frame::MAGIC), "a plain peer is answered no frame");
     assert!(metric(&t, 1, "corekv_tls_handshakes_failed_total{") >= 1.0);
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+// Proves the reply budget of a connection: a client that pipelines 64 scans of 4 MiB each and
+// reads nothing gets about its budget's worth of rows and `ServerBusy` for the rest, the node's
+// memory stays bounded (64 x 4 MiB would be 256 MiB), and other clients are served meanwhile.
+#[test]
+fn a_connection_that_asks_much_and_reads_nothing_hits_its_reply_budget() {
+    let t = start_with("[net]\nreply_bytes_per_connection_max = 4194304\n");
+    let info = t.info();
+    let r = info.regions[0].clone();
+    let value = vec![b'v'; 256 << 10];
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..64)
+        .map(|i| (key_in(&r.region, &format!("big{i:02}")), value.clone()))
+        .collect();
+    t.with_client(move |c| async move {
+        for chunk in pairs.chunks(8) {
+            c.batch_put(chunk).await?;
+        }
+        Ok(())
+    });
+    let leader = r.leader.expect("led");
+    let pid = t.cluster.pid(leader.node).unwrap();
+    let before = rss_bytes(pid);
+    let mut hog = connect(&shard_addr(&info, leader.node, leader.shard));
+    let mut burst = Vec::new();
+    for i in 0..64u64 {
+        let scan = Request {
+            region_id: r.region.id,
+            epoch: r.region.epoch,
+            op: Op::Scan {
+                start: key_in(&r.region, "big"),
+                end: key_in(&r.region, "bih"),
+                limit: 1000,
+                reverse: false,
+            },
+        };
+        burst.extend_from_slice(&frame::encode(FrameKind::Request, i, &scan));
+    }
+    hog.write_all(&burst).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_bytes(pid).saturating_sub(before);
+    assert_eq!(t.ctl(&["raw", "put", "others", "served"]).1, "OK\n");
+    assert_eq!(t.ctl(&["raw", "get", "others"]).1, "served\n");
+    let (mut rows, mut busy) = (0, 0);
+    for _ in 0..64 {
+        let (_, body) = read_frame(&mut hog).expect("one answer per request");
+        match rkyv::deserialize::<Reply, rkyv::rancor::Error>(frame::access::<ArchivedReply>(&body).unwrap()).unwrap() {
+            Reply::Rows { rows: got, .. } => rows += got.len(),
+            Reply::Failed(WireError::ServerBusy { .. }) => busy += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    eprintln!("rows {rows}, busy {busy}, node grew {} MiB", grown >> 20);
+    assert!(busy >= 48 && rows > 0, "rows {rows}, busy {busy}");
+    assert!(grown < 64 << 20, "the node grew {} MiB", grown >> 20);
 }

@@ -200,10 +200,10 @@ impl Client {
             Some(Answer::Reply(Reply::Failed(e))) => Err(Error::Server(e)),
             Some(Answer::Reply(r)) => Ok(r),
             Some(Answer::Lost(why)) => Err(Error::Unavailable(format!("{addr}: {why}"))),
-            None => Err(Error::Timeout {
-                ms: wait.as_millis() as u64,
-                last: format!("{addr} did not answer"),
-            }),
+            None => Err(Error::Unavailable(format!(
+                "{addr} did not answer within {} ms (is it a corekv client port?)",
+                wait.as_millis()
+            ))),
         }
     }
 

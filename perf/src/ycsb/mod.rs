@@ -55,6 +55,7 @@ impl System {
 
 #[derive(clap::Args)]
 pub struct YcsbArgs {
+    /// The system under test (its endpoints: --endpoints).
     #[arg(long, value_enum, default_value = "corekv")]
     system: System,
     /// corekv: client addresses (HOST:PORT of some nodes' shard 0); etcd: client URLs
@@ -81,11 +82,13 @@ pub struct YcsbArgs {
 /// The size of a run, shared by `ycsb` and `compare`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Shape {
+    /// Records loaded (keys `user` + hash), and the key space the run phase picks from.
     #[arg(long, default_value_t = 10_000)]
     pub record_count: u64,
     /// Operations of the run phase (it also ends at --duration-secs, if given).
     #[arg(long, default_value_t = 100_000)]
     pub operation_count: u64,
+    /// End the run phase after this long, even before --operation-count operations.
     #[arg(long)]
     pub duration_secs: Option<u64>,
     /// Requests in flight.
@@ -94,8 +97,10 @@ pub struct Shape {
     /// Record size: field_count x field_length bytes (YCSB: 10 x 100).
     #[arg(long, default_value_t = 10)]
     pub field_count: usize,
+    /// Bytes per field (see --field-count).
     #[arg(long, default_value_t = 100)]
     pub field_length: usize,
+    /// Seed of the operation stream: the same seed gives every system the same operations.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }

@@ -20,3 +20,17 @@ fn main() -> std::process::ExitCode {
         chaos::run_and_report(&Cli::parse().args)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    // Proves `--help` explains every flag, argument and subcommand (none is undocumented).
+    #[test]
+    fn every_argument_is_documented() {
+        Cli::command().debug_assert();
+        assert_eq!(corekv_tools::undocumented(&Cli::command()), Vec::<String>::new());
+    }
+}

@@ -62,27 +62,41 @@ enum Command {
         op: Endpoint,
     },
     /// Prints a completion script for SHELL (e.g. `corekv-ctl completion bash > /etc/bash_completion.d/corekv-ctl`).
-    Completion { shell: clap_complete::Shell },
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
 enum Raw {
     /// Sets KEY to VALUE (`-`: read it from stdin; or --value-file); prints OK.
     Put {
+        /// The key (bytes as given, or hex with --hex; not empty).
         key: String,
+        /// The value (`-`: read it from stdin).
         value: Option<String>,
         /// Read the value from this file.
         #[arg(long, conflicts_with = "value")]
         value_file: Option<std::path::PathBuf>,
     },
     /// Prints KEY's value; exit code 1 and `not found` on stderr when absent.
-    Get { key: String },
+    Get {
+        /// The key.
+        key: String,
+    },
     /// Deletes KEY; prints OK.
-    Delete { key: String },
+    Delete {
+        /// The key.
+        key: String,
+    },
     /// Prints the pairs in [START, END) (END "" = to the end), one `key<TAB>value` line each.
     Scan {
+        /// First key of the range ("": the first key there is).
         start: String,
+        /// End of the range, excluded ("": to the last key).
         end: String,
+        /// Most pairs printed.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Descending from END.
@@ -92,6 +106,7 @@ enum Raw {
     /// Sets KEY to --new (or deletes it with --delete) if its value is --expected (or it is
     /// absent with --expect-absent); prints OK, else exit code 1 with the value found.
     Cas {
+        /// The key.
         key: String,
         /// The value KEY must have.
         #[arg(long, required_unless_present = "expect_absent")]
@@ -107,9 +122,15 @@ enum Raw {
         delete: bool,
     },
     /// Deletes every key in [START, END) (END "" = to the end); prints OK.
-    DeleteRange { start: String, end: String },
+    DeleteRange {
+        /// First key deleted ("": from the first key).
+        start: String,
+        /// End of the range, excluded ("": to the last key).
+        end: String,
+    },
     /// Prints `key<TAB>value` for each KEY (`key<TAB>` and nothing more when absent).
     BatchGet {
+        /// The keys.
         #[arg(required = true)]
         keys: Vec<String>,
     },
@@ -495,4 +516,18 @@ fn node_statuses(rows: &[Asked], json: bool) -> Printed {
         });
     }
     Printed::ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    // Proves `--help` explains every flag, argument and subcommand (none is undocumented).
+    #[test]
+    fn every_argument_is_documented() {
+        Args::command().debug_assert();
+        assert_eq!(corekv_tools::undocumented(&Args::command()), Vec::<String>::new());
+    }
 }

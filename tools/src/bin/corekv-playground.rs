@@ -138,3 +138,17 @@ fn wait_for_stop(cluster: &mut LocalCluster, no_wait: bool, stop: &AtomicBool) -
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    // Proves `--help` explains every flag, argument and subcommand (none is undocumented).
+    #[test]
+    fn every_argument_is_documented() {
+        Args::command().debug_assert();
+        assert_eq!(corekv_tools::undocumented(&Args::command()), Vec::<String>::new());
+    }
+}

@@ -132,3 +132,17 @@ fn run() -> Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    // Proves `--help` explains every flag, argument and subcommand (none is undocumented).
+    #[test]
+    fn every_argument_is_documented() {
+        Args::command().debug_assert();
+        assert_eq!(corekv_tools::undocumented(&Args::command()), Vec::<String>::new());
+    }
+}

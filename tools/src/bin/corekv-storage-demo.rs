@@ -324,3 +324,17 @@ async fn verify_after_restart(args: &Args, cache: &SharedBlockCache) -> Result<R
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    // Proves `--help` explains every flag, argument and subcommand (none is undocumented).
+    #[test]
+    fn every_argument_is_documented() {
+        Args::command().debug_assert();
+        assert_eq!(corekv_tools::undocumented(&Args::command()), Vec::<String>::new());
+    }
+}
