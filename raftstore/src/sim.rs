@@ -30,6 +30,10 @@ use crate::raft_core::{batch_by_destination, RaftConfig, RaftCore, RaftMessage, 
 use crate::region::{Epoch, PeerMeta, Region};
 use crate::snapshot_chunks::{self, Reassembler, SnapshotChunk};
 
+/// Snapshot streams a simulated shard reassembles at once: more than its regions, so the bound
+/// is never what a simulated run tests.
+const SIM_SNAPSHOT_STREAMS_MAX: usize = 64;
+
 /// Where a shard lives: (node, shard index).
 pub type ShardAddr = (u64, u32);
 
@@ -407,7 +411,12 @@ impl Sim {
                     if !self.shards.contains_key(&to) {
                         continue;
                     }
-                    match self.reassemblers.entry(to).or_default().push(*chunk) {
+                    match self
+                        .reassemblers
+                        .entry(to)
+                        .or_insert_with(|| Reassembler::new(SIM_SNAPSHOT_STREAMS_MAX))
+                        .push(*chunk)
+                    {
                         Ok(Some(msg)) => vec![msg],
                         Ok(None) => Vec::new(),
                         Err(e) => panic!(

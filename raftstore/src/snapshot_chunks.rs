@@ -7,10 +7,13 @@
 //! Must not: do I/O.
 //!
 //! Rules: chunks of one snapshot share its header (the raft message without the data), its
-//! total size and its crc32c; they may arrive in any order and more than once. A chunk of a
-//! newer snapshot (higher index) from the same peer replaces an unfinished older one; a chunk
-//! of an older one is ignored. The reassembled data must match the size and checksum, or the
-//! whole snapshot is dropped (raft-rs sends another after the failure report).
+//! total size and its crc32c; they may arrive in any order and more than once, but a stream
+//! starts with chunk 0: a later chunk of a stream not started (refused, or broken) is dropped
+//! without a word (its sender was told once, when the stream was refused). A chunk of a newer
+//! snapshot (higher index) from the same peer replaces an unfinished older one; a chunk of an
+//! older one is ignored. At most `streams_max` streams are reassembled at once. The
+//! reassembled data must match the size and checksum, or the whole snapshot is dropped (raft-rs
+//! sends another after the failure report).
 
 use std::collections::BTreeMap;
 
@@ -41,6 +44,8 @@ pub enum ChunkError {
     TooLarge { bytes: u64, max: u64 },
     #[error("reassembled snapshot fails its checksum")]
     Checksum,
+    #[error("{max} snapshot streams are being received already")]
+    TooManyStreams { max: usize },
 }
 
 fn snapshot_index(msg: &RaftMessage) -> u64 {
@@ -83,14 +88,28 @@ struct Partial {
     received_bytes: u64,
 }
 
-/// Reassembles snapshots per (region, sending peer).
-#[derive(Default)]
+/// Reassembles snapshots per (region, sending peer), at most `streams_max` at once.
 pub struct Reassembler {
     partial: BTreeMap<(u64, u64), Partial>,
+    streams_max: usize,
 }
 
 impl Reassembler {
+    pub fn new(streams_max: usize) -> Reassembler {
+        assert!(streams_max > 0);
+        Reassembler {
+            partial: BTreeMap::new(),
+            streams_max,
+        }
+    }
+
+    /// Streams being reassembled now.
+    pub fn streams(&self) -> usize {
+        self.partial.len()
+    }
+
     /// Takes one chunk; returns the complete `MsgSnapshot` once its last missing chunk arrived.
+    /// `Err` is the stream's one verdict of failure (its later chunks are dropped silently).
     pub fn push(&mut self, chunk: SnapshotChunk) -> Result<Option<RaftMessage>, ChunkError> {
         if chunk.seq >= chunk.count {
             return Err(ChunkError::Inconsistent {
@@ -110,6 +129,11 @@ impl Reassembler {
         match stale {
             Some(current) if index < current => return Ok(None), // an older snapshot's chunk
             Some(current) if index == current => {}
+            // The middle of a stream that never started here (refused or broken): dropped.
+            _ if chunk.seq != 0 => return Ok(None),
+            None if self.partial.len() >= self.streams_max => {
+                return Err(ChunkError::TooManyStreams { max: self.streams_max })
+            }
             _ => {
                 let fresh = Partial {
                     header: chunk.header.clone(),
@@ -158,6 +182,31 @@ impl Reassembler {
 
 #[cfg(test)]
 mod tests {
+    // Proves the stream bound and the start rule: a third stream is refused while two are
+    // open, a stream's later chunks without its first are dropped without a verdict, and a
+    // finished stream frees its place.
+    #[test]
+    fn streams_are_bounded_and_start_at_their_first_chunk() {
+        let mut r = Reassembler::new(2);
+        let stream = |region: u64, from: u64| {
+            let mut msg = snapshot_msg(3, data(2048));
+            msg.region_id = region;
+            msg.from.id = from;
+            split(msg, 1024)
+        };
+        let (a, b, c) = (stream(1, 1), stream(2, 1), stream(3, 1));
+        assert!(r.push(a[0].clone()).unwrap().is_none());
+        assert!(r.push(b[0].clone()).unwrap().is_none());
+        assert_eq!(r.push(c[0].clone()).unwrap_err(), ChunkError::TooManyStreams { max: 2 });
+        assert!(
+            r.push(c[1].clone()).unwrap().is_none(),
+            "dropped: its stream never started"
+        );
+        assert_eq!(r.streams(), 2);
+        assert!(r.push(a[1].clone()).unwrap().is_some());
+        assert!(r.push(c[0].clone()).unwrap().is_none(), "a place is free again");
+    }
+
     use raft::eraftpb::{Message, MessageType};
 
     use super::*;
@@ -186,8 +235,9 @@ mod tests {
     fn out_of_order_and_duplicates_reassemble() {
         let chunks = split(snapshot_msg(9, data(10_000)), 1024);
         assert_eq!(chunks.len(), 10);
-        let mut r = Reassembler::default();
-        let mut order: Vec<usize> = (0..10).rev().collect();
+        let mut r = Reassembler::new(2);
+        let mut order: Vec<usize> = (1..10).rev().collect();
+        order.insert(0, 0); // a stream starts with its first chunk
         order.insert(3, 5); // a duplicate
         let mut done = None;
         for i in order {
@@ -205,7 +255,7 @@ mod tests {
     fn newer_snapshot_replaces_an_unfinished_one() {
         let old = split(snapshot_msg(5, data(3000)), 1000);
         let new = split(snapshot_msg(8, data(2000)), 1000);
-        let mut r = Reassembler::default();
+        let mut r = Reassembler::new(1);
         assert!(r.push(old[0].clone()).unwrap().is_none());
         assert!(r.push(new[0].clone()).unwrap().is_none());
         assert!(r.push(old[1].clone()).unwrap().is_none(), "older chunks are ignored");
@@ -218,7 +268,7 @@ mod tests {
     fn corruption_and_inconsistency_are_errors() {
         let mut chunks = split(snapshot_msg(3, data(2048)), 1024);
         chunks[1].bytes[7] ^= 1;
-        let mut r = Reassembler::default();
+        let mut r = Reassembler::new(2);
         r.push(chunks[0].clone()).unwrap();
         assert!(matches!(r.push(chunks[1].clone()), Err(ChunkError::Checksum)));
         let mut bad = chunks[0].clone();
@@ -234,7 +284,7 @@ mod tests {
     #[test]
     fn chunks_beyond_the_announced_size_are_refused() {
         let chunks = split(snapshot_msg(3, data(2048)), 1024);
-        let mut r = Reassembler::default();
+        let mut r = Reassembler::new(2);
         let mut liar = chunks[0].clone();
         liar.count = u32::MAX;
         liar.total_bytes = 1500;

@@ -111,6 +111,14 @@ impl SecuritySection {
 pub struct NetSection {
     /// Largest frame body accepted from a client or peer.
     pub frame_bytes_max: u32,
+    /// Connections a node holds, client and peer ports together; more are refused.
+    pub connections_max: usize,
+    /// Client connections one remote address may hold on a node; more are refused.
+    pub connections_per_client_ip_max: usize,
+    /// Snapshot streams being received at once on one peer connection, and on one shard;
+    /// more are refused (the sender retries).
+    pub snapshot_streams_per_connection_max: usize,
+    pub snapshot_streams_per_shard_max: usize,
     /// Requests in flight on one client connection before `ServerBusy`.
     pub inflight_per_connection_max: usize,
     /// Reply bytes one connection may have queued or promised (answers not yet read by the
@@ -167,6 +175,10 @@ impl Default for NetSection {
     fn default() -> Self {
         NetSection {
             frame_bytes_max: corekv_netio::frame::BODY_BYTES_MAX_DEFAULT,
+            connections_max: 16384,
+            connections_per_client_ip_max: 1024,
+            snapshot_streams_per_connection_max: 2,
+            snapshot_streams_per_shard_max: 8,
             inflight_per_connection_max: 4096,
             reply_bytes_per_connection_max: 64 << 20,
             peer_queue_bytes_max: 256 << 20,
@@ -326,6 +338,14 @@ impl NodeConfig {
         check(
             self.net.frame_bytes_max as usize >= frame_min,
             "net.frame_bytes_max must be at least 5 MiB (the largest command + 1 MiB)",
+        )?;
+        let n = &self.net;
+        check(
+            n.connections_max > 0
+                && n.connections_per_client_ip_max > 0
+                && n.snapshot_streams_per_connection_max > 0
+                && n.snapshot_streams_per_shard_max > 0,
+            "net limits (connections, snapshot streams) must be at least 1",
         )?;
         check(
             self.net.reply_bytes_per_connection_max >= 2 * corekv_raftstore::cmd::VALUE_BYTES_MAX,

@@ -11,11 +11,13 @@
 //!   shards; `convert`: wire <-> raftstore types at that edge.
 //! - `routing`: the node's region table (who hosts what, which leader it saw), shared by its
 //!   shards, written only on leader changes.
+//! - `admission`: the node's connection limits (in all, per client address).
 //! - `config`, `metrics`, `error`; here: pinned executors and the process limits they need.
 //!
 //! Must not: contain raft or transaction logic (that is `raftstore` / `txn`, sans-I/O), or
 //! share mutable state between shards except through explicit channels.
 
+pub mod admission;
 pub mod config;
 pub mod convert;
 pub mod error;

@@ -12,6 +12,7 @@ use corekv_netio::tls::Tls;
 use corekv_storage::kv::SharedBlockCache;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Admission;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::layout;
@@ -85,6 +86,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
         addr => Some(StatusServer::start(addr, Arc::clone(&metrics))?),
     };
     let cache = SharedBlockCache::new(cfg.block_cache_bytes);
+    let admission = Admission::new(cfg.net.connections_max, cfg.net.connections_per_client_ip_max);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u32, Result<()>)>();
     let mut handles = Vec::new();
     let mut failure: Option<Error> = None;
@@ -101,6 +103,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
         let shard_metrics = metrics.shard(index);
         let node_metrics = Arc::clone(&metrics);
         let tls = tls.clone();
+        let admission = Arc::clone(&admission);
         let cpu = cpus[index as usize % cpus.len()];
         let started = crate::start_pinned(index as usize, cpu, move || async move {
             let args = ShardArgs {
@@ -113,6 +116,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
                 metrics: shard_metrics,
                 node_metrics,
                 tls,
+                admission,
                 cache,
                 stop: Arc::clone(&stop),
             };

@@ -28,10 +28,12 @@ use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
+use corekv_raftstore::snapshot_chunks::SnapshotChunk;
 use corekv_raftstore::{apply, Command, Epoch, Outcome, RaftConfig, RaftCore, Region, RequestId, Response};
 use corekv_storage::kv::{KvEngine, SharedBlockCache};
 use corekv_storage::raftlog::{LogEngine, UringDisk};
 
+use crate::admission::Admission;
 use crate::config::{Member, NodeConfig};
 use crate::error::{Error, Result};
 use crate::layout;
@@ -63,6 +65,8 @@ pub struct ShardArgs {
     pub node_metrics: Arc<crate::metrics::NodeMetrics>,
     /// Mutual TLS on both ports and on outgoing peer connections, when configured.
     pub tls: Option<Tls>,
+    /// The node's connection limits, shared by its shards.
+    pub admission: Arc<Admission>,
     pub cache: SharedBlockCache,
     pub stop: Arc<AtomicBool>,
 }
@@ -95,6 +99,7 @@ pub struct Shard {
     metrics: Rc<ShardMetrics>,
     node_metrics: Arc<crate::metrics::NodeMetrics>,
     tls: Option<Tls>,
+    admission: Arc<Admission>,
     pending: RefCell<HashMap<RequestId, Pending>>,
     next_request: Cell<RequestId>,
     dirty: Cell<bool>,
@@ -108,6 +113,8 @@ pub struct Shard {
     /// Regions this shard's replica should campaign for once the cluster had time to start.
     campaign: RefCell<Vec<u64>>,
     gc_running: Cell<bool>,
+    /// Snapshot streams being reassembled on this shard's peer connections.
+    snapshot_streams: Cell<usize>,
 }
 
 impl Shard {
@@ -185,6 +192,7 @@ impl Shard {
                 metrics,
                 node_metrics: args.node_metrics,
                 tls: args.tls.clone(),
+                admission: Arc::clone(&args.admission),
                 pending: RefCell::new(HashMap::new()),
                 next_request: Cell::new(1),
                 dirty: Cell::new(true),
@@ -196,6 +204,7 @@ impl Shard {
                 published: RefCell::new(HashMap::new()),
                 campaign: RefCell::new(campaign),
                 gc_running: Cell::new(false),
+                snapshot_streams: Cell::new(0),
             }
         });
         tracing::info!(
@@ -214,6 +223,11 @@ impl Shard {
 
     pub fn metrics(&self) -> &ShardMetrics {
         &self.metrics
+    }
+
+    /// The node's connection limits.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// TLS for this shard's connections, if configured.
@@ -493,7 +507,20 @@ impl Shard {
             });
         }
         let (region_id, to_peer) = (chunk.header.region_id, chunk.header.to.id);
-        let pushed = out.snapshots.borrow_mut().push(chunk);
+        let pushed = match self.snapshot_refusal(&chunk) {
+            Some(_) if chunk.seq != 0 => return Ok(()), // its refusal was sent with chunk 0
+            Some(why) => Err(why),
+            None => {
+                let mut streams = out.snapshots.borrow_mut();
+                let before = streams.streams();
+                let pushed = streams.push(chunk).map_err(|e| e.to_string());
+                // The shard's count holds this connection's: it cannot go below zero.
+                let total = self.snapshot_streams.get() + streams.streams();
+                debug_assert!(total >= before, "the shard counts every connection's streams");
+                self.snapshot_streams.set(total - before);
+                pushed
+            }
+        };
         let accepted = match pushed {
             Ok(None) => return Ok(()),
             Ok(Some(msg)) => {
@@ -501,8 +528,8 @@ impl Shard {
                 self.kick();
                 stepped.is_ok()
             }
-            Err(e) => {
-                tracing::warn!(region_id, error = %e, "snapshot stream dropped");
+            Err(why) => {
+                tracing::warn!(region_id, why, "snapshot stream refused");
                 false
             }
         };
@@ -516,6 +543,28 @@ impl Shard {
         };
         out.push(FrameKind::SnapshotAck, 0, &ack);
         Ok(())
+    }
+
+    /// Why a snapshot chunk is refused before it is buffered: its region's replica is not on
+    /// this shard, or a new stream would pass the shard's bound.
+    fn snapshot_refusal(&self, chunk: &SnapshotChunk) -> Option<String> {
+        let core = self.engines.core.borrow();
+        let hosted = core
+            .region(chunk.header.region_id)
+            .and_then(|r| r.peer_on(self.routing.node_id(), self.index))
+            .is_some_and(|me| me.id == chunk.header.to.id);
+        if !hosted {
+            return Some("the snapshot is for a replica this shard does not host".into());
+        }
+        let max = self.cfg.net.snapshot_streams_per_shard_max;
+        (chunk.seq == 0 && self.snapshot_streams.get() >= max)
+            .then(|| format!("{max} snapshot streams are being received by this shard already"))
+    }
+
+    /// A peer connection closed with `streams` snapshot streams unfinished: their places free.
+    pub fn snapshot_streams_closed(&self, streams: usize) {
+        self.snapshot_streams
+            .set(self.snapshot_streams.get().saturating_sub(streams));
     }
 
     fn handle_request(&self, out: &Rc<Connection>, client_id: u64, body: &Body) -> std::result::Result<(), FrameError> {

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use corekv_raftstore::snapshot_chunks::Reassembler;
 
+use crate::admission::Admitted;
 use crate::error::{Error, Result};
 use crate::runtime::Shard;
 
@@ -60,7 +61,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(port: Port, reply_bytes_max: usize) -> Connection {
+    fn new(port: Port, reply_bytes_max: usize, snapshot_streams_max: usize) -> Connection {
         Connection {
             port,
             reply_bytes_max,
@@ -69,7 +70,7 @@ impl Connection {
             buf: RefCell::new(Vec::new()),
             wake: event_listener::Event::new(),
             drained: event_listener::Event::new(),
-            snapshots: RefCell::new(Reassembler::default()),
+            snapshots: RefCell::new(Reassembler::new(snapshot_streams_max)),
             inflight: Cell::new(0),
             closing: Cell::new(false),
         }
@@ -121,12 +122,18 @@ pub fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) })
 }
 
-/// Accepts connections until the shard stops.
+/// Accepts connections until the shard stops; past a connection limit (`Admission`), a
+/// connection is told why (a `ServerBusy` error frame, on a plain port) and closed.
 pub async fn listen(shard: Rc<Shard>, listener: TcpListener, port: Port) {
     while !shard.is_stopping() {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(serve(Rc::clone(&shard), stream, port)).detach();
+                let Ok(from) = stream.peer_addr() else { continue };
+                let task = match shard.admission().admit(from.ip(), port == Port::Client) {
+                    Ok(place) => glommio::spawn_local(serve(Rc::clone(&shard), stream, port, place)),
+                    Err(why) => glommio::spawn_local(turn_away(Rc::clone(&shard), stream, why)),
+                };
+                task.detach();
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?port, "accept failed");
@@ -136,7 +143,23 @@ pub async fn listen(shard: Rc<Shard>, listener: TcpListener, port: Port) {
     }
 }
 
-async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port) {
+/// A connection over a limit: told why where it can read it (no TLS), then closed.
+async fn turn_away(shard: Rc<Shard>, mut tcp: TcpStream, why: String) {
+    shard.metrics().connections_refused.inc();
+    tracing::debug!(peer = ?tcp.peer_addr().ok(), why, "connection refused");
+    if shard.tls().is_none() {
+        let refusal = frame::encode(FrameKind::Error, 0, &WireError::ServerBusy { reason: why });
+        let write = async {
+            io::write_frames(&mut tcp, "", &refusal)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        let _ = within(Duration::from_secs(1), write).await;
+    }
+}
+
+/// Serves one admitted connection until it closes (`_place` gives its place back then).
+async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port, _place: Admitted) {
     let peer = tcp
         .peer_addr()
         .map(|a| a.to_string())
@@ -162,8 +185,9 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port) {
     };
     open.inc();
     let (read, mut write) = futures_lite::io::split(stream);
-    let budget = shard.config().net.reply_bytes_per_connection_max;
-    let out = Rc::new(Connection::new(port, budget));
+    let net = &shard.config().net;
+    let budget = net.reply_bytes_per_connection_max;
+    let out = Rc::new(Connection::new(port, budget, net.snapshot_streams_per_connection_max));
     let writer = {
         let (out, peer) = (Rc::clone(&out), peer.clone());
         glommio::spawn_local(async move {
@@ -217,6 +241,7 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port) {
     }
     out.close();
     writer.await;
+    shard.snapshot_streams_closed(out.snapshots.borrow().streams());
     open.dec();
 }
 

@@ -49,6 +49,8 @@ pub struct Transport {
 
 enum Item {
     Frame(Vec<u8>),
+    /// A chunk of the snapshot stream to (region, receiving peer).
+    Chunk((u64, u64), Vec<u8>),
     /// The chunks before this one completed a snapshot stream (region, receiving peer).
     SnapshotEnd(u64, u64),
 }
@@ -126,7 +128,12 @@ impl Transport {
             let (region_id, to, dest) = (msg.region_id, msg.to.id, (msg.to.node, msg.to.shard));
             let mut items: Vec<Item> = snapshot_chunks::split(msg, SNAPSHOT_CHUNK_BYTES_MAX)
                 .iter()
-                .map(|c| Item::Frame(frame::encode(FrameKind::SnapshotChunk, 0, &convert::chunk(c))))
+                .map(|c| {
+                    Item::Chunk(
+                        (region_id, to),
+                        frame::encode(FrameKind::SnapshotChunk, 0, &convert::chunk(c)),
+                    )
+                })
                 .collect();
             items.push(Item::SnapshotEnd(region_id, to));
             if self.link(dest).is_some_and(|link| link.push(items, self.bound())) {
@@ -274,12 +281,7 @@ impl Link {
                         break;
                     };
                     let key = (ack.region_id.to_native(), ack.to_peer.to_native());
-                    let mut unacked = link.unacked.borrow_mut();
-                    if let Some(at) = unacked.iter().position(|k| *k == key) {
-                        unacked.remove(at);
-                        drop(unacked);
-                        report(key.0, key.1, ack.accepted);
-                    }
+                    link.acked(key, ack.accepted, &report);
                 }
                 broken.set(true);
                 link.wake.notify(usize::MAX);
@@ -300,7 +302,7 @@ impl Link {
                 let mut queue = self.queue.borrow_mut();
                 while out.len() < WRITE_BYTES_MAX {
                     match queue.pop_front() {
-                        Some(Item::Frame(f)) => {
+                        Some(Item::Frame(f) | Item::Chunk(_, f)) => {
                             self.queued_bytes.set(self.queued_bytes.get() - f.len());
                             out.extend_from_slice(&f);
                         }
@@ -346,6 +348,33 @@ impl Link {
         }
     }
 
+    /// The receiver's verdict on the stream `key`: after it was sent whole, or (a refusal)
+    /// while its chunks are still queued, which are then dropped. Either way raft learns it.
+    fn acked(&self, key: (u64, u64), accepted: bool, report: &SnapshotReport) {
+        let mut unacked = self.unacked.borrow_mut();
+        if let Some(at) = unacked.iter().position(|k| *k == key) {
+            unacked.remove(at);
+            drop(unacked);
+            return report(key.0, key.1, accepted);
+        }
+        drop(unacked);
+        let mut queue = self.queue.borrow_mut();
+        let queued = queue
+            .iter()
+            .any(|i| matches!(i, Item::SnapshotEnd(r, t) if (*r, *t) == key));
+        if accepted || !queued {
+            return; // a verdict on a stream this link no longer sends
+        }
+        let before: usize = queue.iter().map(Item::bytes).sum();
+        queue.retain(|i| {
+            !matches!(i, Item::Chunk(k, _) if *k == key) && !matches!(i, Item::SnapshotEnd(r, t) if (*r, *t) == key)
+        });
+        let after: usize = queue.iter().map(Item::bytes).sum();
+        self.queued_bytes.set(self.queued_bytes.get() - (before - after));
+        drop(queue);
+        report(key.0, key.1, false);
+    }
+
     /// Waits until something is queued or `broken` is set.
     async fn wait_for_work(&self, broken: &Cell<bool>) {
         loop {
@@ -362,7 +391,7 @@ impl Link {
         self.queued_bytes.set(0);
         let ended = queued.into_iter().filter_map(|i| match i {
             Item::SnapshotEnd(region, to) => Some((region, to)),
-            Item::Frame(_) => None,
+            Item::Frame(_) | Item::Chunk(..) => None,
         });
         let unacked: Vec<(u64, u64)> = self.unacked.borrow_mut().drain(..).chain(ended).collect();
         for (region, to) in unacked {
@@ -374,7 +403,7 @@ impl Link {
 impl Item {
     fn bytes(&self) -> usize {
         match self {
-            Item::Frame(f) => f.len(),
+            Item::Frame(f) | Item::Chunk(_, f) => f.len(),
             Item::SnapshotEnd(..) => 0,
         }
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use corekv_netio::frame::{self, Body, FrameKind, Header, HEADER_BYTES};
 use corekv_netio::msg::{
-    ArchivedPeerHello, ArchivedReply, ArchivedWireError, ClusterInfo, Op, PeerHello, RaftBatch, RaftEnvelope, Reply,
-    Request, WireError, WirePeer, WireRegion,
+    ArchivedPeerHello, ArchivedReply, ArchivedSnapshotAck, ArchivedWireError, ClusterInfo, Op, PeerHello, RaftBatch,
+    RaftEnvelope, Reply, Request, SnapshotAck, SnapshotChunk, WireError, WirePeer, WireRegion,
 };
 use corekv_netio::{Client, ClientConfig};
 use corekv_tools::cluster::{ClusterSpec, LocalCluster, PORTS_PER_NODE};
@@ -860,4 +860,112 @@ fn a_connection_that_asks_much_and_reads_nothing_hits_its_reply_budget() {
     eprintln!("rows {rows}, busy {busy}, node grew {} MiB", grown >> 20);
     assert!(busy >= 48 && rows > 0, "rows {rows}, busy {busy}");
     assert!(grown < 64 << 20, "the node grew {} MiB", grown >> 20);
+}
+
+/// Sends a ClusterInfo request on `s`: `Ok` with a reply, `Err(code)` with an error frame.
+fn cluster_info_on(s: &mut TcpStream) -> Result<(), u16> {
+    s.write_all(&frame::encode(FrameKind::Request, 7, &cluster_info_request()))
+        .map_err(|_| 0u16)?;
+    let (header, body) = read_frame(s).ok_or(0u16)?;
+    if header.kind == FrameKind::Error {
+        let e = rkyv::deserialize::<WireError, rkyv::rancor::Error>(frame::access::<ArchivedWireError>(&body).unwrap())
+            .unwrap();
+        return Err(e.code());
+    }
+    Ok(())
+}
+
+// Proves the per-address connection limit: one address holding its maximum gets a typed
+// ServerBusy (206) on its next connection, which is closed; another address is served.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let t = start_with("[net]\nconnections_per_client_ip_max = 4\n");
+    let addr = t.endpoints()[0].clone();
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(held.len() <= 4, "more than 4 connections from one address were served");
+        let mut s = connect(&addr);
+        match cluster_info_on(&mut s) {
+            Ok(()) => held.push(s),
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(refused, 206);
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other
+        .bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    other
+        .connect(&addr.parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    let mut other: TcpStream = other.into();
+    assert_eq!(cluster_info_on(&mut other), Ok(()), "another address is served");
+}
+
+/// A chunk of a snapshot stream from node 2's replica of `region` to node 1's (shard 0).
+fn chunk_frame(region: u64, seq: u32) -> Vec<u8> {
+    let peer = |node| WirePeer {
+        id: region * 1000 + node,
+        node,
+        shard: 0,
+    };
+    let chunk = SnapshotChunk {
+        header: RaftEnvelope {
+            region_id: region,
+            from: peer(2),
+            to: peer(1),
+            message: Vec::new(),
+        },
+        seq,
+        count: 4,
+        total_bytes: 4096,
+        crc32c: 0,
+        bytes: vec![0; 1024],
+    };
+    frame::encode(FrameKind::SnapshotChunk, 0, &chunk)
+}
+
+// Proves snapshot streams are bounded: a stream for a replica the shard does not host, and a
+// third stream on a connection allowed two, are refused with one SnapshotAck each (nothing
+// buffered), later chunks of a refused stream get no answer, and the connection stays open.
+#[test]
+fn snapshot_streams_only_for_hosted_regions_and_within_bounds() {
+    let t = start();
+    let cluster_id = t.cluster.spec().cluster_id().unwrap();
+    let hosted: Vec<u64> = t
+        .info()
+        .regions
+        .iter()
+        .filter(|r| r.region.peers[0].shard == 0)
+        .map(|r| r.region.id)
+        .collect();
+    assert_eq!(hosted.len(), 3);
+    let mut s = connect(&peer_addr(&t, 1, 0));
+    s.write_all(&hello(cluster_id, 2)).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap().0.kind, FrameKind::PeerHello);
+    let ack = |s: &mut TcpStream| {
+        let (header, body) = read_frame(s).expect("an ack");
+        assert_eq!(header.kind, FrameKind::SnapshotAck);
+        rkyv::deserialize::<SnapshotAck, rkyv::rancor::Error>(frame::access::<ArchivedSnapshotAck>(&body).unwrap())
+            .unwrap()
+    };
+    s.write_all(&chunk_frame(999, 0)).unwrap();
+    s.write_all(&chunk_frame(999, 1)).unwrap();
+    let refused = ack(&mut s);
+    assert_eq!((refused.region_id, refused.accepted), (999, false));
+    for region in &hosted {
+        s.write_all(&chunk_frame(*region, 0)).unwrap();
+    }
+    let refused = ack(&mut s);
+    assert_eq!(
+        (refused.region_id, refused.accepted),
+        (hosted[2], false),
+        "the third stream"
+    );
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(
+        read_frame(&mut s).is_none(),
+        "nothing more: the two open streams wait for chunks"
+    );
+    assert_eq!(t.ctl(&["raw", "put", "still", "serving"]).1, "OK\n");
 }
