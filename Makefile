@@ -5,7 +5,7 @@
 CARGO := scripts/cargo.sh
 DATA_DIR ?= /tmp/corekv-playground
 
-.PHONY: run storage-demo test build lint chaos bench-storage bench-raft bench-compare deps
+.PHONY: run storage-demo test build lint chaos fuzz bench-storage bench-raft bench-compare bench-tls deps
 
 ## run: build, start a local 3-node x 2-shard cluster (corekv-playground), run a demo workload, stay up until Ctrl-C
 run:
@@ -27,6 +27,12 @@ test:
 chaos:
 	$(CARGO) build --release --locked -p corekv-tools
 	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-chaos -- --duration-secs $(or $(CHAOS_SECS),180) $(if $(SEED),--seed $(SEED))
+
+## fuzz: the fuzz targets, long (make test runs each briefly): arbitrary bytes as every wire message and frame, damaged raft logs reopened, forged raft messages against simulated clusters (FUZZ_CASES, HOSTILE_CASES)
+fuzz:
+	COREKV_FUZZ_CASES=$(or $(FUZZ_CASES),20000) PROPTEST_CASES=$(or $(FUZZ_CASES),20000) COREKV_HOSTILE_CASES=$(or $(HOSTILE_CASES),300) \
+		$(CARGO) test --release --locked -p corekv-netio -p corekv-storage -p corekv-raftstore -- \
+		never_panic survives_arbitrary damaged_logs forgeries garbage_is_an_error
 
 ## build: release binaries
 build:

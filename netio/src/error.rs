@@ -1,6 +1,10 @@
 //! netio's one error type. `FrameError` is what a receiver finds wrong with bytes on the
 //! wire (each closes the connection after a typed error frame); `Error` is what the client and
 //! the transport report to their callers.
+//!
+//! Owns: both enums and their stable codes (frames 300..=308, netio's own 309..=314). Must not:
+//! reuse or renumber a code (clients and metrics key on them), or depend on `storage` or
+//! `raftstore` errors.
 
 use crate::msg::WireError;
 

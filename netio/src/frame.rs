@@ -14,6 +14,10 @@
 //! A receiver checks the header before reading the body (so an oversized length is refused
 //! without allocating it), the checksum before validating, and validates the archive
 //! (bytecheck) once; after that it is read in place.
+//!
+//! Owns: the header layout and its checks, encoding a value as a frame, and validated access to
+//! a body (`access`). Must not: panic on bytes from the wire: every fault is a typed
+//! `FrameError`, the length checked against the receiver's limit before a body is read.
 
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;

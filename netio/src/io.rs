@@ -1,5 +1,10 @@
 //! Frames over a byte stream (glommio's io_uring TCP in production; any `AsyncRead` /
 //! `AsyncWrite`): read one checked frame, write many at once.
+//!
+//! Owns: the per-connection read buffer, reading frames (header checked before the body is
+//! allocated, checksum after), batched writes, connecting (optionally from a source address) and
+//! name resolution. Must not: block the executor: `getaddrinfo` and a bound connect run on its
+//! blocking pool.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd};

@@ -7,6 +7,8 @@
 //! corekv / etcd), `compare.json`, and `compare.png`
 //! (per workload, the percentile curves of both systems, each from its repeats' pooled
 //! histograms). Starting and stopping the servers is not its job: scripts/bench-compare.sh.
+//! Must not: drive both systems at once (one phase at a time, so neither's load slows the
+//! other), or start or stop a server.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

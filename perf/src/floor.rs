@@ -4,6 +4,8 @@
 //! Owns: measuring the floor in the same run as the engines, so every engine figure can be
 //! reported as a ratio to it. Blocking `submit_and_wait` is fine here: this is the bench
 //! thread, not a shard.
+//! Must not: go through glommio or a corekv engine: one raw io_uring ring, one operation in
+//! flight, so nothing of corekv is in the figure.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};

@@ -4,6 +4,7 @@
 //! against the disk's floor and RocksDB-as-raft-log), `raft` (the Multi-Raft core in the
 //! simulator), `ycsb` (YCSB workloads against a running corekv or etcd cluster), `compare`
 //! (the same YCSB workloads on corekv and etcd side by side, with the fdatasync floor).
+//! Must not: hold benchmark logic: it parses the command line and calls the subcommand's `run`.
 
 mod compare;
 mod floor;

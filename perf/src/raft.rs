@@ -6,6 +6,8 @@
 //! simulator runs every shard of the cluster on this one thread, so a figure per shard is
 //! the cluster's throughput divided by its shards; the log engine runs on its in-memory disk
 //! here (its I/O path is `corekv-bench storage`'s job).
+//! Must not: add network delay, loss or faults (the default `NetConfig` has none): the figure is
+//! the code's cost.
 
 use std::time::{Duration, Instant};
 

@@ -7,6 +7,9 @@
 //!   concurrent appenders (group commit), with the shard thread's CPU time per append;
 //! - RocksDB with a synced WAL used as the raft log (TiKV's raftdb before raft-engine);
 //! - the KV engine's write batches of 1 KiB values, with and without sync.
+//!
+//! Must not: write outside `--dir`: every row works in a subdirectory of it (wiped first) or in
+//! the floor's two files.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! metadata in the `meta` CF, and the apply step itself. This is an I/O edge: the shard (or
 //! the simulator) runs it with the entries a `ShardReady` hands out, then reports the result
 //! to `RaftCore::on_applied`.
+//! Must not: skip a committed entry, or turn a failure of the engine into an entry's outcome: the
+//! apply stops there (`ApplyFailure`) and resumes later.
 //!
 //! Durability: the applied index is written in the SAME write batch as the data it covers, so
 //! after a crash the KV engine's applied index always matches its data, and raft replays

@@ -1,4 +1,7 @@
 //! The raftstore's one error type: what a request can be told, and whether to retry.
+//!
+//! Owns: the variants, their stable codes (200..=213, never reused) and `is_retryable`.
+//! Must not: depend on netio: `shard::convert` says what a client is told for each variant.
 
 /// Result alias of `corekv-raftstore`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

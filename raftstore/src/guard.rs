@@ -22,6 +22,11 @@ use crate::storage::PeerStorage;
 /// Why a message was refused (logged and counted by the shard; never sent back).
 pub type Refusal = &'static str;
 
+/// How far ahead of this replica's term a message's term may be. Terms grow by one per
+/// election round (pre-vote keeps a cut-off node from inflating them), so a jump of 2^32 is
+/// corruption or forgery, never history; it would also bring raft-rs's `term + 1` to overflow.
+pub const TERM_JUMP_MAX: u64 = 1 << 32;
+
 /// Checks `msg` (addressed to this replica of `region`, from one of its peers) against the
 /// replica's `raft` state.
 pub fn check(raft: &Raft<PeerStorage>, region: &Region, msg: &RaftMessage) -> Result<(), Refusal> {
@@ -31,6 +36,9 @@ pub fn check(raft: &Raft<PeerStorage>, region: &Region, msg: &RaftMessage) -> Re
     }
     if m.term == 0 {
         return Err("term 0 (raft-rs would take it for a local message)");
+    }
+    if m.term > raft.term.saturating_add(TERM_JUMP_MAX) {
+        return Err("a term that no election could have reached");
     }
     if !m.entries.is_empty() && m.get_msg_type() != MessageType::MsgAppend {
         return Err("entries on a message that carries none");
@@ -61,6 +69,11 @@ fn check_append(m: &Message) -> Result<(), Refusal> {
     if m.log_term > m.term {
         return Err("an append anchored at a term above its own");
     }
+    // Every entry has a term of at least 1; raft-rs answers term 0 for any index past its log,
+    // so an anchor (index > 0, term 0) there would "match" and commit past the log.
+    if m.index > 0 && m.log_term == 0 {
+        return Err("an append anchored at term 0");
+    }
     let mut expect = (
         m.index.checked_add(1).ok_or("an append past the largest index")?,
         m.log_term,
@@ -69,7 +82,7 @@ fn check_append(m: &Message) -> Result<(), Refusal> {
         if e.index != expect.0 {
             return Err("append entries that do not continue the log");
         }
-        if e.term < expect.1 || e.term > m.term {
+        if e.term == 0 || e.term < expect.1 || e.term > m.term {
             return Err("append entries with terms out of order");
         }
         expect = (e.index + 1, e.term);
@@ -224,8 +237,25 @@ mod tests {
             "anchor term past the message's"
         );
         assert!(check_one(&r, append(u64::MAX, 2, Vec::new())).is_err());
+        assert!(
+            check_one(&r, append(20, 0, Vec::new())).is_err(),
+            "anchored at term 0 past the log"
+        );
+        assert!(
+            check_one(&r, append(0, 0, entries(1, &[0]))).is_err(),
+            "an entry of term 0"
+        );
+        assert_eq!(
+            check_one(&r, append(0, 0, entries(1, &[2]))),
+            Ok(()),
+            "from the log's start"
+        );
         let zero = msg(MessageType::MsgHeartbeat, |m| m.term = 0);
         assert!(check_one(&r, zero).is_err(), "term 0");
+        let far = msg(MessageType::MsgHeartbeat, |m| m.term = 2 + TERM_JUMP_MAX + 1);
+        assert!(check_one(&r, far).is_err(), "a term past any election");
+        let near = msg(MessageType::MsgHeartbeat, |m| m.term = 2 + TERM_JUMP_MAX);
+        assert_eq!(check_one(&r, near), Ok(()));
         let beat = |commit| msg(MessageType::MsgHeartbeat, |m| m.commit = commit);
         assert_eq!(check_one(&r, beat(10)), Ok(()));
         assert!(check_one(&r, beat(11)).is_err());

@@ -1,4 +1,5 @@
-//! corekv-raftstore: Multi-Raft for one shard.
+//! corekv-raftstore: Multi-Raft for one shard. Owns every raft group of a shard, the apply of
+//! its committed entries, and the deterministic simulator that runs whole clusters of them.
 //!
 //! Map (start with `raft_core`):
 //! - `raft_core`: [`RaftCore`], the sans-I/O state machine of all the shard's peers: events in

@@ -322,6 +322,18 @@ impl Sim {
         self.shards.contains_key(&(node, 0))
     }
 
+    /// Delivers `msg` to the shard it names, as a forger on the network would (no delay, no
+    /// loss): through `RaftCore::step`, the edge checks included. `Err`: refused or dropped
+    /// (the target is down, the region or the peers unknown, the guard said no).
+    pub fn inject(&mut self, msg: RaftMessage) -> Result<(), Error> {
+        let shard = self
+            .shards
+            .get(&(msg.to.node, msg.to.shard))
+            .ok_or(Error::RegionNotFound(msg.region_id))?;
+        let result = shard.core.borrow_mut().step(msg);
+        result
+    }
+
     /// Cuts `node` off from every other node (both directions).
     pub fn isolate(&mut self, node: u64) {
         for other in 1..=self.cfg.nodes {
@@ -691,7 +703,12 @@ impl Sim {
         match result {
             Ok(answer) => self.finish(i, Some(answer)),
             // Definitely not applied: the client may try again.
-            Err(Error::NotLeader { .. } | Error::ServerBusy(_) | Error::EpochNotMatch { .. }) => {}
+            Err(
+                Error::NotLeader { .. }
+                | Error::ServerBusy(_)
+                | Error::EpochNotMatch { .. }
+                | Error::RegionUnavailable { .. },
+            ) => {}
             Err(Error::ProposalDropped { .. }) if !self.ops[i].ambiguous => {}
             Err(Error::OutcomeUnknown { .. }) => {
                 self.ops[i].ambiguous = true;

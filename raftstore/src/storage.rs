@@ -6,6 +6,8 @@
 //! this from there on restart. Log GC bounds what is kept here; a follower that needs older
 //! entries gets a snapshot, which the shard generates from the KV engine when raft-rs asks
 //! (`take_snapshot_request`, then `set_snapshot`).
+//! Must not: touch an engine or build a snapshot (it raises `take_snapshot_request` and serves
+//! what `set_snapshot` gave it), or hold a gap: entries are contiguous after the truncation point.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -1,5 +1,9 @@
 //! The edge between the wire (netio's archives) and the raftstore's types: regions, peers,
 //! errors, raft messages (protobuf inside an envelope) and snapshot chunks.
+//!
+//! Owns: the mapping both ways, one function per type (which `WireError` a raftstore error
+//! becomes). Must not: hold state or decide anything, or panic on what a peer sent: a malformed
+//! protobuf is an `Err`.
 
 use corekv_netio::msg::{
     ArchivedRaftEnvelope, ArchivedSnapshotChunk, RaftEnvelope, SnapshotChunk as WireChunk, WireEpoch, WireError,

@@ -1,4 +1,7 @@
 //! The shard crate's one error type: what stops a node from starting or running.
+//!
+//! Owns: `Error`, each saying what the operator can do where that is known. Must not: be what a
+//! request is told: requests are answered with netio's `WireError` (`convert::error`).
 
 /// Result alias of `corekv-shard`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,6 +8,10 @@
 //! region i lives on shard `i % shards` of `min(3, members)` consecutive members starting
 //! at member `(i / shards) % members`, the first of which campaigns at bootstrap. With three
 //! nodes every (node, shard) hosts replicas, and each leads one region.
+//!
+//! Owns: the bootstrap regions (ranges, epoch 1/1, replicas), peer ids (`peer_id`) and first
+//! leaders. Must not: read anything but its arguments (no clock, disk or randomness): every node
+//! must compute the same layout.
 
 use corekv_raftstore::{Epoch, PeerMeta, Region};
 

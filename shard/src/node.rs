@@ -1,6 +1,10 @@
 //! Starting and stopping a node: config and data-dir checks, the bootstrap layout, one pinned
 //! executor per shard, the status server, and an orderly stop (the `stop` flag: SIGTERM in
 //! the server binary), or a stop of every shard when one of them fails.
+//!
+//! Owns: the node's life: the data dir's checks, `LOCK` and `IDENTITY`, the shards' executors,
+//! and the stop of all when one fails. Must not: handle a request or a raft message (the shards
+//! do), or open a data dir that another server holds or that was made for another identity.
 
 use std::fs::File;
 use std::path::Path;

@@ -2,6 +2,10 @@
 //! node last saw; and the client address of every node it has talked to. Shared by the
 //! node's shards; written only when a leader changes or a peer introduces itself (rare),
 //! read to answer `ClusterInfo` and to redirect misrouted requests (`WrongShard`).
+//!
+//! Owns: the region table (with the leader last seen and its term), members' peer IPs, the
+//! learned client addresses and the stopped regions. Must not: be written per request, or take a
+//! client address from an inbound hello (any dialer could claim one).
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -19,7 +23,8 @@ pub struct Routing {
     cluster_id: u64,
     node_id: u64,
     shards: u32,
-    members: Vec<u64>,
+    /// Each member's peer IP, as configured: where its connections come from.
+    members: BTreeMap<u64, std::net::IpAddr>,
     table: RwLock<BTreeMap<u64, Route>>,
     /// Node id -> client address of its shard 0: this node's own, and every peer's from its
     /// `PeerHello`.
@@ -61,7 +66,7 @@ impl Routing {
             cluster_id: me.cluster_id,
             node_id: me.node_id,
             shards: me.shards,
-            members: members.iter().map(|m| m.id).collect(),
+            members: members.iter().map(|m| (m.id, m.peer.ip())).collect(),
             table: RwLock::new(table),
             client_addrs: RwLock::new([(me.node_id, me.client_addr)].into()),
             stopped: RwLock::new(BTreeMap::new()),
@@ -81,7 +86,12 @@ impl Routing {
     }
 
     pub fn is_member(&self, node_id: u64) -> bool {
-        self.members.contains(&node_id)
+        self.members.contains_key(&node_id)
+    }
+
+    /// The IP member `node_id`'s connections come from (its configured peer address's).
+    pub fn member_ip(&self, node_id: u64) -> Option<std::net::IpAddr> {
+        self.members.get(&node_id).copied()
     }
 
     /// This node's own client address (shard 0).
@@ -89,7 +99,9 @@ impl Routing {
         self.client_addrs.read().expect("routing lock")[&self.node_id].clone()
     }
 
-    /// A peer introduced itself with its client address.
+    /// A peer introduced itself with its client address, answering a connection this node
+    /// dialled to its configured peer address (never from an inbound hello: any dialer could
+    /// claim any client address there).
     pub fn learn_client_addr(&self, node_id: u64, addr: &str) {
         debug_assert!(self.is_member(node_id) && node_id != self.node_id);
         let mut addrs = self.client_addrs.write().expect("routing lock");

@@ -9,6 +9,11 @@
 //!   leader changes to the node's routing table, runs log GC now and then;
 //! - the listener and one reader + writer per connection (`server`), one sender per peer
 //!   shard (`transport`).
+//!
+//! Owns: the shard's requests in flight (each answered once; at stop, reads `ShuttingDown` and
+//! writes `OutcomeUnknown`), raft's clock, bootstrap campaigns, leader publishing and when log GC
+//! runs. Must not: keep the raft core borrowed across an await, hold raft logic (the core
+//! decides), or take a request for a region of another shard (`WrongShard`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -454,17 +459,19 @@ impl Shard {
             ))
         } else if node_id == routing.node_id() || !routing.is_member(node_id) {
             Some(format!("node {node_id} is not another member of this cluster"))
+        } else if out.remote.is_some_and(|ip| routing.member_ip(node_id) != Some(ip)) {
+            Some(format!(
+                "node {node_id} connects from its own peer address, not {:?}",
+                out.remote
+            ))
         } else if hello.shard.to_native() >= routing.shards() {
             Some(format!("shard {} does not exist on this cluster's nodes", hello.shard))
-        } else if hello.client_addr.len() > crate::routing::CLIENT_ADDR_BYTES_MAX {
-            Some("client address too long".to_string())
         } else {
             None
         };
         if let Some(reason) = refused {
             return Err(WireError::PeerRefused { reason });
         }
-        routing.learn_client_addr(node_id, hello.client_addr.as_str());
         out.peer_node.set(Some(node_id));
         out.push(FrameKind::PeerHello, 0, self.transport.hello());
         Ok(())

@@ -10,6 +10,11 @@
 //! Listeners are bound WITHOUT `SO_REUSEPORT` (glommio's own `bind` sets it): with it, a second
 //! server on the same port would start and the kernel would split connections between two
 //! clusters. One listener per shard needs no port sharing.
+//!
+//! Owns: the listeners, each connection's send buffer, reply budget and requests in flight
+//! (`Connection`), and the snapshot streams arriving on it. Must not: read a connection's next
+//! frame while its unread answers fill the reply budget (backpressure), or interpret a frame:
+//! `Shard::handle_frame` does.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -46,6 +51,8 @@ pub struct Connection {
     pub port: Port,
     /// The node a peer connection speaks for, once its `PeerHello` was accepted.
     pub peer_node: Cell<Option<u64>>,
+    /// Where the connection comes from.
+    pub remote: Option<std::net::IpAddr>,
     pub snapshots: RefCell<Reassembler>,
     buf: RefCell<Vec<u8>>,
     wake: event_listener::Event,
@@ -61,9 +68,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(port: Port, reply_bytes_max: usize, snapshot_streams_max: usize) -> Connection {
+    fn new(
+        port: Port,
+        remote: Option<std::net::IpAddr>,
+        (reply_bytes_max, snapshot_streams_max): (usize, usize),
+    ) -> Connection {
         Connection {
             port,
+            remote,
             reply_bytes_max,
             reserved: Cell::new(0),
             peer_node: Cell::new(None),
@@ -187,7 +199,12 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port, _place: Admitted) {
     let (read, mut write) = futures_lite::io::split(stream);
     let net = &shard.config().net;
     let budget = net.reply_bytes_per_connection_max;
-    let out = Rc::new(Connection::new(port, budget, net.snapshot_streams_per_connection_max));
+    let remote = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+    let out = Rc::new(Connection::new(
+        port,
+        remote,
+        (budget, net.snapshot_streams_per_connection_max),
+    ));
     let writer = {
         let (out, peer) = (Rc::clone(&out), peer.clone());
         glommio::spawn_local(async move {

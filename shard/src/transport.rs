@@ -8,6 +8,11 @@
 //! with backoff. Snapshots go as bounded chunks; the sender reports a snapshot delivered only
 //! when the receiver acknowledged reassembling it (a `SnapshotAck` on the same connection),
 //! and failed when the queue was full or the connection broke first: raft-rs sends another.
+//!
+//! Owns: one link per destination shard (queue bounded by `peer_queue_bytes_max`, connection,
+//! reconnect backoff) and each snapshot stream until its fate is reported. Must not: wait for
+//! room (what does not fit is dropped, never blocking the loop), or report a snapshot delivered
+//! before the receiver's ack.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};

@@ -11,6 +11,7 @@
 //! Architecture invariant: this crate knows nothing of Raft messages, regions' key ranges,
 //! transactions or the network. Raft entries are opaque bytes with an index and a term; region
 //! ids are plain `u64`s. `raftstore` gives them meaning.
+//! Must not: depend on another corekv crate: it is the bottom of the graph.
 //!
 //! Start reading at [`raftlog::LogEngine`] and [`kv::KvEngine`].
 

@@ -5,6 +5,11 @@
 //! +40 (+ shard), /metrics on +80; all on one host, or each node on its own host (the chaos
 //! harness gives each its own 127.0.0.N). Its cluster has a token of its own, so that it never
 //! talks to another local cluster on the same ports (and its readiness check can tell).
+//!
+//! Owns: the port plan, the token file, the server processes (start, kill -9, signal, restart,
+//! stop) and the readiness check. Must not: leave a node running behind it (children are killed
+//! on drop, and get SIGTERM if this process dies), or take another cluster on its ports for its
+//! own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

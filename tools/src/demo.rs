@@ -1,5 +1,9 @@
 //! The playground's demo workload: concurrent puts, then reads of every key, a scan and a
 //! compare-and-swap through the client, with latency percentiles.
+//!
+//! Owns: the demo keys (spread over every region), its phases and latency histograms, and the
+//! read-back checks. Must not: set up or stop a cluster (it is given a connected `Client`), or
+//! write keys other than its own.
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -5,6 +5,10 @@
 //! `corekv-playground` (a local cluster of server processes), `corekv-storage-demo` (both
 //! engines of one shard, no network), `corekv-chaos` (faults against a cluster of server
 //! processes, judged by a linearizability check).
+//!
+//! Owns: that setup (`run_main`, `init_logging`, `on_executor`), the client's `TlsArgs`, and
+//! `undocumented`, every binary's check that `--help` explains each flag. Must not: hold logic
+//! the node needs: `shard` does not depend on this crate.
 
 pub mod bytes;
 pub mod certs;

@@ -3,209 +3,19 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use corekv_netio::frame::{self, Body, FrameKind, Header, HEADER_BYTES};
+use corekv_netio::frame::{self, FrameKind, HEADER_BYTES};
 use corekv_netio::msg::{
-    ArchivedPeerHello, ArchivedReply, ArchivedSnapshotAck, ArchivedWireError, ClusterInfo, Op, PeerHello, RaftBatch,
-    RaftEnvelope, Reply, Request, SnapshotAck, SnapshotChunk, WireError, WirePeer, WireRegion,
+    ArchivedPeerHello, ArchivedReply, ArchivedSnapshotAck, ArchivedWireError, Op, PeerHello, RaftBatch, RaftEnvelope,
+    Reply, Request, SnapshotAck, SnapshotChunk, WireError, WirePeer, WireRegion,
 };
 use corekv_netio::{Client, ClientConfig};
-use corekv_tools::cluster::{ClusterSpec, LocalCluster, PORTS_PER_NODE};
+use corekv_tools::cluster::LocalCluster;
 
-const NODES: u64 = 3;
-const SHARDS: u32 = 2;
-const LEADERS_WAIT: Duration = Duration::from_secs(30);
-
-struct TestCluster {
-    cluster: LocalCluster,
-    _dir: tempfile::TempDir,
-}
-
-/// A base port whose node port blocks are all free now (tests run in parallel: each start
-/// takes the next block of a per-process sequence).
-fn free_base_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let span = u32::from(PORTS_PER_NODE) * NODES as u32;
-    loop {
-        let slot = NEXT.fetch_add(1, Ordering::Relaxed);
-        let base = 20000 + ((std::process::id() % 200) * 7 + slot * span) % 40000;
-        let free = (0..span).all(|i| std::net::TcpListener::bind(("127.0.0.1", (base + i) as u16)).is_ok());
-        if free {
-            return base as u16;
-        }
-    }
-}
-
-fn start() -> TestCluster {
-    start_with("")
-}
-
-/// Starts the cluster with `config` as every server's `--config` file (empty: none).
-fn start_with(config: &str) -> TestCluster {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = spec_in(dir.path(), free_base_port(), config);
-    let mut cluster = LocalCluster::start(spec).unwrap();
-    cluster.wait_for_leaders(LEADERS_WAIT).unwrap();
-    TestCluster { cluster, _dir: dir }
-}
-
-/// A 3 x 2 cluster spec in `dir` at `base_port`, with `config` as every server's `--config`.
-fn spec_in(dir: &std::path::Path, base_port: u16, config: &str) -> ClusterSpec {
-    let mut extra_args = Vec::new();
-    if !config.is_empty() {
-        let path = dir.join("corekv.toml");
-        std::fs::write(&path, config).unwrap();
-        extra_args = vec!["--config".to_string(), path.display().to_string()];
-    }
-    ClusterSpec {
-        nodes: NODES,
-        shards: SHARDS,
-        data_dir: dir.to_path_buf(),
-        hosts: vec!["127.0.0.1".into()],
-        base_port,
-        server: PathBuf::from(env!("CARGO_BIN_EXE_corekv-server")),
-        extra_args,
-        tls: false,
-    }
-}
-
-impl TestCluster {
-    fn endpoints(&self) -> Vec<String> {
-        self.cluster.spec().endpoints()
-    }
-
-    /// Runs `f` with a fresh client on its own executor.
-    fn with_client<T, F, Fut>(&self, f: F) -> T
-    where
-        F: FnOnce(Client) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = anyhow::Result<T>> + 'static,
-        T: Send + 'static,
-    {
-        let cfg = self.cluster.spec().client_config().unwrap();
-        corekv_tools::on_executor(move || async move {
-            let client = Client::connect(cfg).await?;
-            f(client).await
-        })
-        .unwrap()
-    }
-
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let certs = self.cluster.spec().certs().unwrap();
-        let mut all: Vec<String> = certs
-            .map(|c| corekv_tools::certs::flags(&c.client()))
-            .unwrap_or_default();
-        all.extend(args.iter().map(|a| a.to_string()));
-        ctl(
-            &self.endpoints().join(","),
-            &all.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-    }
-
-    /// The cluster as the nodes together see it: members from node 1, every region with
-    /// the leader of the highest term any node reports.
-    fn info(&self) -> ClusterInfo {
-        let mut info = match raw_call(&self.endpoints()[0], &cluster_info_request()) {
-            Reply::Cluster(info) => info,
-            other => panic!("cluster info: {other:?}"),
-        };
-        info.regions = self.with_client(|c| async move { Ok(c.regions()) });
-        assert!(info.regions.iter().all(|r| r.leader.is_some()), "{info:?}");
-        info
-    }
-}
-
-/// Runs corekv-ctl against `endpoints`: (exit code, stdout, stderr).
-fn ctl(endpoints: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_corekv-ctl"))
-        .arg("--endpoints")
-        .arg(endpoints)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A key inside `region`.
-fn key_in(region: &WireRegion, suffix: &str) -> Vec<u8> {
-    let mut k = if region.start.is_empty() {
-        b"!".to_vec()
-    } else {
-        region.start.clone()
-    };
-    k.extend_from_slice(suffix.as_bytes());
-    assert!(region.contains(&k));
-    k
-}
-
-fn cluster_info_request() -> Request {
-    Request {
-        region_id: 0,
-        epoch: Default::default(),
-        op: Op::ClusterInfo,
-    }
-}
-
-fn read_frame(s: &mut TcpStream) -> Option<(Header, Body)> {
-    let mut head = [0u8; HEADER_BYTES];
-    s.read_exact(&mut head).ok()?;
-    let header = Header::decode(&head, u32::MAX).unwrap();
-    let mut body = Body::with_capacity(header.body_bytes as usize);
-    body.resize(header.body_bytes as usize, 0);
-    s.read_exact(&mut body).unwrap();
-    header.check_body(&body).unwrap();
-    Some((header, body))
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// One request over a connection; its reply.
-fn call_on(s: &mut TcpStream, request: &Request) -> Reply {
-    s.write_all(&frame::encode(FrameKind::Request, 42, request)).unwrap();
-    let (header, body) = read_frame(s).expect("a reply");
-    assert_eq!((header.kind, header.request_id), (FrameKind::Reply, 42));
-    let archived = frame::access::<ArchivedReply>(&body).unwrap();
-    rkyv::deserialize::<Reply, rkyv::rancor::Error>(archived).unwrap()
-}
-
-fn raw_call(addr: &str, request: &Request) -> Reply {
-    call_on(&mut connect(addr), request)
-}
-
-/// Sends `bytes`, expects a typed error frame with `code`, then the connection closed.
-fn expect_rejected(addr: &str, bytes: &[u8], code: u16) {
-    let mut s = connect(addr);
-    s.write_all(bytes).unwrap();
-    let (header, body) = read_frame(&mut s).expect("an error frame before the close");
-    assert_eq!(header.kind, FrameKind::Error);
-    let e = rkyv::deserialize::<WireError, rkyv::rancor::Error>(frame::access::<ArchivedWireError>(&body).unwrap())
-        .unwrap();
-    assert_eq!(e.code(), code, "{e}");
-    let mut rest = Vec::new();
-    assert_eq!(
-        s.read_to_end(&mut rest).unwrap(),
-        0,
-        "the connection is closed after the error"
-    );
-}
-
-/// Where node `node`'s shard `shard` listens.
-fn shard_addr(info: &ClusterInfo, node: u64, shard: u32) -> String {
-    let (_, addr) = info.nodes.iter().find(|(id, _)| *id == node).unwrap();
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    format!("{host}:{}", port.parse::<u16>().unwrap() + shard as u16)
-}
+mod common;
+use common::*;
 
 // Proves the binaries work end to end: corekv-ctl's commands and exit codes, every client
 // API call on every region, /metrics, and a clean stop on SIGTERM.
@@ -351,21 +161,6 @@ fn write_every_region(t: &TestCluster, regions: &[WireRegion], tag: &str, budget
 
 /// Log GC keeps little, so a node that was down must catch up by snapshot.
 const SMALL_LOG: &str = "[raft]\ngc_keep_entries = 8\ngc_slack_entries = 16\ngc_interval_ticks = 2\n";
-
-/// The value of a counter summed over a node's shards, from its /metrics.
-fn metric(t: &TestCluster, node: u64, needle: &str) -> f64 {
-    // Not serving yet (just restarted): nothing counted yet.
-    let Ok(mut http) = TcpStream::connect(t.cluster.spec().status_addr(node)) else {
-        return 0.0;
-    };
-    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 // Proves kill -9 of a node leading regions: writes to every region resume within a few
 // election timeouts, no acknowledged write is lost, and the restarted node catches up -- by
@@ -563,28 +358,6 @@ fn misrouted_requests_get_typed_redirects_and_the_client_follows() {
     assert!(stats.wrong_shard >= 6, "every region was redirected once: {stats:?}");
 }
 
-/// A peer port of node `node`'s shard `shard`.
-fn peer_addr(t: &TestCluster, node: u64, shard: u32) -> String {
-    let (host, port) = t
-        .cluster
-        .spec()
-        .peer_endpoint(node)
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap()))
-        .unwrap();
-    format!("{host}:{}", port + shard as u16)
-}
-
-fn hello(cluster_id: u64, node_id: u64) -> Vec<u8> {
-    let hello = PeerHello {
-        cluster_id,
-        node_id,
-        shard: 0,
-        client_addr: "127.0.0.1:1".into(),
-    };
-    frame::encode(FrameKind::PeerHello, 0, &hello)
-}
-
 // Proves each port takes only its own frames: raft traffic on a client port and a request on
 // a peer port are refused with a typed error and a closed connection, a peer of another
 // cluster is refused at its hello, and a peer of this cluster cannot speak for another node.
@@ -599,6 +372,21 @@ fn ports_take_only_their_own_frames() {
     expect_rejected(&peer_addr(&t, 1, 0), &hello(cluster_id ^ 1, 2), 322);
     expect_rejected(&peer_addr(&t, 1, 0), &hello(cluster_id, 1), 322);
     expect_rejected(&peer_addr(&t, 1, 0), &hello(cluster_id, 77), 322);
+    // Node 2 connects from its own peer address (127.0.0.1): a hello for it from 127.0.0.2 is not.
+    let spoof = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    spoof
+        .bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    let target: std::net::SocketAddr = peer_addr(&t, 1, 0).parse().unwrap();
+    spoof.connect(&target.into()).unwrap();
+    let mut spoof: TcpStream = spoof.into();
+    spoof.write_all(&hello(cluster_id, 2)).unwrap();
+    let (header, _) = read_frame(&mut spoof).expect("a refusal");
+    assert_eq!(
+        header.kind,
+        FrameKind::Error,
+        "a hello from another address than the member's"
+    );
 
     // A hello of this cluster is answered with the listener's own...
     let mut s = connect(&peer_addr(&t, 1, 1));

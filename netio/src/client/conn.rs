@@ -1,5 +1,9 @@
 //! One pipelined connection to one shard: requests go out as they come (written together when
 //! several are queued), answers come back in any order and are matched by request id.
+//!
+//! Owns: the connection's request ids, its pending answers (at most `inflight_max`; one more is
+//! `ServerBusy` at once) and its reader and writer tasks. Must not: resend a request: a broken
+//! connection answers every pending one `Lost` (it may have arrived), and the client decides.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -11,6 +11,8 @@
 //! for its answer up to the deadline (a leader paused or cut off answers once it is back, often
 //! with "not applied", and the write is retried then). A write whose answer never comes fails
 //! with `Undetermined` (it may have been applied); `Timeout` means nothing was.
+//! Must not: resend a write whose answer was lost (it is `Undetermined`), or take answers from
+//! a second cluster: the first cluster id that answers is pinned (`WrongCluster`).
 //!
 //! Multi-region operations (batch_get, batch_put, delete_range, scan) are split by region and
 //! are atomic per region only.

@@ -1,4 +1,8 @@
 //! The client's view of the cluster: nodes, regions by start key, and leader hints.
+//!
+//! Owns: the node addresses, the region cache by start key (a region put in evicts those it
+//! overlaps) and each region's leader hint with its term. Must not: do I/O (the client feeds it),
+//! or let an older epoch of a region replace a newer one.
 
 use std::collections::BTreeMap;
 

@@ -2,6 +2,10 @@
 //! `core/src/main/java/site/ycsb/generator/`): zipfian (Gray et al., "Quickly Generating
 //! Billion-Record Synthetic Databases"), scrambled zipfian, skewed-latest, and the key names.
 //! Pure functions of a caller-seeded random stream.
+//!
+//! Owns: the zipfian, scrambled zipfian and skewed-latest distributions, key names (`user` + FNV
+//! hash) and the scan bound. Must not: seed or hold a random source, or know a system: the
+//! caller's seeded stream makes every draw, so one seed gives every system the same keys.
 
 use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha8Rng;

@@ -9,6 +9,8 @@
 //! trait and corekv's client, on glommio), `etcd.rs` (etcd's client, on a tokio
 //! current-thread runtime). The same phase code drives both: only the `Store` and the
 //! executor it runs on differ, and the same seed gives both the same operations.
+//! Must not: treat a system differently past that choice: phases, reports and the results
+//! folder are the same code for both.
 //!
 //! corekv's YCSB keys all start with `user`, so until regions split by size or load they live
 //! in ONE region (one Raft group, one leader shard).

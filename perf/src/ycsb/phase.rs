@@ -4,6 +4,8 @@
 //! single-threaded executor), the target rate's schedule, latency per operation type in
 //! HdrHistograms, and the phase's reports: a markdown table, a JSON summary and `.hgrm` files.
 //! The operations themselves come from `stream.rs`; the system from `store.rs`.
+//! Must not: name a system or an executor (it sees only `Store`, its `sleep` included), or stop
+//! a phase on a failed operation: failures are counted.
 //!
 //! With a target rate, operation i is due at start + i / rate and its latency counts from when
 //! it was due, not from when a busy future got to send it: the correction for coordinated

@@ -1,5 +1,9 @@
 //! The YCSB core workloads A-F as upstream defines them (`workloads/workloada`..`f`), and the
 //! plain put/get micro-workloads, and the load phase (inserts only).
+//!
+//! Owns: each workload's operation mix and key distribution (`Workload::named`) and picking an
+//! operation from a uniform draw. Must not: draw random numbers or build keys and values:
+//! `stream.rs` does, from the seed.
 
 use anyhow::{bail, Result};
 

@@ -3,6 +3,8 @@
 //! Owns: encoding a batch of per-region operations into a record payload, and decoding a
 //! payload back into [`Op`]s. The same decoder feeds the index after a live write and during
 //! recovery, so the two can never disagree about what a record means.
+//! Must not: do I/O or touch the index, or panic on a malformed payload: it is a typed
+//! `Corruption`.
 //!
 //! Payload = a sequence of items, each `tag u8 | region_id u64 | body`:
 //!

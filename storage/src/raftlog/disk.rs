@@ -4,6 +4,8 @@
 //! Owns: [`Disk`] / [`DiskFile`], the real io_uring implementation [`UringDisk`] (glommio
 //! `DmaFile`, O_DIRECT), and [`MemDisk`], an in-memory disk with injectable faults and a
 //! `crash()` that drops every write not covered by a sync.
+//! Must not: know the log's format (files are block-aligned bytes here), or return from
+//! `write_durable` before the bytes are durable.
 //!
 //! Futures here are `!Send` by design: a shard's engine lives on one pinned executor.
 //!

@@ -3,6 +3,10 @@
 //! Performance-critical: `append` is on every shard's write path. No blocking syscalls, no
 //! locks (the engine lives on one executor: `Rc`/`RefCell`), one fdatasync per group.
 //!
+//! Owns: admission, the open group and its tickets, the one writer, segment preparation, the
+//! index updates once durable, reads and purge. Must not: let the index, a read or a ticket see
+//! what is not durable yet, or admit a write after a failed data write or sync (`Poisoned`).
+//!
 //! # The write path
 //! 1. `append` admits a batch synchronously: size limits, and contiguity against the
 //!    *projected* log (durable index + everything admitted but not yet durable). The batch is

@@ -2,6 +2,8 @@
 //!
 //! Owns: the byte layout, and nothing else — no I/O, no index. `docs/format.md` is the same
 //! format in prose; keep the two in step. All integers are little-endian with explicit widths.
+//! Must not: panic on bytes read back: anything that is not a valid header, or a valid record
+//! of this segment, decodes to `None`.
 //!
 //! A segment file is `segment_bytes` long, preallocated and pre-written before use:
 //!

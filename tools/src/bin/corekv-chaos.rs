@@ -1,6 +1,9 @@
 //! corekv-chaos: faults against a 3-node cluster of `corekv-server` processes in a private
 //! network namespace, judged by a linearizability check of the clients' history (see
 //! `corekv_tools::chaos`). Needs root. Exit code 0 only if the run passed.
+//!
+//! Owns: the command line only. Must not: start a thread before the run enters its network
+//! namespace (`chaos::run` moves this, the main thread, into it).
 
 use clap::Parser;
 use corekv_tools::chaos::{self, ChaosArgs};

@@ -4,6 +4,10 @@
 //! Keys and values are bytes: arguments are taken as they are (or as hex with `--hex`), a
 //! value may come from a file or stdin, and what is printed is escaped (`\t`, `\n`, `\\`,
 //! `\xNN`) or hex, so a tab or newline in a key never breaks a `key<TAB>value` line.
+//!
+//! Owns: the command line, reading values (argument, file or stdin) and printing them.
+//! Must not: route or retry by itself: every command goes through `netio::Client`, bounded by
+//! `--timeout-ms`.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! corekv-playground: a local cluster of `corekv-server` processes for trying corekv out.
 //! Node k takes ports base-port + 100*(k-1): clients on +0 (+ shard), peers on +40 (+ shard),
 //! /metrics on +80; it logs to DATA_DIR/node-k.log. Stops its children on Ctrl-C / SIGTERM.
+//!
+//! Owns: the command line and the foreground wait. Must not: run a node in its own process:
+//! each is a `corekv-server` child (`cluster::LocalCluster`), stopped when it exits.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

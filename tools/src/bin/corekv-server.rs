@@ -1,6 +1,9 @@
 //! corekv-server: one corekv node. Shard i (one pinned core each) serves clients on the
 //! `--addr` port + i and peer shards on the peer port + i. Starting it again with the same
 //! arguments and data dir recovers the node. SIGTERM or Ctrl-C stops it cleanly.
+//!
+//! Owns: flags over the config file, the umask (0077) and SIGTERM/SIGINT as the stop flag.
+//! Must not: hold node logic or check the config itself: `shard::run_node` does both.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

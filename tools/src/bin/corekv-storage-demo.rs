@@ -9,6 +9,9 @@
 //! 3. log GC: the KV engine is flushed (off the executor), then every region's log is
 //!    compacted up to its applied index and dead segments are purged;
 //! 4. restart: both engines are reopened and every value and applied index is checked.
+//!
+//! Owns: its workload, figures and restart check. Must not: go through raftstore or the
+//! network: it plays raftstore's part with an entry format of its own (its data dir is no node's).
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;

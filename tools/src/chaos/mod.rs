@@ -7,6 +7,11 @@
 //! (the schedule, injecting and healing), `workload` (clients and the history recorder),
 //! `history` (the record format and the judgements). Every run leaves its folder: history,
 //! nemesis log, node logs, `summary.json`; a failure prints the seed that replays the schedule.
+//!
+//! Owns: the run (its folder, the cluster's shape and node config, the order of phases) and the
+//! verdict (`Summary::passed`). Must not: fault anything but its network namespace, nftables
+//! table, tmpfs disks and its own server processes, or check before every fault is healed and
+//! the clients stopped.
 
 pub mod history;
 pub mod nemesis;
@@ -224,10 +229,21 @@ fn drive(args: &ChaosArgs, seed: u64, dir: &Path, nemesis: &mut Nemesis<'_>) -> 
     // The clients stop whatever the nemesis did: an error there must not leave them running.
     let healed = nemesis.heal_all();
     stop.store(true, Ordering::Relaxed);
+    // While the clients finish and read every key, a node that fail-stops (a full disk's
+    // late verdict) is restarted, as a supervisor would: the final reads need a quorum.
+    let mut reaped = injected;
+    while !workload.is_finished() {
+        if let Ok((_, exits)) = &mut reaped {
+            if let Err(e) = exits.reap(nemesis.cluster) {
+                reaped = Err(e);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let joined = workload
         .join()
         .map_err(|_| anyhow::anyhow!("the workload thread panicked"))?;
-    let (faults, mut exits) = injected?;
+    let (faults, mut exits) = reaped?;
     healed?;
     let finals = joined?;
     let serving = serving_nodes(nemesis.cluster, &mut exits)?;
