@@ -55,5 +55,10 @@ bench-raft:
 bench-compare:
 	scripts/bench-compare.sh
 
+## bench-tls: what mutual TLS costs: a plain and a TLS 3-node cluster side by side, put and get on each, alternating (a few minutes)
+bench-tls:
+	$(CARGO) build --release --locked -p corekv-tools -p corekv-perf
+	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- tls --record-count 10000 --operation-count 10000000 --duration-secs 6
+
 deps:
 	scripts/deps.sh

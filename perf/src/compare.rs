@@ -49,10 +49,10 @@ pub struct CompareArgs {
     results: PathBuf,
 }
 
-/// The figures of one operation type in one run.
+/// The figures of one operation type in one run of one side (0 or 1) of a comparison.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Figures {
-    pub system: System,
+    pub side: usize,
     pub workload: String,
     pub op: &'static str,
     pub ops_per_sec: f64,
@@ -60,12 +60,12 @@ pub struct Figures {
     pub p99_us: u64,
 }
 
-/// One row of the ratio table: each system's best repeat, and corekv / etcd.
+/// One row of the ratio table: each side's best repeat, and side 0 / side 1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RatioRow {
     pub workload: String,
     pub op: &'static str,
-    /// Of each system's best repeat, [corekv, etcd].
+    /// Of each side's best repeat, [side 0, side 1].
     pub ops_per_sec: [f64; 2],
     pub p50_us: [f64; 2],
     pub p99_us: [f64; 2],
@@ -117,7 +117,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                     System::Corekv => args.corekv.clone(),
                     System::Etcd => args.etcd.clone(),
                 };
-                let result = ycsb::run_phases(system, endpoints, vec![spec.clone()])?
+                let result = ycsb::run_phases(system, endpoints, None, vec![spec.clone()])?
                     .pop()
                     .context("one phase ran")?;
                 eprint!("{}", result.table(&format!("{} #{repeat}", system.name())));
@@ -130,9 +130,17 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             }
         }
     }
-    let figures: Vec<Figures> = runs.iter().flat_map(figures).collect();
+    let figures: Vec<Figures> = runs
+        .iter()
+        .flat_map(|r| figures(r.system as usize, &r.result))
+        .collect();
     let rows = ratio_rows(&figures);
-    let table = ratio_table(&rows, floor_p50_us, args.repeats);
+    let heading = format!(
+        "corekv / etcd, best of {} alternating runs each (the run with the highest ops/s, its p50 and p99; ops/s ratio > 1: corekv faster; latency ratio < 1: corekv lower):",
+        args.repeats
+    );
+    let footer = format!("floor (same run): 4 KiB O_DIRECT write + fdatasync p50 {floor_p50_us} µs");
+    let table = ratio_table(&rows, [System::Corekv.name(), System::Etcd.name()], &heading, &footer);
     print!("{table}");
     std::fs::write(args.results.join("compare.md"), &table).context("write compare.md")?;
     let json = compare_json(&rows, &figures, floor_p50_us, args);
@@ -143,13 +151,13 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     Ok(())
 }
 
-fn figures(run: &Run) -> Vec<Figures> {
-    let r = &run.result;
+/// The figures of each operation type of one run `r` of side `side`.
+pub fn figures(side: usize, r: &PhaseResult) -> Vec<Figures> {
     r.ops
         .iter()
         .filter(|op| !op.latency_us.is_empty())
         .map(|op| Figures {
-            system: run.system,
+            side,
             workload: r.workload.clone(),
             op: op.kind.name(),
             ops_per_sec: op.ops_per_sec(r.elapsed),
@@ -159,9 +167,9 @@ fn figures(run: &Run) -> Vec<Figures> {
         .collect()
 }
 
-/// One row per (workload, op) that both systems ran, in the order they first appear. Per
-/// system the best repeat counts: on a machine shared with other work, interference only
-/// ever makes a run slower, so the fastest run is the least disturbed one.
+/// One row per (workload, op) that both sides ran, in the order they first appear. Per side
+/// the best repeat counts: on a machine shared with other work, interference only ever makes
+/// a run slower, so the fastest run is the least disturbed one.
 pub fn ratio_rows(figures: &[Figures]) -> Vec<RatioRow> {
     let mut keys: Vec<(&str, &'static str)> = Vec::new();
     for f in figures {
@@ -171,13 +179,13 @@ pub fn ratio_rows(figures: &[Figures]) -> Vec<RatioRow> {
     }
     keys.into_iter()
         .filter_map(|(workload, op)| {
-            let best = |system: System| {
+            let best = |side: usize| {
                 figures
                     .iter()
-                    .filter(|f| f.system == system && f.workload == workload && f.op == op)
+                    .filter(|f| f.side == side && f.workload == workload && f.op == op)
                     .max_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec))
             };
-            let (c, e) = (best(System::Corekv)?, best(System::Etcd)?);
+            let (c, e) = (best(0)?, best(1)?);
             Some(RatioRow {
                 workload: workload.to_string(),
                 op,
@@ -189,14 +197,16 @@ pub fn ratio_rows(figures: &[Figures]) -> Vec<RatioRow> {
         .collect()
 }
 
-/// The markdown table of ratios, and the floor of the same run under it.
-pub fn ratio_table(rows: &[RatioRow], floor_p50_us: u64, repeats: u32) -> String {
+/// The markdown table of ratios (side 0 / side 1, sides named `names`), between a heading
+/// and a footer.
+pub fn ratio_table(rows: &[RatioRow], names: [&str; 2], heading: &str, footer: &str) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "{heading}\n");
+    let [a, b] = names;
     let _ = writeln!(
         out,
-        "corekv / etcd, best of {repeats} alternating runs each (the run with the highest ops/s, its p50 and p99; ops/s ratio > 1: corekv faster; latency ratio < 1: corekv lower):\n"
+        "| workload | op | {a} ops/s | {b} ops/s | ops/s ratio | {a} p50 µs | {b} p50 µs | p50 ratio | {a} p99 µs | {b} p99 µs | p99 ratio |"
     );
-    out += "| workload | op | corekv ops/s | etcd ops/s | ops/s ratio | corekv p50 µs | etcd p50 µs | p50 ratio | corekv p99 µs | etcd p99 µs | p99 ratio |\n";
     out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rows {
         let _ = writeln!(
@@ -215,10 +225,7 @@ pub fn ratio_table(rows: &[RatioRow], floor_p50_us: u64, repeats: u32) -> String
             r.p99_ratio(),
         );
     }
-    let _ = writeln!(
-        out,
-        "\nfloor (same run): 4 KiB O_DIRECT write + fdatasync p50 {floor_p50_us} µs"
-    );
+    let _ = writeln!(out, "\n{footer}");
     out
 }
 
@@ -239,8 +246,9 @@ fn compare_json(rows: &[RatioRow], figures: &[Figures], floor_p50_us: u64, args:
     let runs: Vec<serde_json::Value> = figures
         .iter()
         .map(|f| {
+            let system = [System::Corekv, System::Etcd][f.side].name();
             serde_json::json!({
-                "system": f.system.name(), "workload": f.workload, "op": f.op,
+                "system": system, "workload": f.workload, "op": f.op,
                 "ops_per_sec": f.ops_per_sec, "p50_us": f.p50_us, "p99_us": f.p99_us,
             })
         })
@@ -310,9 +318,9 @@ fn write_plot(path: &Path, workloads: &[Workload], runs: &[Run]) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn f(system: System, workload: &str, op: &'static str, ops: f64, p50: u64, p99: u64) -> Figures {
+    fn f(side: usize, workload: &str, op: &'static str, ops: f64, p50: u64, p99: u64) -> Figures {
         Figures {
-            system,
+            side,
             workload: workload.into(),
             op,
             ops_per_sec: ops,
@@ -326,17 +334,17 @@ mod tests {
     // only one system ran gets no row.
     #[test]
     fn ratios_are_of_each_systems_fastest_run() {
-        use System::{Corekv, Etcd};
+        let (corekv, etcd) = (0, 1);
         let figures = [
-            f(Corekv, "a", "read", 100.0, 10, 50),
-            f(Etcd, "a", "read", 40.0, 30, 90),
-            f(Corekv, "a", "read", 200.0, 20, 60),
-            f(Etcd, "a", "read", 50.0, 40, 100),
-            f(Corekv, "a", "read", 150.0, 15, 55),
-            f(Etcd, "e", "scan", 20.0, 10, 20),
-            f(Corekv, "e", "scan", 10.0, 5, 5),
-            f(Etcd, "e", "scan", 40.0, 20, 40),
-            f(Corekv, "e", "insert", 1.0, 1, 1),
+            f(corekv, "a", "read", 100.0, 10, 50),
+            f(etcd, "a", "read", 40.0, 30, 90),
+            f(corekv, "a", "read", 200.0, 20, 60),
+            f(etcd, "a", "read", 50.0, 40, 100),
+            f(corekv, "a", "read", 150.0, 15, 55),
+            f(etcd, "e", "scan", 20.0, 10, 20),
+            f(corekv, "e", "scan", 10.0, 5, 5),
+            f(etcd, "e", "scan", 40.0, 20, 40),
+            f(corekv, "e", "insert", 1.0, 1, 1),
         ];
         let rows = ratio_rows(&figures);
         assert_eq!(rows.len(), 2, "{rows:?}");
@@ -349,11 +357,14 @@ mod tests {
         assert_eq!((rows[1].workload.as_str(), rows[1].op), ("e", "scan"));
         assert_eq!(rows[1].ops_per_sec, [10.0, 40.0]);
         assert_eq!((rows[1].p50_ratio(), rows[1].p99_ratio()), (0.25, 0.125));
-        let table = ratio_table(&rows, 104, 3);
+        let table = ratio_table(&rows, ["corekv", "etcd"], "heading", "floor p50 104 µs");
         assert!(
             table.contains("| a | read | 200 | 50 | 4.00 | 20 | 40 | 0.50 | 60 | 100 | 0.60 |"),
             "{table}"
         );
-        assert!(table.contains("p50 104 µs"), "{table}");
+        assert!(
+            table.contains("| corekv ops/s | etcd ops/s |") && table.contains("floor p50 104 µs"),
+            "{table}"
+        );
     }
 }

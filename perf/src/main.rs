@@ -3,7 +3,8 @@
 //! Owns: the command line. Each subcommand lives in its own module: `storage` (both engines
 //! against the disk's floor and RocksDB-as-raft-log), `raft` (the Multi-Raft core in the
 //! simulator), `ycsb` (YCSB workloads against a running corekv or etcd cluster), `compare`
-//! (the same YCSB workloads on corekv and etcd side by side, with the fdatasync floor).
+//! (the same YCSB workloads on corekv and etcd side by side, with the fdatasync floor), `tls`
+//! (a plain and a TLS cluster side by side: what mutual TLS costs).
 //! Must not: hold benchmark logic: it parses the command line and calls the subcommand's `run`.
 
 mod compare;
@@ -12,6 +13,7 @@ mod plot;
 mod raft;
 mod report;
 mod storage;
+mod tls;
 mod ycsb;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,9 @@ enum Command {
     /// corekv vs etcd: the same workloads on both, alternating, with the fdatasync floor
     /// (`make bench-compare` starts the servers).
     Compare(compare::CompareArgs),
+    /// What mutual TLS costs: a plain and a TLS cluster (started here), put and get on both,
+    /// alternating.
+    Tls(tls::TlsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +56,7 @@ fn run() -> anyhow::Result<()> {
         Command::Raft(args) => raft::run(&args),
         Command::Ycsb(args) => ycsb::run(&args),
         Command::Compare(args) => compare::run(&args),
+        Command::Tls(args) => tls::run(&args),
     }
 }
 

@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use corekv_storage::kv::{Cf, KeyRange, KvEngine, KvRead, WriteBatch};
-use corekv_storage::raftlog::{Disk, LogEngine};
+use corekv_storage::raftlog::{Disk, LogEngine, LogEntry};
 use corekv_storage::Error as StorageError;
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType, HardState};
@@ -24,7 +24,7 @@ use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::raft_core::{HARD_STATE_KEY, TRUNCATED_KEY};
 use crate::region::{Epoch, PeerMeta, Region};
-use crate::storage::PeerStorage;
+use crate::storage::{PeerStorage, RestoredLog};
 
 /// Prefix of user data in the `default` CF (room for other key spaces beside it).
 const DATA_PREFIX: &[u8] = b"z";
@@ -272,17 +272,25 @@ pub fn load_regions(kv: &KvEngine) -> Result<Vec<Result<Region>>> {
     Ok(regions)
 }
 
-/// Restores a peer's raft storage from the log engine: hard state and every entry still in
-/// the log (the log is never truncated below what raft needs before snapshots exist).
-pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region) -> Result<PeerStorage> {
+/// Restores a peer's raft storage from the log engine: its hard state, its truncation point,
+/// the entries after `applied` (which raft-rs will apply, and may read at any time) and only
+/// the terms of those at or below it (read back from the log engine if a follower needs them).
+pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region, applied: u64) -> Result<PeerStorage> {
     let voters = region.peers.iter().map(|p| p.id).collect();
     let bad = |what: &str| corrupt(region.id, what.to_string());
     let hard_state = match log.state(region.id, HARD_STATE_KEY) {
         Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| bad(&format!("hard state: {e}")))?,
         None => HardState::default(),
     };
+    let empty = |truncated: (u64, u64)| RestoredLog {
+        hard_state: hard_state.clone(),
+        truncated,
+        older_terms: Vec::new(),
+        last_unloaded: truncated.0,
+        entries: Vec::new(),
+    };
     let Some((first, last)) = log.span(region.id) else {
-        return Ok(PeerStorage::restore(hard_state, voters, (0, 0), Vec::new()));
+        return Ok(PeerStorage::restore(voters, empty((0, 0))));
     };
     let truncated = match log.state(region.id, TRUNCATED_KEY) {
         Some(v) if v.len() == 16 => {
@@ -295,30 +303,54 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region) -> Re
     if truncated.0 + 1 != first {
         return Err(bad(&format!("log starts at {first}, truncated at {}", truncated.0)));
     }
-    let mut entries = Vec::new();
-    if last >= first {
+    if hard_state.commit > last.max(truncated.0) {
+        return Err(bad("the hard state commits past the log"));
+    }
+    let mut restored = empty(truncated);
+    // Applied entries stay on disk: only their terms, as runs.
+    let unloaded_to = applied.min(last);
+    for index in first..=unloaded_to {
+        let term = log
+            .term(region.id, index)
+            .ok_or_else(|| bad(&format!("no term for entry {index}")))?;
+        if restored.older_terms.last().is_none_or(|r| r.1 != term) {
+            restored.older_terms.push((index, term));
+        }
+    }
+    restored.last_unloaded = unloaded_to.max(truncated.0);
+    if last > restored.last_unloaded {
         let fetched = log
-            .fetch(region.id, first, last + 1, usize::MAX)
+            .fetch(region.id, restored.last_unloaded + 1, last + 1, usize::MAX)
             .await
             .map_err(|e| match e {
                 e @ StorageError::Corruption { .. } => bad(&e.to_string()),
                 e => e.into(),
             })?;
-        for e in fetched {
-            let entry = Entry::parse_from_bytes(&e.data).map_err(|err| bad(&format!("entry {}: {err}", e.index)))?;
+        restored.entries = decode_entries(region.id, fetched)?;
+    }
+    Ok(PeerStorage::restore(voters, restored))
+}
+
+/// Log engine entries as raft entries, each checked against the index and term the engine
+/// holds it under (`Corruption` of `region_id` otherwise).
+pub fn decode_entries(region_id: u64, fetched: Vec<LogEntry>) -> Result<Vec<Entry>> {
+    fetched
+        .into_iter()
+        .map(|e| {
+            let entry = Entry::parse_from_bytes(&e.data)
+                .map_err(|err| corrupt(region_id, format!("entry {}: {err}", e.index)))?;
             if (entry.index, entry.term) != (e.index, e.term) {
-                return Err(bad(&format!(
-                    "the log holds entry ({}, {}) where the engine indexed ({}, {})",
-                    entry.index, entry.term, e.index, e.term
-                )));
+                return Err(corrupt(
+                    region_id,
+                    format!(
+                        "the log holds entry ({}, {}) where the engine indexed ({}, {})",
+                        entry.index, entry.term, e.index, e.term
+                    ),
+                ));
             }
-            entries.push(entry);
-        }
-    }
-    if hard_state.commit > truncated.0 + entries.len() as u64 {
-        return Err(bad("the hard state commits past the log"));
-    }
-    Ok(PeerStorage::restore(hard_state, voters, truncated, entries))
+            Ok(entry)
+        })
+        .collect()
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

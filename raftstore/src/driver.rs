@@ -67,6 +67,8 @@ pub struct LoopStats {
     pub entries_applied: u64,
     pub snapshots_generated: u64,
     pub snapshots_installed: u64,
+    /// Entries read back from the log engine for followers behind the caches.
+    pub entries_fetched: u64,
 }
 
 impl<D: Disk> Engines<D> {
@@ -99,7 +101,8 @@ impl<D: Disk> Engines<D> {
         snap_dir: &std::path::Path,
         region: crate::Region,
     ) -> Result<()> {
-        let storage = apply::restore_storage(log, &region).await?;
+        let applied = apply::applied_index(kv, region.id)?;
+        let storage = apply::restore_storage(log, &region, applied).await?;
         let truncated = storage.truncated().0;
         let applied = apply::finish_staged_snapshot(kv, &region, truncated, snap_dir)?;
         core.add_peer(region, storage, applied)
@@ -123,6 +126,7 @@ impl<D: Disk> Engines<D> {
             return Ok(None);
         }
         send(rd.messages);
+        stats.entries_fetched = self.fetch_entries().await?;
         for region in rd.generate_snapshots {
             let dir = self.snap_dir.clone();
             let region_id = region.id;
@@ -203,6 +207,37 @@ impl<D: Disk> Engines<D> {
         send(rd.after_persist);
         answer();
         Ok(Some(stats))
+    }
+
+    /// Reads from the log engine the entries raft-rs is waiting for (older than the regions'
+    /// caches, to send to followers that are behind) and hands them back to raft-rs, which
+    /// sends them in the next iteration. Corrupt entries stop their region.
+    async fn fetch_entries(&self) -> Result<u64> {
+        let fetches = self.core.borrow_mut().take_fetches();
+        let mut fetched = 0;
+        for (region_id, fetch) in fetches {
+            let max_bytes = usize::try_from(fetch.max_bytes).unwrap_or(usize::MAX);
+            let read = self.log.fetch(region_id, fetch.low, fetch.high, max_bytes).await;
+            let entries = match read {
+                Ok(got) => apply::decode_entries(region_id, got),
+                // Compacted meanwhile: raft-rs asks again and gets a snapshot.
+                Err(corekv_storage::Error::IndexOutOfRange { .. }) => Ok(Vec::new()),
+                Err(e @ corekv_storage::Error::Corruption { .. }) => Err(Error::Corruption {
+                    region_id,
+                    reason: e.to_string(),
+                }),
+                Err(e) => return Err(e.into()),
+            };
+            match entries {
+                Ok(entries) => {
+                    fetched += entries.len() as u64;
+                    self.core.borrow_mut().on_fetched(region_id, entries, fetch.context)
+                }
+                Err(Error::Corruption { region_id, reason }) => self.core.borrow_mut().stop_region(region_id, reason),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(fetched)
     }
 
     /// Applies each task's entries. A full disk is waited out: the entries the KV engine took

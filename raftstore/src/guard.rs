@@ -164,7 +164,14 @@ mod tests {
             commit: committed,
             ..Default::default()
         };
-        let storage = PeerStorage::restore(hs, vec![1, 2, 3], (0, 0), entries);
+        let log = crate::storage::RestoredLog {
+            hard_state: hs,
+            truncated: (0, 0),
+            older_terms: Vec::new(),
+            last_unloaded: 0,
+            entries,
+        };
+        let storage = PeerStorage::restore(vec![1, 2, 3], log);
         let cfg = raft::Config {
             id: 1,
             ..Default::default()

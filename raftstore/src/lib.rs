@@ -44,4 +44,4 @@ pub use raft_core::{
     batch_by_destination, Destination, RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady,
 };
 pub use region::{Epoch, PeerMeta, Region};
-pub use storage::PeerStorage;
+pub use storage::{Fetch, PeerStorage, RestoredLog};

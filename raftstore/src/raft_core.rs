@@ -26,7 +26,7 @@ use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::guard;
 use crate::region::{Epoch, PeerMeta, Region};
-use crate::storage::PeerStorage;
+use crate::storage::{Fetch, PeerStorage};
 
 /// Key of a region's hard state in the log engine.
 pub const HARD_STATE_KEY: &[u8] = b"hs";
@@ -59,6 +59,12 @@ pub struct RaftConfig {
     /// after a quorum heard from this one (check-quorum and pre-vote make followers refuse
     /// votes until then). The margin covers tick skew between nodes.
     pub lease_ticks: usize,
+    /// Bytes of raft entries one region keeps in memory: every entry not applied, and applied
+    /// ones up to this (older ones are read back from the log engine when a follower needs them).
+    pub entry_cache_bytes_max: usize,
+    /// Bytes of entries a leader may have appended and not yet committed; proposals past it are
+    /// dropped (retryable), so a region cannot outrun its followers without bound.
+    pub uncommitted_bytes_max: u64,
 }
 
 impl Default for RaftConfig {
@@ -70,6 +76,8 @@ impl Default for RaftConfig {
             max_inflight_msgs: 256,
             pending_requests_max: 4096,
             lease_ticks: 8,
+            entry_cache_bytes_max: 16 << 20,
+            uncommitted_bytes_max: 64 << 20,
         }
     }
 }
@@ -404,7 +412,8 @@ impl RaftCore {
 
     /// Adds this shard's replica of `region`, with its storage as restored (or new) and the
     /// index the KV engine has applied up to.
-    pub fn add_peer(&mut self, region: Region, storage: PeerStorage, applied: u64) -> Result<()> {
+    pub fn add_peer(&mut self, region: Region, mut storage: PeerStorage, applied: u64) -> Result<()> {
+        storage.set_cache_bytes_max(self.cfg.entry_cache_bytes_max, applied);
         let me = *region
             .peer_on(self.node, self.shard)
             .ok_or(Error::RegionNotFound(region.id))?;
@@ -417,6 +426,7 @@ impl RaftCore {
             max_inflight_msgs: self.cfg.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
+            max_uncommitted_size: self.cfg.uncommitted_bytes_max,
             ..raft::Config::default()
         };
         let raw = RawNode::new(&config, storage, &self.logger).map_err(|e| Error::Storage(e.to_string()))?;
@@ -679,6 +689,7 @@ impl RaftCore {
                 out.log_batch
                     .add_entries(region_id, first.index, terms.zip(data.iter().map(Vec::as_slice)));
                 peer.raw.mut_store().append(rd.entries());
+                peer.raw.mut_store().evict(peer.applied);
             }
             if let Some(hs) = rd.hs() {
                 out.log_batch
@@ -760,6 +771,7 @@ impl RaftCore {
         }
         peer.applied = applied;
         peer.raw.advance_apply_to(applied);
+        peer.raw.mut_store().evict(applied);
         peer.serve_reads(&mut self.responses);
     }
 
@@ -832,6 +844,31 @@ impl RaftCore {
             assert!(index <= peer.applied + 1, "never compact what is not applied");
             peer.raw.mut_store().compact(index);
         }
+    }
+
+    /// The reads below their caches raft-rs is waiting for, by region (for the driver to serve
+    /// from the log engine: `on_fetched`).
+    pub fn take_fetches(&mut self) -> Vec<(u64, Fetch)> {
+        let mut out = Vec::new();
+        for (id, peer) in &self.peers {
+            out.extend(peer.raw.store().take_fetches().into_iter().map(|f| (*id, f)));
+        }
+        out
+    }
+
+    /// The log engine's entries for a `Fetch` of `region_id`: raft-rs sends them now.
+    pub fn on_fetched(&mut self, region_id: u64, entries: Vec<Entry>, context: raft::GetEntriesContext) {
+        let Some(peer) = self.peers.get_mut(&region_id) else {
+            return;
+        };
+        peer.raw.store().set_fetched(entries);
+        peer.raw.on_entries_fetched(context);
+        self.rearm(region_id);
+    }
+
+    /// Bytes of raft entries in memory, summed over the shard's regions.
+    pub fn entry_cache_bytes(&self) -> usize {
+        self.peers.values().map(|p| p.raw.store().cache_bytes()).sum()
     }
 
     /// Committed but not yet applied entries, summed over the shard's regions.

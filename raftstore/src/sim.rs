@@ -104,6 +104,8 @@ pub struct SimTiming {
     pub snapshots_installed: u64,
     /// Snapshot chunks put on the network (lost ones included).
     pub snapshot_chunks_sent: u64,
+    /// Entries read back from the log engines for followers behind the caches.
+    pub entries_fetched: u64,
 }
 
 struct InFlight {
@@ -302,6 +304,15 @@ impl Sim {
         let peer = region.peer_on(node, region.peers.iter().find(|p| p.node == node)?.shard)?;
         let shard = self.shards.get(&(peer.node, peer.shard))?;
         apply::applied_index(&shard.kv, region_id).ok()
+    }
+
+    /// Bytes of raft entries `node`'s shards hold in memory (0 if it is down).
+    pub fn entry_cache_bytes(&self, node: u64) -> usize {
+        self.shards
+            .iter()
+            .filter(|((n, _), _)| *n == node)
+            .map(|(_, s)| s.core.borrow().entry_cache_bytes())
+            .sum()
     }
 
     /// How the live shards served reads so far (summed).
@@ -526,6 +537,7 @@ impl Sim {
         self.timing.log += stats.log;
         self.timing.apply += stats.apply;
         self.timing.snapshots_installed += stats.snapshots_installed;
+        self.timing.entries_fetched += stats.entries_fetched;
         for msgs in groups {
             self.send(msgs);
         }

@@ -72,6 +72,12 @@ pub struct RaftSection {
     pub gc_slack_entries: u64,
     /// How often log GC is considered.
     pub gc_interval_ticks: u64,
+    /// Raft entries one region keeps in memory: all not yet applied, applied ones up to
+    /// this (older ones are read back from the raft log when a follower needs them).
+    pub entry_cache_bytes_max: usize,
+    /// Entries a leader may hold appended but not committed; past it, proposals are refused
+    /// (retryable) until followers catch up.
+    pub uncommitted_bytes_max: u64,
 }
 
 /// `[security]`: all three paths set turn mutual TLS on for client and peer ports alike.
@@ -167,6 +173,8 @@ impl Default for RaftSection {
             gc_keep_entries: 1024,
             gc_slack_entries: 4096,
             gc_interval_ticks: 20,
+            entry_cache_bytes_max: 16 << 20,
+            uncommitted_bytes_max: 64 << 20,
         }
     }
 }
@@ -333,6 +341,10 @@ impl NodeConfig {
         )?;
         check(r.gc_keep_entries > 0, "raft.gc_keep_entries must be > 0")?;
         check(r.gc_interval_ticks > 0, "raft.gc_interval_ticks must be > 0")?;
+        check(
+            r.uncommitted_bytes_max >= corekv_raftstore::cmd::COMMAND_BYTES_MAX as u64,
+            "raft.uncommitted_bytes_max must hold the largest command (4 MiB)",
+        )?;
         // A raft frame carries one command whole: the largest one plus room for its message.
         let frame_min = corekv_raftstore::cmd::COMMAND_BYTES_MAX + (1 << 20);
         check(

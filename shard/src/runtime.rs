@@ -151,6 +151,8 @@ impl Shard {
             heartbeat_tick: cfg.raft.heartbeat_ticks,
             lease_ticks: cfg.raft.lease_ticks,
             pending_requests_max: cfg.raft.pending_requests_max,
+            entry_cache_bytes_max: cfg.raft.entry_cache_bytes_max,
+            uncommitted_bytes_max: cfg.raft.uncommitted_bytes_max,
             ..RaftConfig::default()
         };
         let seed = cfg.node_id << 32 | u64::from(args.index) | now_nanos() << 40;

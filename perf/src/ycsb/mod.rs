@@ -28,6 +28,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::plot::{self, Curve, Panel};
+use corekv_netio::tls::Tls;
 use etcd::EtcdStore;
 use phase::{drive_all, PhaseResult, PhaseSpec};
 use store::{CorekvStore, Store};
@@ -79,6 +80,9 @@ pub struct YcsbArgs {
     /// Where each run's folder of results goes.
     #[arg(long, default_value = "/var/tmp/corekv-bench/results")]
     results: PathBuf,
+    /// corekv with TLS (etcd's side runs without).
+    #[command(flatten)]
+    tls: corekv_tools::TlsArgs,
 }
 
 /// The size of a run, shared by `ycsb` and `compare`.
@@ -148,7 +152,7 @@ pub fn run(args: &YcsbArgs) -> Result<()> {
         specs.push(args.shape.load()?);
     }
     specs.push(args.shape.run(&workload, args.target_ops_per_sec)?);
-    let results = run_phases(args.system, args.endpoints.clone(), specs)?;
+    let results = run_phases(args.system, args.endpoints.clone(), args.tls.load()?, specs)?;
     let (run, load) = results.split_last().context("the run phase ran")?;
     if let Some(load) = load.first() {
         print!("{}", load.table("load"));
@@ -162,15 +166,22 @@ pub fn run(args: &YcsbArgs) -> Result<()> {
     Ok(())
 }
 
-/// Connects to `system` on an executor of its own (corekv: glommio; etcd: tokio, current
-/// thread), waits until it takes a write, then runs the phases one after the other.
-pub fn run_phases(system: System, endpoints: Vec<String>, specs: Vec<PhaseSpec>) -> Result<Vec<PhaseResult>> {
+/// Connects to `system` on an executor of its own (corekv: glommio, through `tls` if given;
+/// etcd: tokio, current thread), waits until it takes a write, then runs the phases one after
+/// the other.
+pub fn run_phases(
+    system: System,
+    endpoints: Vec<String>,
+    tls: Option<Tls>,
+    specs: Vec<PhaseSpec>,
+) -> Result<Vec<PhaseResult>> {
     match system {
         System::Corekv => corekv_tools::on_executor(move || async move {
-            let store = CorekvStore::connect(endpoints).await?;
+            let store = CorekvStore::connect(endpoints, tls).await?;
             ready(&store, system).await?;
             Ok(drive_all(&store, &specs).await)
         }),
+        System::Etcd if tls.is_some() => bail!("the etcd side runs without TLS"),
         System::Etcd => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()

@@ -31,11 +31,13 @@ pub struct CorekvStore {
 }
 
 impl CorekvStore {
-    /// Connects to a cluster through some nodes' shard-0 addresses; call it on a glommio
-    /// executor.
-    pub async fn connect(endpoints: Vec<String>) -> Result<CorekvStore> {
+    /// Connects to a cluster through some nodes' shard-0 addresses (with `tls` if given);
+    /// call it on a glommio executor.
+    pub async fn connect(endpoints: Vec<String>, tls: Option<corekv_netio::tls::Tls>) -> Result<CorekvStore> {
+        let mut cfg = ClientConfig::new(endpoints);
+        cfg.tls = tls;
         Ok(CorekvStore {
-            client: Client::connect(ClientConfig::new(endpoints)).await?,
+            client: Client::connect(cfg).await?,
         })
     }
 }
