@@ -589,6 +589,23 @@ fn a_tls_cluster_serves_its_clients_and_refuses_strangers() {
     assert!(metric(&t, 1, "corekv_tls_handshakes_failed_total{") >= 1.0);
 }
 
+/// Ticks of node `node`'s shards that came more than 1.31072 s late (its histogram's count
+/// less its bucket at that bound).
+fn stalls(t: &TestCluster, node: u64) -> f64 {
+    let count = metric(t, node, "corekv_executor_tick_lateness_seconds_count{");
+    let mut http = connect(&t.cluster.spec().status_addr(node));
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    let within: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("corekv_executor_tick_lateness_seconds_bucket{") && l.contains("le=\"1.31072\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(count > 0.0, "ticks were counted");
+    count - within
+}
+
 /// Resident memory of process `pid`, in bytes.
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -647,6 +664,10 @@ fn a_connection_that_asks_much_and_reads_nothing_hits_its_reply_budget() {
         }
     }
     eprintln!("rows {rows}, busy {busy}, node grew {} MiB", grown >> 20);
+    // Big reads ran off the shards' threads: no tick of the node was late by more than the
+    // 1.31072 s bucket (a scan of 4 MiB on the executor, 64 times, would be seconds).
+    let late = stalls(&t, leader.node);
+    assert_eq!(late, 0.0, "ticks late by more than 1.3 s");
     assert!(busy >= 48 && rows > 0, "rows {rows}, busy {busy}");
     assert!(grown < 64 << 20, "the node grew {} MiB", grown >> 20);
 }
@@ -757,4 +778,93 @@ fn snapshot_streams_only_for_hosted_regions_and_within_bounds() {
         "nothing more: the two open streams wait for chunks"
     );
     assert_eq!(t.ctl(&["raw", "put", "still", "serving"]).1, "OK\n");
+}
+
+// Proves the ctl's commands and formats end to end: a value from stdin and from a file,
+// binary keys and values both ways (--hex, and escaped output that a tab or newline cannot
+// break), cas (swap, then a refusal naming the value found), batch-put / batch-get,
+// delete-range, -w json, endpoint health / status (--cluster), completions, and
+// COREKV_ENDPOINTS standing for --endpoints.
+#[test]
+fn ctl_commands_and_formats() {
+    let t = start();
+    let endpoints = t.endpoints().join(",");
+    let ctl_in = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corekv-ctl"))
+            .env("COREKV_ENDPOINTS", &endpoints)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(ctl_in(&["raw", "put", "tab\tkey", "-"], b"line1\nline2\x00").1, "OK\n");
+    let (_, scanned, _) = ctl_in(&["raw", "scan", "t", "u"], b"");
+    assert_eq!(scanned, "tab\\tkey\tline1\\nline2\\x00\n", "one line, nothing raw");
+    assert_eq!(
+        ctl_in(&["--hex", "raw", "get", &hex_of(b"tab\tkey")], b"").1,
+        format!("{}\n", hex_of(b"line1\nline2\x00"))
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), [0xffu8, 0, 1]).unwrap();
+    assert_eq!(
+        ctl_in(
+            &["raw", "put", "f", "--value-file", &file.path().display().to_string()],
+            b""
+        )
+        .1,
+        "OK\n"
+    );
+    assert_eq!(ctl_in(&["--hex", "raw", "get", "66"], b"").1, "ff0001\n");
+
+    assert_eq!(
+        ctl_in(&["raw", "cas", "c", "--expect-absent", "--new", "1"], b"").1,
+        "OK\n"
+    );
+    let (code, _, err) = ctl_in(&["raw", "cas", "c", "--expect-absent", "--new", "2"], b"");
+    assert!(code == 1 && err.contains("not swapped: the value is 1"), "{err}");
+    assert_eq!(
+        ctl_in(&["raw", "cas", "c", "--expected", "1", "--delete"], b"").1,
+        "OK\n"
+    );
+
+    assert_eq!(ctl_in(&["raw", "batch-put", "b1", "x", "b2", "y"], b"").1, "OK\n");
+    assert_eq!(
+        ctl_in(&["raw", "batch-get", "b1", "b2", "b3"], b"").1,
+        "b1\tx\nb2\ty\nb3\t\n"
+    );
+    let (_, json, _) = ctl_in(&["-w", "json", "raw", "scan", "b", "c"], b"");
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"key": "b1", "value": "x"}, {"key": "b2", "value": "y"}])
+    );
+    assert_eq!(ctl_in(&["raw", "delete-range", "b", "c"], b"").1, "OK\n");
+    assert_eq!(ctl_in(&["raw", "scan", "b", "c"], b"").1, "");
+
+    let (code, health, _) = ctl_in(&["endpoint", "health", "--cluster"], b"");
+    assert_eq!((code, health.matches("is healthy").count()), (0, 3), "{health}");
+    let (_, status, _) = ctl_in(&["-w", "json", "endpoint", "status", "--cluster"], b"");
+    let nodes: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes
+        .iter()
+        .all(|n| n["up"] == true && n["regions"] == 6 && n["version"].as_str().unwrap().contains('(')));
+    let (_, cluster, _) = ctl_in(&["-w", "json", "cluster", "status"], b"");
+    let cluster: serde_json::Value = serde_json::from_str(&cluster).unwrap();
+    assert_eq!(cluster["regions"].as_array().unwrap().len(), 6);
+    assert!(ctl_in(&["completion", "bash"], b"").1.contains("corekv-ctl"));
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
