@@ -125,12 +125,24 @@ impl RecordHeader {
         out[0..4].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// Header and payload bytes the record header at `buf[0]` claims, after the cheap checks
+    /// (this segment's, a batch, zero padding); its CRC is not checked. `None` when those fail.
+    pub fn claimed_len(buf: &[u8], segment_seq: u64) -> Option<usize> {
+        // Cheap rejections first: this runs at every aligned offset during a tail scan.
+        if buf.len() < RECORD_HEADER_BYTES
+            || read_u64(buf, 16) != segment_seq
+            || buf[8] != KIND_BATCH
+            || buf[9..12] != [0; 3]
+        {
+            return None;
+        }
+        RECORD_HEADER_BYTES.checked_add(read_u32(buf, 4) as usize)
+    }
+
     /// Parses the record starting at `buf[0]`, checking its CRC and that it belongs to segment
     /// `segment_seq`. `None` when the bytes there are not a valid record of this segment.
     pub fn decode(buf: &[u8], segment_seq: u64) -> Option<(RecordHeader, &[u8])> {
-        if buf.len() < RECORD_HEADER_BYTES {
-            return None;
-        }
+        let end = Self::claimed_len(buf, segment_seq)?;
         let header = RecordHeader {
             payload_len: read_u32(buf, 4),
             kind: buf[8],
@@ -138,11 +150,6 @@ impl RecordHeader {
             segment_seq: read_u64(buf, 16),
             flush_seq: read_u64(buf, 24),
         };
-        // Cheap rejections first: this runs at every aligned offset during a tail scan.
-        if header.segment_seq != segment_seq || header.kind != KIND_BATCH || buf[9..12] != [0; 3] {
-            return None;
-        }
-        let end = RECORD_HEADER_BYTES.checked_add(header.payload_len as usize)?;
         let payload = buf.get(RECORD_HEADER_BYTES..end)?;
         if read_u32(buf, 0) != record_crc(&buf[4..RECORD_HEADER_BYTES], payload) {
             return None;

@@ -9,7 +9,7 @@
 //! - `batch`: what one append carries, and the payload codec;
 //! - `index`: region -> entry locations and states (only what is durable);
 //! - `engine`: admission, group commit, reads, purge and rewrite;
-//! - `recovery`: opening a directory, torn tails, corruption;
+//! - `recovery`: opening a directory, torn tails, corruption (`window`: how it reads a segment);
 //! - `disk`: the disk trait, the io_uring disk and the fault-injecting in-memory disk.
 //!
 //! Must not: know what an entry means (data is opaque bytes with an index and a term), or
@@ -22,6 +22,7 @@ mod engine;
 mod format;
 mod index;
 mod recovery;
+mod window;
 
 use serde::Deserialize;
 

@@ -17,7 +17,8 @@
 //! 5. `flush_seq` never decreases along the log.
 //!
 //! A recovered segment is never appended to: the first append opens a new segment whose
-//! header seals the recovered one at its valid end.
+//! header seals the recovered one at its valid end. Recovery reads each segment through a
+//! forward-only window of a few MiB, never a whole segment.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -26,15 +27,13 @@ use super::batch;
 use super::disk::{Disk, DiskFile};
 use super::engine::{Cursor, LogEngine, State};
 use super::format::{
-    framed_len, parse_segment_name, read_u64, segment_name, RecordHeader, SegmentHeader, BLOCK_BYTES, RECORD_ALIGN,
+    framed_len, parse_segment_name, read_u64, segment_name, SegmentHeader, BLOCK_BYTES, RECORD_ALIGN,
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use super::index::Index;
+use super::window::Window;
 use super::LogConfig;
 use crate::{Error, Result};
-
-/// Segments are read in chunks of this size during recovery.
-const RECOVERY_READ_BYTES: usize = 4 << 20;
 
 /// What recovery found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,7 +49,6 @@ struct Scanned<F> {
     seq: u64,
     file: F,
     header: Option<SegmentHeader>,
-    bytes: Vec<u8>,
 }
 
 pub(super) async fn open<D: Disk>(disk: D, cfg: LogConfig) -> Result<(LogEngine<D>, RecoveryReport)> {
@@ -109,7 +107,8 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: LogConfig) -> Result<(LogEngine<
             }
             None => None,
         };
-        let valid_end = replay_segment(seg, end, &mut index, &mut flush_seq, &mut report)?;
+        let mut window = Window::open(&seg.file).await?;
+        let valid_end = replay_segment(&mut window, seg.seq, end, &mut index, &mut flush_seq, &mut report).await?;
         cursor = Cursor {
             segment: seg.seq,
             pos: valid_end,
@@ -134,6 +133,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: LogConfig) -> Result<(LogEngine<
     Ok((engine, report))
 }
 
+/// Segment `seq`, opened, with its header (its records are read when it is replayed).
 async fn read_segment<D: Disk>(disk: &D, seq: u64) -> Result<Scanned<D::File>> {
     let name = segment_name(seq);
     let file = disk
@@ -144,74 +144,61 @@ async fn read_segment<D: Disk>(disk: &D, seq: u64) -> Result<Scanned<D::File>> {
         .size_bytes()
         .await
         .map_err(|e| Error::io("sizing a log segment", e))?;
-    let len = len - len % BLOCK_BYTES as u64;
-    let mut bytes = Vec::with_capacity(len as usize);
-    while (bytes.len() as u64) < len {
-        let n = RECOVERY_READ_BYTES.min((len - bytes.len() as u64) as usize);
-        let chunk = file
-            .read_at(bytes.len() as u64, n)
+    let header = if len < BLOCK_BYTES as u64 {
+        None
+    } else {
+        let block = file
+            .read_at(0, BLOCK_BYTES)
             .await
             .map_err(|e| Error::io("reading a log segment", e))?;
-        bytes.extend_from_slice(&chunk);
-    }
-    let header = SegmentHeader::decode(&bytes).filter(|h| h.seq == seq);
-    Ok(Scanned {
-        seq,
-        file,
-        header,
-        bytes,
-    })
+        SegmentHeader::decode(&block[..]).filter(|h| h.seq == seq)
+    };
+    Ok(Scanned { seq, file, header })
 }
 
 /// Replays one activated segment into `index`; returns the offset its valid records end at.
 /// `end` is where the next segment's header says this one ends (`None` for the last).
-fn replay_segment<F>(
-    seg: &Scanned<F>,
+async fn replay_segment<F: DiskFile>(
+    window: &mut Window<'_, F>,
+    seq: u64,
     end: Option<u64>,
     index: &mut Index,
     flush_seq: &mut u64,
     report: &mut RecoveryReport,
 ) -> Result<u64> {
     let mut pos = SEGMENT_HEADER_BYTES;
-    let limit = end.map_or(seg.bytes.len(), |e| e as usize);
-    if limit > seg.bytes.len() || limit < SEGMENT_HEADER_BYTES {
-        return Err(corruption(
-            seg.seq,
-            limit as u64,
-            "sealed beyond the segment's size".into(),
-        ));
+    let limit = end.map_or(window.len(), |e| e as usize);
+    if limit > window.len() || limit < SEGMENT_HEADER_BYTES {
+        return Err(corruption(seq, limit as u64, "sealed beyond the segment's size".into()));
     }
     while pos < limit {
-        let Some((header, payload)) = RecordHeader::decode(&seg.bytes[pos..limit], seg.seq) else {
+        let Some((header, payload)) = window.record(pos, limit, seq).await? else {
             if end.is_some() {
-                return Err(corruption(
-                    seg.seq,
-                    pos as u64,
-                    "bad record inside a sealed segment".into(),
-                ));
+                return Err(corruption(seq, pos as u64, "bad record inside a sealed segment".into()));
             }
-            check_torn_tail(seg, pos)?;
             // A record of this segment was begun here but did not survive whole: report it.
             // (Zeroes or a recycled file's stale bytes are just the clean end.)
-            if seg.bytes.len() >= pos + RECORD_HEADER_BYTES && read_u64(&seg.bytes, pos + 16) == seg.seq {
-                report.torn_tail = Some((seg.seq, pos as u64));
+            let head = window.get(pos, RECORD_HEADER_BYTES).await?;
+            if head.len() == RECORD_HEADER_BYTES && read_u64(head, 16) == seq {
+                report.torn_tail = Some((seq, pos as u64));
             }
+            check_torn_tail(window, seq, pos).await?;
             break;
         };
         if header.flush_seq < *flush_seq {
             let reason = format!("write sequence goes back from {} to {}", flush_seq, header.flush_seq);
-            return Err(corruption(seg.seq, pos as u64, reason));
+            return Err(corruption(seq, pos as u64, reason));
         }
         *flush_seq = header.flush_seq;
         let payload_offset = (pos + RECORD_HEADER_BYTES) as u64;
-        batch::decode(payload, |op| index.apply(op, seg.seq, payload_offset, payload))
-            .map_err(|e| corruption(seg.seq, pos as u64, format!("record does not replay: {e}")))?;
+        batch::decode(payload, |op| index.apply(op, seq, payload_offset, payload))
+            .map_err(|e| corruption(seq, pos as u64, format!("record does not replay: {e}")))?;
         report.records += 1;
         pos += framed_len(payload.len());
     }
     if end.is_some_and(|e| pos as u64 != e) {
         return Err(corruption(
-            seg.seq,
+            seq,
             pos as u64,
             format!("records end at {pos}, header of next segment says {limit}"),
         ));
@@ -221,13 +208,13 @@ fn replay_segment<F>(
 
 /// Rule 4: a bad record at `bad` in the last segment is a torn tail only if no valid record
 /// of a later write follows it.
-fn check_torn_tail<F>(seg: &Scanned<F>, bad: usize) -> Result<()> {
+async fn check_torn_tail<F: DiskFile>(window: &mut Window<'_, F>, seq: u64, bad: usize) -> Result<()> {
     let mut at = bad + RECORD_ALIGN;
-    while at + RECORD_HEADER_BYTES <= seg.bytes.len() {
-        if let Some((later, _)) = RecordHeader::decode(&seg.bytes[at..], seg.seq) {
+    while at + RECORD_HEADER_BYTES <= window.len() {
+        if let Some((later, _)) = window.record(at, window.len(), seq).await? {
             if u64::from(later.flush_start) > bad as u64 {
                 let reason = format!("bad record followed by a valid record of a later write at offset {at}");
-                return Err(corruption(seg.seq, bad as u64, reason));
+                return Err(corruption(seq, bad as u64, reason));
             }
         }
         at += RECORD_ALIGN;
