@@ -326,15 +326,15 @@ pub struct RaftEnvelope {
     pub message: Vec<u8>,
 }
 
-/// One bounded piece of a snapshot stream (see raftstore's `snapshot_chunks`).
+/// One bounded piece of a snapshot stream (see raftstore's `snapshot_chunks`): `bytes` belong
+/// at `offset` of file `file` of the snapshot the header's metadata describes.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotChunk {
-    /// The `MsgSnapshot` with its data taken out.
+    /// The `MsgSnapshot`; its data is the snapshot's metadata (files, sizes, checksums).
     pub header: RaftEnvelope,
     pub seq: u32,
-    pub count: u32,
-    pub total_bytes: u64,
-    pub crc32c: u32,
+    pub file: u32,
+    pub offset: u64,
     pub bytes: Vec<u8>,
 }
 

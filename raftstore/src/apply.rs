@@ -12,8 +12,6 @@
 //! exactly the entries after it. The batch is not synced: the Raft log holds every applied
 //! entry until log GC, which must flush the KV engine first.
 
-use std::path::Path;
-
 use corekv_storage::kv::{Cf, KeyRange, KvEngine, KvRead, WriteBatch};
 use corekv_storage::raftlog::{Disk, LogEngine, LogEntry};
 use corekv_storage::Error as StorageError;
@@ -177,7 +175,12 @@ fn finish(kv: &KvEngine, mut batch: WriteBatch, region_id: u64, applied: u64) ->
 
 /// The index the KV engine has applied `region_id` up to (0 for a new region).
 pub fn applied_index(kv: &KvEngine, region_id: u64) -> Result<u64> {
-    match kv.get(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX))? {
+    applied_index_in(kv, region_id)
+}
+
+/// The applied index of `region_id` as `view` (the engine, or one of its snapshots) holds it.
+pub fn applied_index_in(view: &impl KvRead, region_id: u64) -> Result<u64> {
+    match view.get(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX))? {
         None => Ok(0),
         Some(v) => {
             Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
@@ -185,6 +188,14 @@ pub fn applied_index(kv: &KvEngine, region_id: u64) -> Result<u64> {
             })?))
         }
     }
+}
+
+/// Records that `region_id` has applied up to `index` (a snapshot installed), synced.
+pub fn record_applied(kv: &KvEngine, region_id: u64, index: u64) -> Result<()> {
+    let mut batch = kv.write_batch();
+    batch.put(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX), &index.to_be_bytes())?;
+    kv.write(batch, true)?;
+    Ok(())
 }
 
 /// Reads a user key as applied (the driver calls this on `ReadReady`).
@@ -405,11 +416,8 @@ fn decode_region(id: u64, bytes: &[u8]) -> Result<Region> {
     })
 }
 
-/// Column families a region snapshot carries.
-const SNAPSHOT_CFS: [Cf; 3] = [Cf::Default, Cf::Lock, Cf::Write];
-
 /// The region's user data in the KV engine, as a key range.
-fn data_range(region: &Region) -> Result<KeyRange> {
+pub(crate) fn data_range(region: &Region) -> Result<KeyRange> {
     data_range_between(&region.start, &region.end)
 }
 
@@ -421,163 +429,4 @@ fn data_range_between(start: &[u8], end: &[u8]) -> Result<KeyRange> {
         data_key(end)
     };
     Ok(KeyRange::new(data_key(start), end)?)
-}
-
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct SnapshotFile {
-    cf: u8,
-    sst: Vec<u8>,
-    keys: u64,
-    crc32c: u32,
-}
-
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct SnapshotData {
-    applied: u64,
-    files: Vec<SnapshotFile>,
-}
-
-fn cf_code(cf: Cf) -> u8 {
-    SNAPSHOT_CFS.iter().position(|&c| c == cf).expect("a snapshot CF") as u8
-}
-
-/// Builds a snapshot of `region` from ONE consistent view of the KV engine: SST files of its
-/// range for every data CF, each with its key count and checksum, and the applied index read
-/// from that same view (so data and index agree). `dir` holds the files while they are read.
-/// Slow (scans the region): the shard runs it through `KvEngine::offload`.
-pub fn generate_snapshot(kv: &KvEngine, region: &Region, dir: &Path) -> Result<(u64, Vec<u8>)> {
-    let view = kv.snapshot();
-    let applied = match view.get(Cf::Meta, &meta_key(region.id, APPLIED_SUFFIX))? {
-        Some(v) => u64::from_be_bytes(
-            v.as_slice()
-                .try_into()
-                .map_err(|_| corrupt(region.id, "an applied index of the wrong size"))?,
-        ),
-        None => 0,
-    };
-    let dir = dir.join(format!("gen-{}-{applied}", region.id));
-    let exports = view.export_ssts(&dir, &SNAPSHOT_CFS, &data_range(region)?)?;
-    let mut files = Vec::with_capacity(exports.len());
-    for e in exports {
-        let sst =
-            std::fs::read(&e.path).map_err(|err| Error::Storage(format!("reading {}: {err}", e.path.display())))?;
-        files.push(SnapshotFile {
-            cf: cf_code(e.cf),
-            sst,
-            keys: e.digest.keys,
-            crc32c: e.digest.crc32c,
-        });
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = SnapshotData { applied, files };
-    Ok((
-        applied,
-        rkyv::to_bytes::<rkyv::rancor::Error>(&data)
-            .expect("in memory")
-            .into_vec(),
-    ))
-}
-
-/// Installs a leader's snapshot of `region` at `index`: clears the region's data, ingests the
-/// files, checks every CF against the sender's key count and checksum, and records `index` as
-/// applied (synced). A mismatch is an error: a region must never run on half a snapshot.
-pub fn install_snapshot(kv: &KvEngine, region: &Region, index: u64, data: &[u8], dir: &Path) -> Result<()> {
-    let snap = decode_snapshot(region.id, index, data)?;
-    let range = data_range(region)?;
-    let end = range.end().expect("a region's data range is bounded").to_vec();
-    let mut clear = kv.write_batch();
-    for cf in SNAPSHOT_CFS {
-        clear.delete_range(cf, range.start(), &end)?;
-    }
-    kv.write(clear, false)?;
-    let dir = dir.join(format!("install-{}-{index}", region.id));
-    std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating a snapshot dir", e))?;
-    for (i, file) in snap.files.iter().enumerate() {
-        let cf = SNAPSHOT_CFS[usize::from(file.cf)]; // checked by `decode_snapshot`
-        let path = dir.join(format!("{i}.sst"));
-        std::fs::write(&path, &file.sst).map_err(|e| StorageError::io("writing a snapshot file", e))?;
-        kv.ingest(cf, std::slice::from_ref(&path))?;
-        let got = kv.snapshot().digest(cf, &range)?;
-        if (got.keys, got.crc32c) != (file.keys, file.crc32c) {
-            return Err(corrupt(region.id, format!("snapshot CF {cf:?} fails its checksum")));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut done = kv.write_batch();
-    done.put(Cf::Meta, &meta_key(region.id, APPLIED_SUFFIX), &index.to_be_bytes())?;
-    kv.write(done, true)?;
-    Ok(())
-}
-
-/// A snapshot's data as its sender encoded it, checked: it decodes, it is at `index` (the index
-/// its raft message announces), and every file is of a snapshot CF. The files' contents are
-/// checked against their key counts and checksums at install.
-fn decode_snapshot(region_id: u64, index: u64, data: &[u8]) -> Result<SnapshotData> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(data.len());
-    aligned.extend_from_slice(data);
-    let snap = rkyv::from_bytes::<SnapshotData, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| corrupt(region_id, format!("undecodable snapshot: {e}")))?;
-    if snap.applied != index {
-        return Err(corrupt(
-            region_id,
-            format!("snapshot data at {} announced at {index}", snap.applied),
-        ));
-    }
-    if snap.files.iter().any(|f| usize::from(f.cf) >= SNAPSHOT_CFS.len()) {
-        return Err(corrupt(region_id, "a snapshot file of an unknown CF"));
-    }
-    Ok(snap)
-}
-
-/// Checks a snapshot received for `region_id` before raft takes it (see `decode_snapshot`): a
-/// malformed one is refused at the edge, and its sender sends another.
-pub fn check_snapshot_data(region_id: u64, index: u64, data: &[u8]) -> Result<()> {
-    decode_snapshot(region_id, index, data).map(|_| ())
-}
-
-fn staged_path(dir: &Path, region_id: u64) -> std::path::PathBuf {
-    dir.join(format!("staged-{region_id}.snap"))
-}
-
-/// Makes a received snapshot durable before anything else of its install: if the shard
-/// crashes after the log has recorded the snapshot but before the KV engine holds it,
-/// `finish_staged_snapshot` completes the install from this copy on restart.
-pub fn stage_snapshot(dir: &Path, region_id: u64, data: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let staging = |e| StorageError::io("staging a snapshot", e);
-    std::fs::create_dir_all(dir).map_err(staging)?;
-    let path = staged_path(dir, region_id);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(staging)?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(staging)?;
-    std::fs::rename(&tmp, &path).map_err(staging)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(staging)?;
-    Ok(())
-}
-
-/// The staged copy is no longer needed once the KV engine holds the snapshot.
-pub fn drop_staged_snapshot(dir: &Path, region_id: u64) {
-    let _ = std::fs::remove_file(staged_path(dir, region_id));
-}
-
-/// On restart: if the log says the region was truncated at `truncated` (by a snapshot) but
-/// the KV engine has applied less, the install was cut short: finish it from the staged copy.
-/// Returns the applied index to start from.
-pub fn finish_staged_snapshot(kv: &KvEngine, region: &Region, truncated: u64, dir: &Path) -> Result<u64> {
-    let applied = applied_index(kv, region.id)?;
-    if applied >= truncated {
-        drop_staged_snapshot(dir, region.id);
-        return Ok(applied);
-    }
-    let data = std::fs::read(staged_path(dir, region.id)).map_err(|e| {
-        corrupt(
-            region.id,
-            format!(
-                "applied {applied} is behind the log's truncation at {truncated} and no staged snapshot remains: {e}"
-            ),
-        )
-    })?;
-    install_snapshot(kv, region, truncated, &data, dir)?;
-    drop_staged_snapshot(dir, region.id);
-    Ok(truncated)
 }

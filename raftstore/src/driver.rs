@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use corekv_storage::kv::{Cf, KvEngine};
 use corekv_storage::raftlog::{Disk, LogBatch, LogEngine};
 
-use crate::apply;
 use crate::error::{Error, Result};
 use crate::raft_core::{encode_truncated, ApplyTask, RaftCore, RaftMessage, TRUNCATED_KEY};
+use crate::{apply, snapshot};
 
 /// How long a shard waits before retrying work its disk refused for lack of space.
 pub const NO_SPACE_RETRY_MS: u64 = 200;
@@ -76,6 +76,7 @@ impl<D: Disk> Engines<D> {
     /// install a crash cut short) into `core`. A region whose data is corrupt is stopped (the
     /// others start); any other failure fails the whole restore.
     pub async fn restore(mut core: RaftCore, log: LogEngine<D>, kv: KvEngine, snap_dir: PathBuf) -> Result<Engines<D>> {
+        snapshot::clear_unfinished(&snap_dir);
         for region in apply::load_regions(&kv)? {
             let restored = match region {
                 Ok(region) => Self::restore_peer(&mut core, &log, &kv, &snap_dir, region).await,
@@ -104,7 +105,7 @@ impl<D: Disk> Engines<D> {
         let applied = apply::applied_index(kv, region.id)?;
         let storage = apply::restore_storage(log, &region, applied).await?;
         let truncated = storage.truncated().0;
-        let applied = apply::finish_staged_snapshot(kv, &region, truncated, snap_dir)?;
+        let applied = snapshot::finish_staged(kv, &region, truncated, snap_dir)?;
         core.add_peer(region, storage, applied)
     }
 
@@ -130,11 +131,7 @@ impl<D: Disk> Engines<D> {
         for region in rd.generate_snapshots {
             let dir = self.snap_dir.clone();
             let region_id = region.id;
-            match self
-                .kv
-                .offload(move |kv| apply::generate_snapshot(kv, &region, &dir))
-                .await
-            {
+            match self.kv.offload(move |kv| snapshot::generate(kv, &region, &dir)).await {
                 Ok((applied, data)) => {
                     self.core.borrow_mut().on_snapshot_generated(region_id, applied, data);
                     stats.snapshots_generated += 1;
@@ -146,15 +143,24 @@ impl<D: Disk> Engines<D> {
                 Err(e) => return Err(e),
             }
         }
-        // A received snapshot is staged durably, then the log records it (in `log_batch`),
-        // then the KV engine installs it: a crash anywhere in between is finished on restart.
-        // (Writes, fsyncs and renames: off the shard's thread.)
+        // A received snapshot (its files synced before raft took it) is staged durably, then
+        // the log records it (in `log_batch`), then the KV engine installs it: a crash
+        // anywhere in between is finished on restart. (File work: off the shard's thread.)
+        let mut staged = Vec::new();
         for (region, snap) in &rd.install_snapshots {
-            until_space(&self.kv, &mut stats, "staging a snapshot", || {
-                let (id, data, dir) = (region.id, snap.data.clone(), self.snap_dir.clone());
-                self.kv.offload(move |_| apply::stage_snapshot(&dir, id, &data))
+            let index = snap.get_metadata().index;
+            let result = until_space(&self.kv, &mut stats, "staging a snapshot", || {
+                let (id, meta, dir) = (region.id, snap.data.to_vec(), self.snap_dir.clone());
+                self.kv.offload(move |_| snapshot::stage(&dir, id, index, &meta))
             })
-            .await?;
+            .await;
+            match result {
+                Err(Error::Corruption { region_id, reason }) => self.core.borrow_mut().stop_region(region_id, reason),
+                other => {
+                    other?;
+                    staged.push(region.id);
+                }
+            }
         }
         // Committed entries are ones this replica made durable in EARLIER iterations
         // (raft-rs hands out min(committed, persisted)): they are applied, and their clients
@@ -173,15 +179,11 @@ impl<D: Disk> Engines<D> {
             stats.log += t0.elapsed();
         }
         // Durable from here on: the batch's entries and hard states survive a crash.
-        for (region, snap) in &rd.install_snapshots {
+        for (region, snap) in rd.install_snapshots.iter().filter(|(r, _)| staged.contains(&r.id)) {
             let index = snap.get_metadata().index;
             let installed = until_space(&self.kv, &mut stats, "installing a snapshot", || {
-                let (target, data, dir) = (region.clone(), snap.data.clone(), self.snap_dir.clone());
-                self.kv.offload(move |kv| {
-                    apply::install_snapshot(kv, &target, index, &data, &dir)?;
-                    apply::drop_staged_snapshot(&dir, target.id);
-                    Ok::<(), Error>(())
-                })
+                let (target, dir) = (region.clone(), self.snap_dir.clone());
+                self.kv.offload(move |kv| snapshot::install(kv, &target, index, &dir))
             })
             .await;
             match installed {

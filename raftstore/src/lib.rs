@@ -21,8 +21,9 @@
 //! Must not: open sockets, spawn threads, or depend on `shard`/`tools`. The shard runtime and
 //! the simulator drive the same `RaftCore`.
 //!
-//! - `snapshot_chunks`: a snapshot split into bounded, checksummed chunks and reassembled; the
-//!   transport moves them and reports the outcome to the sender (`RaftCore::report_snapshot`).
+//! - `snapshot`: region snapshots as files (generated, received, staged, installed; never whole
+//!   in memory); `snapshot_chunks`: their stream on the wire, planned and checked (sans-I/O);
+//!   the transport moves the chunks and reports the outcome (`RaftCore::report_snapshot`).
 //!
 //! Not yet (next steps of this crate): membership changes, proposal batching per region.
 
@@ -35,6 +36,7 @@ pub mod linearizability;
 pub mod raft_core;
 pub mod region;
 pub mod sim;
+pub mod snapshot;
 pub mod snapshot_chunks;
 pub mod storage;
 

@@ -21,11 +21,11 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 
-use crate::apply;
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::guard;
 use crate::region::{Epoch, PeerMeta, Region};
+use crate::snapshot::SnapshotMeta;
 use crate::storage::{Fetch, PeerStorage};
 
 /// Key of a region's hard state in the log engine.
@@ -548,7 +548,7 @@ impl RaftCore {
         guard::check(&peer.raw.raft, &peer.region, &msg).map_err(refused)?;
         if msg.msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
             let snap = msg.msg.get_snapshot();
-            apply::check_snapshot_data(msg.region_id, snap.get_metadata().index, &snap.data)
+            SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
                 .map_err(|_| refused("snapshot data that is not a snapshot of this index"))?;
         }
         // raft-rs rejects messages from stale terms itself; an error here is not the
@@ -876,6 +876,20 @@ impl RaftCore {
         self.peers
             .values()
             .map(|p| p.raw.raft.raft_log.committed.saturating_sub(p.applied))
+            .sum()
+    }
+
+    /// Entries kept in the logs (after the truncation, up to the last), summed over regions.
+    pub fn log_entries(&self) -> u64 {
+        self.peers
+            .values()
+            .map(|p| {
+                p.raw
+                    .raft
+                    .raft_log
+                    .last_index()
+                    .saturating_sub(p.raw.store().truncated().0)
+            })
             .sum()
     }
 

@@ -28,7 +28,8 @@ use crate::error::Error;
 use crate::linearizability::{Op, OpKind};
 use crate::raft_core::{batch_by_destination, RaftConfig, RaftCore, RaftMessage, RequestId, Response};
 use crate::region::{Epoch, PeerMeta, Region};
-use crate::snapshot_chunks::{self, Reassembler, SnapshotChunk};
+use crate::snapshot::{self, SnapshotMeta};
+use crate::snapshot_chunks::{self, Receiver, SnapshotChunk};
 
 /// Snapshot streams a simulated shard reassembles at once: more than its regions, so the bound
 /// is never what a simulated run tests.
@@ -147,8 +148,8 @@ pub struct Sim {
     shards: BTreeMap<ShardAddr, Engines<MemDisk>>,
     net: Vec<InFlight>,
     net_seq: u64,
-    /// Per receiving shard: snapshot streams being reassembled (lost with a crash).
-    reassemblers: BTreeMap<ShardAddr, Reassembler>,
+    /// Per receiving shard: snapshot streams being received (lost with a crash).
+    receivers: BTreeMap<ShardAddr, Receiver>,
     /// Node pairs that cannot talk (both directions).
     cut: BTreeSet<(u64, u64)>,
     ops: Vec<ClientOp>,
@@ -201,7 +202,7 @@ impl Sim {
             shards: BTreeMap::new(),
             net: Vec::new(),
             net_seq: 0,
-            reassemblers: BTreeMap::new(),
+            receivers: BTreeMap::new(),
             cut: BTreeSet::new(),
             ops: Vec::new(),
             by_request: BTreeMap::new(),
@@ -285,7 +286,7 @@ impl Sim {
     pub fn crash(&mut self, node: u64) {
         for shard in 0..self.cfg.shards {
             self.shards.remove(&(node, shard));
-            self.reassemblers.remove(&(node, shard));
+            self.receivers.remove(&(node, shard));
             self.disks[&(node, shard)].crash();
         }
     }
@@ -429,25 +430,7 @@ impl Sim {
         for m in due {
             let msgs = match m.packet {
                 Packet::Batch(batch) => batch,
-                Packet::Chunk(chunk) => {
-                    let to = (chunk.header.to.node, chunk.header.to.shard);
-                    if !self.shards.contains_key(&to) {
-                        continue;
-                    }
-                    match self
-                        .reassemblers
-                        .entry(to)
-                        .or_insert_with(|| Reassembler::new(SIM_SNAPSHOT_STREAMS_MAX))
-                        .push(*chunk)
-                    {
-                        Ok(Some(msg)) => vec![msg],
-                        Ok(None) => Vec::new(),
-                        Err(e) => panic!(
-                            "seed {}: snapshot chunks from the simulator are never corrupt: {e}",
-                            self.cfg.seed
-                        ),
-                    }
-                }
+                Packet::Chunk(chunk) => self.receive_chunk(&chunk).into_iter().collect(),
             };
             for msg in msgs {
                 if let Some(shard) = self.shards.get(&(msg.to.node, msg.to.shard)) {
@@ -457,6 +440,51 @@ impl Sim {
         }
         self.timing.core += t0.elapsed();
         moved
+    }
+
+    /// A snapshot chunk arrives at its shard: written to that shard's snapshot dir as the node
+    /// does it (`snapshot::write_chunk`, then `seal` once whole); the message for raft once the
+    /// stream is complete.
+    fn receive_chunk(&mut self, chunk: &SnapshotChunk) -> Option<RaftMessage> {
+        let to = (chunk.header.to.node, chunk.header.to.shard);
+        let snap_dir = self.shards.get(&to)?.snap_dir.clone();
+        let receiver = self
+            .receivers
+            .entry(to)
+            .or_insert_with(|| Receiver::new(SIM_SNAPSHOT_STREAMS_MAX));
+        let accepted = match receiver.push(chunk) {
+            Ok(accepted) => accepted?,
+            Err(e) => panic!(
+                "seed {}: the simulator's snapshot chunks are never corrupt: {e}",
+                self.cfg.seed
+            ),
+        };
+        let w = accepted.write;
+        let written = snapshot::write_chunk(&snap_dir, accepted.stream, w.file, w.offset, &chunk.bytes);
+        written.unwrap_or_else(|e| panic!("seed {}: writing a snapshot chunk: {e}", self.cfg.seed));
+        let (files, msg) = accepted.done?;
+        snapshot::seal(&snap_dir, accepted.stream, files)
+            .unwrap_or_else(|e| panic!("seed {}: sealing a snapshot: {e}", self.cfg.seed));
+        Some(msg)
+    }
+
+    /// The chunks of `msg`'s snapshot, read from the sending shard's files as the transport
+    /// does; `None` if the sender is down or its files are gone (a newer snapshot replaced them).
+    fn snapshot_chunks(&self, msg: &RaftMessage) -> Option<Vec<SnapshotChunk>> {
+        let sender = self.shards.get(&(msg.from.node, msg.from.shard))?;
+        let snap = msg.msg.get_snapshot();
+        let index = snap.get_metadata().index;
+        let meta = SnapshotMeta::decode(msg.region_id, index, &snap.data).ok()?;
+        let dir = snapshot::gen_dir(&sender.snap_dir, msg.region_id, index);
+        let plan = snapshot_chunks::plan(&meta.sizes(), self.cfg.snapshot_chunk_bytes);
+        let mut missing = false;
+        let chunks = snapshot_chunks::chunks(msg, &plan, |p| {
+            snapshot::read_chunk(&dir, p.file, p.offset, p.len).unwrap_or_else(|_| {
+                missing = true;
+                Vec::new()
+            })
+        });
+        (!missing).then_some(chunks)
     }
 
     /// Sends one loop iteration's messages, one batch per destination as the transport will:
@@ -474,8 +502,8 @@ impl Sim {
         }
         for msg in snapshots {
             let (from, to, region_id) = ((msg.from.node, msg.from.shard), msg.to, msg.region_id);
-            let chunks = snapshot_chunks::split(msg, self.cfg.snapshot_chunk_bytes);
-            let mut delivered = self.shards.contains_key(&(to.node, to.shard));
+            let chunks = self.snapshot_chunks(&msg).unwrap_or_default();
+            let mut delivered = !chunks.is_empty() && self.shards.contains_key(&(to.node, to.shard));
             for chunk in chunks {
                 self.timing.snapshot_chunks_sent += 1;
                 let lost = self.lost(from.0, to.node) || self.chance(self.cfg.net.snapshot_chunk_drop_ppm);

@@ -1,7 +1,8 @@
 //! The apply step against a real KV engine: commands, compare-and-swap reading its own batch,
 //! the applied index written with the data, and the read side (get, batch_get, scans).
 
-use corekv_raftstore::apply;
+use corekv_raftstore::snapshot::{self, SnapshotMeta};
+use corekv_raftstore::{apply, snapshot_chunks};
 use corekv_raftstore::{Command, Epoch, Outcome, PeerMeta, Region};
 use corekv_storage::kv::{KvConfig, KvEngine, SharedBlockCache};
 use corekv_storage::tmpfs::{self, Tmpfs};
@@ -167,22 +168,37 @@ fn staged_snapshot_is_finished_on_restart() {
         })
         .collect();
     apply::apply(&a, &r, &entries).unwrap();
-    let (applied, data) = apply::generate_snapshot(&a, &r, snaps.path()).unwrap();
+    let a_snaps = snaps.path().join("a");
+    let b_snaps = snaps.path().join("b");
+    let (applied, data) = snapshot::generate(&a, &r, &a_snaps).unwrap();
     assert_eq!(applied, 3);
+    let meta = SnapshotMeta::decode(r.id, 3, &data).unwrap();
+    assert!(!meta.files.is_empty());
 
     let b = KvEngine::open(b_dir.path(), &KvConfig::default(), &cache).unwrap();
     assert!(
-        apply::finish_staged_snapshot(&b, &r, 3, snaps.path()).is_err(),
+        snapshot::finish_staged(&b, &r, 3, &b_snaps).is_err(),
         "nothing staged: a clear error"
     );
-    apply::stage_snapshot(snaps.path(), r.id, &data).unwrap();
-    assert_eq!(apply::finish_staged_snapshot(&b, &r, 3, snaps.path()).unwrap(), 3);
+    assert!(
+        snapshot::stage(&b_snaps, r.id, 3, &data).is_err(),
+        "never received: a clear error"
+    );
+    // The transfer, in small chunks from A's files to B's.
+    let sent = snapshot::gen_dir(&a_snaps, r.id, 3);
+    for p in snapshot_chunks::plan(&meta.sizes(), 100) {
+        let bytes = snapshot::read_chunk(&sent, p.file, p.offset, p.len).unwrap();
+        snapshot::write_chunk(&b_snaps, (r.id, 3), p.file, p.offset, &bytes).unwrap();
+    }
+    snapshot::seal(&b_snaps, (r.id, 3), meta.files.len() as u32).unwrap();
+    snapshot::stage(&b_snaps, r.id, 3, &data).unwrap();
+    assert_eq!(snapshot::finish_staged(&b, &r, 3, &b_snaps).unwrap(), 3);
     assert_eq!(apply::applied_index(&b, r.id).unwrap(), 3);
     for i in 1..=3u8 {
         assert_eq!(apply::read(&b, &[b'c', i]).unwrap(), Some(vec![i; 10]));
     }
     // Once installed, a restart finds nothing to finish.
-    assert_eq!(apply::finish_staged_snapshot(&b, &r, 3, snaps.path()).unwrap(), 3);
+    assert_eq!(snapshot::finish_staged(&b, &r, 3, &b_snaps).unwrap(), 3);
 }
 
 // Proves an apply stopped by a full disk says exactly how far the KV engine got: its outcomes

@@ -1,7 +1,8 @@
 //! The decoders of what raft carries, fuzzed: arbitrary bytes as a raft entry's command and as
 //! a received snapshot's data are typed errors, never panics (`make fuzz` runs them longer).
 
-use corekv_raftstore::{apply, Command};
+use corekv_raftstore::snapshot::SnapshotMeta;
+use corekv_raftstore::Command;
 use proptest::prelude::*;
 
 /// Cases per target: 256 in `make test`; `COREKV_FUZZ_CASES` for `make fuzz`.
@@ -30,6 +31,6 @@ proptest! {
         data in proptest::collection::vec(any::<u8>(), 0..512),
         index in any::<u64>(),
     ) {
-        let _ = apply::check_snapshot_data(7, index, &data);
+        let _ = SnapshotMeta::decode(7, index, &data);
     }
 }

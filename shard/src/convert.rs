@@ -104,9 +104,8 @@ pub fn chunk(c: &SnapshotChunk) -> WireChunk {
     WireChunk {
         header: envelope(&c.header),
         seq: c.seq,
-        count: c.count,
-        total_bytes: c.total_bytes,
-        crc32c: c.crc32c,
+        file: c.file,
+        offset: c.offset,
         bytes: c.bytes.clone(),
     }
 }
@@ -115,9 +114,8 @@ pub fn chunk_from(c: &ArchivedSnapshotChunk) -> Result<SnapshotChunk, protobuf::
     Ok(SnapshotChunk {
         header: message(&c.header)?,
         seq: c.seq.to_native(),
-        count: c.count.to_native(),
-        total_bytes: c.total_bytes.to_native(),
-        crc32c: c.crc32c.to_native(),
+        file: c.file.to_native(),
+        offset: c.offset.to_native(),
         bytes: c.bytes.as_slice().to_vec(),
     })
 }

@@ -104,7 +104,7 @@ const COUNTERS: [(&str, &str); 15] = [
 ];
 
 /// Gauges of a shard: (name, help).
-const GAUGES: [(&str, &str); 7] = [
+const GAUGES: [(&str, &str); 8] = [
     (
         "apply_lag_entries",
         "Committed raft entries not yet applied, summed over regions",
@@ -121,6 +121,10 @@ const GAUGES: [(&str, &str); 7] = [
     ),
     ("kv_disk_bytes", "Bytes the shard's KV engine (RocksDB) takes on disk"),
     ("raft_log_disk_bytes", "Bytes the shard's raft log engine takes on disk"),
+    (
+        "raft_log_entries",
+        "Raft entries kept in the log (not yet collected), summed over regions",
+    ),
 ];
 
 /// Histograms of a shard: (name, help, buckets).
@@ -177,6 +181,7 @@ pub struct ShardMetrics {
     pub peer_links_down: IntGauge,
     pub kv_disk_bytes: IntGauge,
     pub raft_log_disk_bytes: IntGauge,
+    pub raft_log_entries: IntGauge,
     pub log_sync_seconds: Histogram,
     pub log_batch_regions: Histogram,
     pub apply_seconds: Histogram,
@@ -301,6 +306,7 @@ impl NodeMetrics {
             peer_links_down: g("peer_links_down"),
             kv_disk_bytes: g("kv_disk_bytes"),
             raft_log_disk_bytes: g("raft_log_disk_bytes"),
+            raft_log_entries: g("raft_log_entries"),
             log_sync_seconds: h("raft_log_sync_duration_seconds"),
             log_batch_regions: h("raft_log_batch_regions"),
             apply_seconds: h("apply_duration_seconds"),

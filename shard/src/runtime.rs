@@ -33,7 +33,8 @@ use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
-use corekv_raftstore::snapshot_chunks::SnapshotChunk;
+use corekv_raftstore::snapshot;
+use corekv_raftstore::snapshot_chunks::{Accepted, Receiver, SnapshotChunk};
 use corekv_raftstore::{apply, Command, Epoch, Outcome, RaftConfig, RaftCore, Region, RequestId, Response};
 use corekv_storage::kv::{KvEngine, SharedBlockCache};
 use corekv_storage::raftlog::{LogEngine, UringDisk};
@@ -131,6 +132,7 @@ impl Shard {
         let dir = shard_dir(&cfg.data_dir, args.index);
         std::fs::create_dir_all(dir.join("raftlog")).map_err(|e| Error::io(format!("{}", dir.display()), e))?;
         let kv = KvEngine::open(&dir.join("kv"), &cfg.kv, &args.cache)?;
+        let snap_dir = dir.join("snap");
         let here: Vec<&Region> = args
             .regions
             .iter()
@@ -157,7 +159,7 @@ impl Shard {
         };
         let seed = cfg.node_id << 32 | u64::from(args.index) | now_nanos() << 40;
         let core = RaftCore::new(cfg.node_id, args.index, raft, seed);
-        let engines = Engines::restore(core, log, kv, dir.join("snap")).await?;
+        let engines = Engines::restore(core, log, kv, snap_dir.clone()).await?;
         let campaign = here
             .iter()
             .filter(|r| layout::first_leader(r).node == cfg.node_id)
@@ -192,6 +194,7 @@ impl Shard {
                     cfg.net.clone(),
                     Rc::clone(&metrics),
                     report,
+                    snap_dir,
                 ),
                 cfg: Rc::clone(&cfg),
                 engines,
@@ -420,18 +423,19 @@ impl Shard {
         self.metrics.regions.set(ids.len() as i64);
         self.metrics.leaders.set(leaders);
         self.metrics.apply_lag_entries.set(core.apply_lag() as i64);
+        self.metrics.raft_log_entries.set(core.log_entries() as i64);
     }
 
     /// A frame from a client or a peer shard. `Err`: what the other end is told before the
     /// connection closes (a malformed frame, one that does not belong on this port, a refused
     /// handshake).
-    pub fn handle_frame(&self, out: &Rc<Connection>, f: Frame) -> std::result::Result<(), WireError> {
+    pub async fn handle_frame(&self, out: &Rc<Connection>, f: Frame) -> std::result::Result<(), WireError> {
         let kind = f.header.kind;
         let result = match (out.port, kind, out.peer_node.get()) {
             (Port::Client, FrameKind::Request, _) => self.handle_request(out, f.header.request_id, &f.body),
             (Port::Peer, FrameKind::PeerHello, None) => return self.handle_hello(out, &f.body),
             (Port::Peer, FrameKind::RaftBatch, Some(node)) => self.handle_raft(node, &f.body),
-            (Port::Peer, FrameKind::SnapshotChunk, Some(node)) => self.handle_chunk(out, node, &f.body),
+            (Port::Peer, FrameKind::SnapshotChunk, Some(node)) => self.handle_chunk(out, node, &f.body).await,
             _ => Err(FrameError::UnexpectedKind { kind: kind as u8 }),
         };
         result.map_err(|e| match e {
@@ -504,7 +508,11 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_chunk(&self, out: &Connection, node: u64, body: &Body) -> std::result::Result<(), FrameError> {
+    /// A snapshot chunk from `node`: checked (its sender, a replica hosted here, the shard's
+    /// bound on streams, the stream's own rules), then written to its file off the shard's
+    /// thread; the last chunk's files are synced before raft takes the snapshot. The stream's
+    /// verdict (refused, or raft took it or not) is acked on the connection.
+    async fn handle_chunk(&self, out: &Connection, node: u64, body: &Body) -> std::result::Result<(), FrameError> {
         let archived = frame::access::<ArchivedSnapshotChunk>(body)?;
         let chunk = crate::convert::chunk_from(archived).map_err(|e| FrameError::Invalid { reason: e.to_string() })?;
         if chunk.header.from.node != node {
@@ -515,33 +523,27 @@ impl Shard {
                 ),
             });
         }
-        let (region_id, to_peer) = (chunk.header.region_id, chunk.header.to.id);
-        let pushed = match self.snapshot_refusal(&chunk) {
+        let (region_id, from, to_peer) = (chunk.header.region_id, chunk.header.from.id, chunk.header.to.id);
+        let verdict = match self.snapshot_refusal(&chunk) {
             Some(_) if chunk.seq != 0 => return Ok(()), // its refusal was sent with chunk 0
             Some(why) => Err(why),
-            None => {
-                let mut streams = out.snapshots.borrow_mut();
-                let before = streams.streams();
-                let pushed = streams.push(chunk).map_err(|e| e.to_string());
-                // The shard's count holds this connection's: it cannot go below zero.
-                let total = self.snapshot_streams.get() + streams.streams();
-                debug_assert!(total >= before, "the shard counts every connection's streams");
-                self.snapshot_streams.set(total - before);
-                pushed
-            }
+            None => match self.streams_of(out, |r| r.push(&chunk)) {
+                Ok(None) => return Ok(()),
+                Ok(Some(accepted)) => match self.receive(accepted, chunk.bytes).await {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(stepped)) => Ok(stepped),
+                    Err(e) => {
+                        self.streams_of(out, |r| r.abandon(region_id, from));
+                        Err(e.to_string())
+                    }
+                },
+                Err(e) => Err(e.to_string()),
+            },
         };
-        let accepted = match pushed {
-            Ok(None) => return Ok(()),
-            Ok(Some(msg)) => {
-                let stepped = self.engines.core.borrow_mut().step(msg);
-                self.kick();
-                stepped.is_ok()
-            }
-            Err(why) => {
-                tracing::warn!(region_id, why, "snapshot stream refused");
-                false
-            }
-        };
+        let accepted = verdict.unwrap_or_else(|why| {
+            tracing::warn!(region_id, why, "snapshot stream refused");
+            false
+        });
         if accepted {
             self.metrics.snapshots_received.inc();
         }
@@ -554,7 +556,38 @@ impl Shard {
         Ok(())
     }
 
-    /// Why a snapshot chunk is refused before it is buffered: its region's replica is not on
+    /// `f` on the connection's snapshot receiver, keeping the shard's count of streams (which
+    /// holds every connection's) in step with it.
+    fn streams_of<R>(&self, out: &Connection, f: impl FnOnce(&mut Receiver) -> R) -> R {
+        let mut streams = out.snapshots.borrow_mut();
+        let before = streams.streams();
+        let result = f(&mut streams);
+        let total = self.snapshot_streams.get() + streams.streams();
+        debug_assert!(total >= before, "the shard counts every connection's streams");
+        self.snapshot_streams.set(total - before);
+        result
+    }
+
+    /// Writes an accepted chunk's `bytes` where the stream puts them (off the shard's thread);
+    /// when it completed the stream, syncs the files, then hands raft the snapshot (durable
+    /// before raft sees it). `Some(whether raft took it)` once done.
+    async fn receive(&self, accepted: Accepted, bytes: Vec<u8>) -> corekv_raftstore::Result<Option<bool>> {
+        let Accepted { stream, write, done } = accepted;
+        let dir = self.engines.snap_dir.clone();
+        let files = done.as_ref().map(|(files, _)| *files);
+        glommio::executor()
+            .spawn_blocking(move || {
+                snapshot::write_chunk(&dir, stream, write.file, write.offset, &bytes)?;
+                files.map_or(Ok(()), |files| snapshot::seal(&dir, stream, files))
+            })
+            .await?;
+        let Some((_, msg)) = done else { return Ok(None) };
+        let stepped = self.engines.core.borrow_mut().step(msg);
+        self.kick();
+        Ok(Some(stepped.is_ok()))
+    }
+
+    /// Why a snapshot chunk is refused before it is taken: its region's replica is not on
     /// this shard, or a new stream would pass the shard's bound.
     fn snapshot_refusal(&self, chunk: &SnapshotChunk) -> Option<String> {
         let core = self.engines.core.borrow();

@@ -29,7 +29,7 @@ use corekv_netio::{Error as NetError, FrameError};
 use glommio::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use corekv_raftstore::snapshot_chunks::Reassembler;
+use corekv_raftstore::snapshot_chunks::Receiver;
 
 use crate::admission::Admitted;
 use crate::error::{Error, Result};
@@ -53,7 +53,7 @@ pub struct Connection {
     pub peer_node: Cell<Option<u64>>,
     /// Where the connection comes from.
     pub remote: Option<std::net::IpAddr>,
-    pub snapshots: RefCell<Reassembler>,
+    pub snapshots: RefCell<Receiver>,
     buf: RefCell<Vec<u8>>,
     wake: event_listener::Event,
     /// Notified after each write: room in `buf` again.
@@ -82,7 +82,7 @@ impl Connection {
             buf: RefCell::new(Vec::new()),
             wake: event_listener::Event::new(),
             drained: event_listener::Event::new(),
-            snapshots: RefCell::new(Reassembler::new(snapshot_streams_max)),
+            snapshots: RefCell::new(Receiver::new(snapshot_streams_max)),
             inflight: Cell::new(0),
             closing: Cell::new(false),
         }
@@ -241,7 +241,7 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, port: Port, _place: Admitted) {
         }
         let refused = match frames.next().await {
             Ok(None) => break,
-            Ok(Some(f)) => match shard.handle_frame(&out, f) {
+            Ok(Some(f)) => match shard.handle_frame(&out, f).await {
                 Ok(()) => continue,
                 Err(e) => e,
             },

@@ -5,17 +5,21 @@
 //!
 //! Messages of one loop iteration go out as ONE `RaftBatch` frame per destination. A full
 //! queue drops the batch (raft resends); a broken connection drops its queue and reconnects
-//! with backoff. Snapshots go as bounded chunks; the sender reports a snapshot delivered only
-//! when the receiver acknowledged reassembling it (a `SnapshotAck` on the same connection),
-//! and failed when the queue was full or the connection broke first: raft-rs sends another.
+//! with backoff. Snapshots stream from their files one bounded chunk at a time (read off the
+//! shard's thread when the link is ready for it, taking turns with raft frames, so a stream
+//! holds one chunk of memory and never delays heartbeats behind it); the sender reports a
+//! snapshot delivered only when the receiver acknowledged receiving it whole (a `SnapshotAck`
+//! on the same connection), and failed when a file could not be read or the connection broke
+//! first: raft-rs sends another.
 //!
 //! Owns: one link per destination shard (queue bounded by `peer_queue_bytes_max`, connection,
 //! reconnect backoff) and each snapshot stream until its fate is reported. Must not: wait for
-//! room (what does not fit is dropped, never blocking the loop), or report a snapshot delivered
-//! before the receiver's ack.
+//! room (what does not fit is dropped, never blocking the loop), hold more than one chunk of a
+//! snapshot, or report a snapshot delivered before the receiver's ack.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -23,7 +27,8 @@ use corekv_netio::frame::{self, FrameKind};
 use corekv_netio::io::{self, FrameReader};
 use corekv_netio::msg::{ArchivedPeerHello, ArchivedSnapshotAck, ArchivedWireError, PeerHello, RaftBatch, WireError};
 use corekv_netio::tls::{Stream, Tls};
-use corekv_raftstore::snapshot_chunks::{self, SNAPSHOT_CHUNK_BYTES_MAX};
+use corekv_raftstore::snapshot::{self, SnapshotMeta};
+use corekv_raftstore::snapshot_chunks::{self, Piece, SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX};
 use corekv_raftstore::{batch_by_destination, Destination, RaftMessage};
 
 use crate::config::{Member, NetSection};
@@ -50,14 +55,24 @@ pub struct Transport {
     links: RefCell<HashMap<Destination, Rc<Link>>>,
     metrics: Rc<ShardMetrics>,
     report: SnapshotReport,
+    /// The shard's snapshot dir (where generated snapshots' files are).
+    snap_dir: PathBuf,
 }
 
 enum Item {
     Frame(Vec<u8>),
-    /// A chunk of the snapshot stream to (region, receiving peer).
-    Chunk((u64, u64), Vec<u8>),
-    /// The chunks before this one completed a snapshot stream (region, receiving peer).
-    SnapshotEnd(u64, u64),
+    /// A snapshot stream, read from its files one chunk per turn.
+    Snapshot(Box<Outgoing>),
+}
+
+/// A snapshot stream being sent: its message, the dir of its files, its plan, its next piece.
+struct Outgoing {
+    /// (region, receiving peer).
+    key: (u64, u64),
+    header: RaftMessage,
+    dir: PathBuf,
+    plan: Vec<Piece>,
+    next: usize,
 }
 
 /// What a link needs to (re)connect: where from, what to say first, where to record what
@@ -84,6 +99,10 @@ struct Link {
     wake: event_listener::Event,
     /// Snapshots written whole, waiting for the receiver's ack.
     unacked: RefCell<Vec<(u64, u64)>>,
+    /// The stream whose chunk is being read now (out of the queue meanwhile), and whether
+    /// the receiver refused it meanwhile.
+    in_turn: Cell<Option<(u64, u64)>>,
+    turn_refused: Cell<bool>,
 }
 
 impl Transport {
@@ -98,6 +117,7 @@ impl Transport {
         cfg: NetSection,
         metrics: Rc<ShardMetrics>,
         report: SnapshotReport,
+        snap_dir: PathBuf,
     ) -> Transport {
         Transport {
             members: members.iter().map(|m| (m.id, m.peer)).collect(),
@@ -109,10 +129,11 @@ impl Transport {
             links: RefCell::new(HashMap::new()),
             metrics,
             report,
+            snap_dir,
         }
     }
 
-    /// Queues one loop iteration's messages: one frame per destination, snapshots chunked.
+    /// Queues one loop iteration's messages: one frame per destination, a stream per snapshot.
     pub fn send(&self, msgs: Vec<RaftMessage>) {
         let (snapshots, msgs): (Vec<RaftMessage>, Vec<RaftMessage>) = msgs
             .into_iter()
@@ -131,22 +152,31 @@ impl Transport {
         }
         for msg in snapshots {
             let (region_id, to, dest) = (msg.region_id, msg.to.id, (msg.to.node, msg.to.shard));
-            let mut items: Vec<Item> = snapshot_chunks::split(msg, SNAPSHOT_CHUNK_BYTES_MAX)
-                .iter()
-                .map(|c| {
-                    Item::Chunk(
-                        (region_id, to),
-                        frame::encode(FrameKind::SnapshotChunk, 0, &convert::chunk(c)),
-                    )
-                })
-                .collect();
-            items.push(Item::SnapshotEnd(region_id, to));
-            if self.link(dest).is_some_and(|link| link.push(items, self.bound())) {
+            let queued = self.outgoing(msg).is_some_and(|stream| {
+                self.link(dest)
+                    .is_some_and(|link| link.push(vec![Item::Snapshot(stream)], self.bound()))
+            });
+            if queued {
                 self.metrics.snapshots_sent.inc();
             } else {
                 (self.report)(region_id, to, false);
             }
         }
+    }
+
+    /// The stream of a `MsgSnapshot` this shard generated (its metadata names the files).
+    fn outgoing(&self, header: RaftMessage) -> Option<Box<Outgoing>> {
+        let (region_id, index) = (header.region_id, header.msg.get_snapshot().get_metadata().index);
+        let meta = SnapshotMeta::decode(region_id, index, &header.msg.get_snapshot().data)
+            .inspect_err(|e| tracing::warn!(region_id, error = %e, "snapshot not sent"))
+            .ok()?;
+        Some(Box::new(Outgoing {
+            key: (region_id, header.to.id),
+            dir: snapshot::gen_dir(&self.snap_dir, region_id, index),
+            plan: snapshot_chunks::plan(&meta.sizes(), SNAPSHOT_CHUNK_BYTES_MAX),
+            header,
+            next: 0,
+        }))
     }
 
     /// One destination's messages as `RaftBatch` frames of at most half the frame limit each
@@ -204,6 +234,8 @@ impl Transport {
             queued_bytes: Cell::new(0),
             wake: event_listener::Event::new(),
             unacked: RefCell::new(Vec::new()),
+            in_turn: Cell::new(None),
+            turn_refused: Cell::new(false),
         });
         self.links.borrow_mut().insert(dest, Rc::clone(&link));
         let peer = Peer {
@@ -303,20 +335,8 @@ impl Link {
                 break;
             }
             out.clear();
-            {
-                let mut queue = self.queue.borrow_mut();
-                while out.len() < WRITE_BYTES_MAX {
-                    match queue.pop_front() {
-                        Some(Item::Frame(f) | Item::Chunk(_, f)) => {
-                            self.queued_bytes.set(self.queued_bytes.get() - f.len());
-                            out.extend_from_slice(&f);
-                        }
-                        // Awaiting its ack from now on: the verdict may arrive before this
-                        // write returns. A broken connection fails it (`fail_all`).
-                        Some(Item::SnapshotEnd(region, to)) => self.unacked.borrow_mut().push((region, to)),
-                        None => break,
-                    }
-                }
+            if let Some(stream) = self.take_frames(&mut out) {
+                self.stream_turn(stream, &mut out, &peer.report).await;
             }
             if io::write_frames(&mut write, &addr, &out).await.is_err() {
                 break;
@@ -324,6 +344,61 @@ impl Link {
         }
         self.up.set(false);
         drop(acks);
+    }
+
+    /// Moves queued frames into `out` up to `WRITE_BYTES_MAX`, stopping at a snapshot stream,
+    /// which it returns (its turn is next).
+    fn take_frames(&self, out: &mut Vec<u8>) -> Option<Box<Outgoing>> {
+        let mut queue = self.queue.borrow_mut();
+        while out.len() < WRITE_BYTES_MAX {
+            match queue.pop_front()? {
+                Item::Frame(f) => {
+                    self.queued_bytes.set(self.queued_bytes.get() - f.len());
+                    out.extend_from_slice(&f);
+                }
+                Item::Snapshot(stream) => return Some(stream),
+            }
+        }
+        None
+    }
+
+    /// A snapshot stream's turn: its next chunk, read from its file off the shard's thread,
+    /// goes into `out`; the stream goes back to the end of the queue, or, done, awaits its ack
+    /// (from now on: the verdict may arrive before this write returns; a broken connection
+    /// fails it in `fail_all`). A file that cannot be read fails the stream.
+    async fn stream_turn(&self, mut stream: Box<Outgoing>, out: &mut Vec<u8>, report: &SnapshotReport) {
+        let piece = stream.plan[stream.next];
+        let dir = stream.dir.clone();
+        self.in_turn.set(Some(stream.key));
+        let read = glommio::executor()
+            .spawn_blocking(move || snapshot::read_chunk(&dir, piece.file, piece.offset, piece.len))
+            .await;
+        self.in_turn.set(None);
+        let (region_id, to) = stream.key;
+        if self.turn_refused.replace(false) {
+            return report(region_id, to, false);
+        }
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(region_id, to, error = %e, "snapshot file unreadable; stream failed");
+                return report(region_id, to, false);
+            }
+        };
+        let chunk = SnapshotChunk {
+            header: stream.header.clone(),
+            seq: stream.next as u32,
+            file: piece.file,
+            offset: piece.offset,
+            bytes,
+        };
+        out.extend_from_slice(&frame::encode(FrameKind::SnapshotChunk, 0, &convert::chunk(&chunk)));
+        stream.next += 1;
+        if stream.next < stream.plan.len() {
+            self.queue.borrow_mut().push_back(Item::Snapshot(stream));
+        } else {
+            self.unacked.borrow_mut().push(stream.key);
+        }
     }
 
     /// The listener's first frame: its `PeerHello` (the link is up; its node's client address
@@ -354,7 +429,7 @@ impl Link {
     }
 
     /// The receiver's verdict on the stream `key`: after it was sent whole, or (a refusal)
-    /// while its chunks are still queued, which are then dropped. Either way raft learns it.
+    /// while it is still being sent, which then stops. Either way raft learns it.
     fn acked(&self, key: (u64, u64), accepted: bool, report: &SnapshotReport) {
         let mut unacked = self.unacked.borrow_mut();
         if let Some(at) = unacked.iter().position(|k| *k == key) {
@@ -363,19 +438,17 @@ impl Link {
             return report(key.0, key.1, accepted);
         }
         drop(unacked);
-        let mut queue = self.queue.borrow_mut();
-        let queued = queue
-            .iter()
-            .any(|i| matches!(i, Item::SnapshotEnd(r, t) if (*r, *t) == key));
-        if accepted || !queued {
-            return; // a verdict on a stream this link no longer sends
+        if !accepted && self.in_turn.get() == Some(key) {
+            return self.turn_refused.set(true); // `stream_turn` reports it
         }
-        let before: usize = queue.iter().map(Item::bytes).sum();
-        queue.retain(|i| {
-            !matches!(i, Item::Chunk(k, _) if *k == key) && !matches!(i, Item::SnapshotEnd(r, t) if (*r, *t) == key)
-        });
-        let after: usize = queue.iter().map(Item::bytes).sum();
-        self.queued_bytes.set(self.queued_bytes.get() - (before - after));
+        let mut queue = self.queue.borrow_mut();
+        let sending = queue
+            .iter()
+            .position(|i| matches!(i, Item::Snapshot(s) if s.key == key));
+        let Some(at) = sending.filter(|_| !accepted) else {
+            return; // a verdict on a stream this link no longer sends
+        };
+        queue.remove(at);
         drop(queue);
         report(key.0, key.1, false);
     }
@@ -395,8 +468,8 @@ impl Link {
         let queued: Vec<Item> = self.queue.borrow_mut().drain(..).collect();
         self.queued_bytes.set(0);
         let ended = queued.into_iter().filter_map(|i| match i {
-            Item::SnapshotEnd(region, to) => Some((region, to)),
-            Item::Frame(_) | Item::Chunk(..) => None,
+            Item::Snapshot(stream) => Some(stream.key),
+            Item::Frame(_) => None,
         });
         let unacked: Vec<(u64, u64)> = self.unacked.borrow_mut().drain(..).chain(ended).collect();
         for (region, to) in unacked {
@@ -406,10 +479,11 @@ impl Link {
 }
 
 impl Item {
+    /// What the item holds in memory (a stream: one chunk at a time, read on its turn).
     fn bytes(&self) -> usize {
         match self {
-            Item::Frame(f) | Item::Chunk(_, f) => f.len(),
-            Item::SnapshotEnd(..) => 0,
+            Item::Frame(f) => f.len(),
+            Item::Snapshot(_) => 0,
         }
     }
 }

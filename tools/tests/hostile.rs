@@ -29,13 +29,14 @@ enum Forged {
     /// Raft messages (see `raft_message`) for (region, real peer ids?, from, to), or bytes
     /// that are not a raft message at all.
     Raft(Vec<ForgedRaft>),
-    /// A chunk of a snapshot stream, any fields.
+    /// A chunk of a snapshot stream, any fields; its message a `MsgSnapshot` announcing files
+    /// of `sizes` (or no message at all).
     Chunk {
         region: u64,
         from: u64,
+        sizes: Option<Vec<u64>>,
         seq: u32,
-        count: u32,
-        total: u64,
+        place: (u32, u64),
         bytes: Vec<u8>,
     },
     /// Any bytes in a frame of any kind.
@@ -100,19 +101,17 @@ fn forged() -> impl Strategy<Value = Forged> {
         }),
         raft.prop_map(Forged::Raft),
         (
-            1..10u64,
-            0..10_000u64,
-            0..4u32,
-            0..6u32,
-            0..1_000_000u64,
+            (1..10u64, 0..10_000u64),
+            proptest::option::of(proptest::collection::vec(0..2_000u64, 0..4)),
+            (0..4u32, 0..4u32, 0..2_000u64),
             proptest::collection::vec(any::<u8>(), 0..256)
         )
-            .prop_map(|(region, from, seq, count, total, bytes)| Forged::Chunk {
+            .prop_map(|((region, from), sizes, (seq, file, offset), bytes)| Forged::Chunk {
                 region,
                 from,
+                sizes,
                 seq,
-                count,
-                total,
+                place: (file, offset),
                 bytes
             }),
         (0..=9u8, proptest::collection::vec(any::<u8>(), 0..128)).prop_map(|(kind, body)| Forged::Junk { kind, body }),
@@ -172,23 +171,30 @@ fn encode(f: &Forged, cluster_id: u64, me: u64, (to_node, shard): (u64, u32)) ->
         Forged::Chunk {
             region,
             from,
+            sizes,
             seq,
-            count,
-            total,
+            place: (file, offset),
             bytes,
         } => {
+            let to = region * 1000 + to_node;
+            let message = sizes
+                .as_ref()
+                .map_or_else(Vec::new, |sizes| snapshot_message(*from, to, 9, sizes));
             let header = RaftEnvelope {
                 region_id: *region,
                 from: peer(*from),
-                to: peer(1),
-                message: Vec::new(),
+                to: WirePeer {
+                    id: to,
+                    node: to_node,
+                    shard,
+                },
+                message,
             };
             let chunk = SnapshotChunk {
                 header,
                 seq: *seq,
-                count: *count,
-                total_bytes: *total,
-                crc32c: 0,
+                file: *file,
+                offset: *offset,
                 bytes: bytes.clone(),
             };
             frame::encode(FrameKind::SnapshotChunk, 0, &chunk)

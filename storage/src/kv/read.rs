@@ -147,6 +147,9 @@ impl RangeDigest {
     }
 }
 
+/// Read-ahead of bulk iterators (`Reader::bulk_iter`).
+const BULK_READAHEAD_BYTES: usize = 2 << 20;
+
 /// Reads, the same for the engine (latest data) and a [`KvSnapshot`](super::KvSnapshot) (data as
 /// of the snapshot). Sealed: implemented only by those two.
 pub trait KvRead: sealed::Sealed {
@@ -218,7 +221,27 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn iter(&self, cf: Cf, range: &KeyRange, direction: Direction, limit: Option<usize>) -> KvIter<'a> {
+        self.iter_with(self.iter_options(), cf, range, direction, limit)
+    }
+
+    /// A forward iterator over all of `range` for bulk work (a digest, an export): it reads
+    /// ahead and leaves the block cache alone, so a region's worth of blocks neither evicts the
+    /// working set nor counts against memory.
+    pub(super) fn bulk_iter(&self, cf: Cf, range: &KeyRange) -> KvIter<'a> {
         let mut options = self.iter_options();
+        options.fill_cache(false);
+        options.set_readahead_size(BULK_READAHEAD_BYTES);
+        self.iter_with(options, cf, range, Direction::Forward, None)
+    }
+
+    fn iter_with(
+        &self,
+        mut options: ReadOptions,
+        cf: Cf,
+        range: &KeyRange,
+        direction: Direction,
+        limit: Option<usize>,
+    ) -> KvIter<'a> {
         options.set_iterate_lower_bound(range.start.clone());
         if let Some(end) = &range.end {
             options.set_iterate_upper_bound(end.clone());
@@ -256,7 +279,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn digest(&self, cf: Cf, range: &KeyRange) -> Result<RangeDigest> {
-        let mut iter = self.iter(cf, range, Direction::Forward, None);
+        let mut iter = self.bulk_iter(cf, range);
         let mut digest = RangeDigest::default();
         while let Some((key, value)) = iter.next_entry()? {
             digest.add(key, value);

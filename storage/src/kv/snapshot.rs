@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{ReadOptions, SnapshotWithThreadMode, SstFileWriter, DB};
 
 use super::read::sealed::{self, Sealed as _};
-use super::read::{Direction, KeyRange, KvRead, RangeDigest, Reader};
+use super::read::{KeyRange, KvRead, RangeDigest, Reader};
 use super::{Cf, KvEngine};
 use crate::{Error, Result};
 
@@ -102,7 +102,7 @@ impl KvSnapshot {
         // one its engine would have written.
         let mut writer = SstFileWriter::create(self.engine.cf_options(cf));
         let mut digest = RangeDigest::default();
-        let mut iter = self.iter(cf, range, Direction::Forward, None);
+        let mut iter = self.reader().bulk_iter(cf, range);
         while let Some((key, value)) = iter.next_entry()? {
             // Opened (which creates the file) only once there is an entry: RocksDB cannot
             // finish an SST file without one.

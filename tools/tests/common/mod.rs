@@ -14,6 +14,7 @@ use corekv_netio::msg::{
     ArchivedReply, ArchivedWireError, ClusterInfo, Op, PeerHello, Reply, Request, WireError, WireRegion,
 };
 use corekv_netio::Client;
+use corekv_raftstore::snapshot::{SnapshotFile, SnapshotMeta};
 use corekv_tools::cluster::{ClusterSpec, LocalCluster, PORTS_PER_NODE};
 
 pub const NODES: u64 = 3;
@@ -227,6 +228,30 @@ pub fn hello(cluster_id: u64, node_id: u64) -> Vec<u8> {
         client_addr: "127.0.0.1:1".into(),
     };
     frame::encode(FrameKind::PeerHello, 0, &hello)
+}
+
+/// A raft `MsgSnapshot` from peer `from` to peer `to` at `index` whose metadata announces one
+/// file of each size of `sizes` (a CF each, in order), in its protobuf encoding.
+pub fn snapshot_message(from: u64, to: u64, index: u64, sizes: &[u64]) -> Vec<u8> {
+    use protobuf::Message as _;
+    let files = sizes
+        .iter()
+        .enumerate()
+        .map(|(cf, &bytes)| SnapshotFile {
+            cf: cf as u8,
+            bytes,
+            crc32c: 0,
+            keys: 1,
+            digest: 0,
+        })
+        .collect();
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    (msg.from, msg.to, msg.term) = (from, to, 1);
+    msg.mut_snapshot().mut_metadata().index = index;
+    msg.mut_snapshot().mut_metadata().term = 1;
+    msg.mut_snapshot().data = SnapshotMeta { applied: index, files }.encode().into();
+    msg.write_to_bytes().expect("in memory")
 }
 
 /// The value of a counter summed over a node's shards, from its /metrics.
