@@ -1,7 +1,7 @@
 //! Applying committed entries to the KV engine, and the per-region state kept there.
 //!
-//! Owns: the key layout of applied data (`z` + user key in the `default` CF) and of region
-//! metadata in the `meta` CF, and the apply step itself. This is an I/O edge: the shard (or
+//! Owns: the apply step itself, and the region metadata it keeps in the `meta` CF (keys from
+//! `keys`). This is an I/O edge: the shard (or
 //! the simulator) runs it with the entries a `ShardReady` hands out, then reports the result
 //! to `RaftCore::on_applied`.
 //! Must not: skip a committed entry, or turn a failure of the engine into an entry's outcome: the
@@ -12,7 +12,7 @@
 //! exactly the entries after it. The batch is not synced: the Raft log holds every applied
 //! entry until log GC, which must flush the KV engine first.
 
-use corekv_storage::kv::{Cf, KeyRange, KvEngine, KvRead, WriteBatch};
+use corekv_storage::kv::{Cf, KvEngine, KvRead, WriteBatch};
 use corekv_storage::raftlog::{Disk, LogEngine, LogEntry};
 use corekv_storage::Error as StorageError;
 use protobuf::Message as _;
@@ -20,27 +20,9 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
-use crate::raft_core::{HARD_STATE_KEY, TRUNCATED_KEY};
+use crate::keys::{self, data_key, MetaKind, HARD_STATE_KEY, TRUNCATED_KEY};
 use crate::region::{Epoch, PeerMeta, Region};
 use crate::storage::{PeerStorage, RestoredLog};
-
-/// Prefix of user data in the `default` CF (room for other key spaces beside it).
-const DATA_PREFIX: &[u8] = b"z";
-/// Prefix of per-region metadata in the `meta` CF: `r` + region id (big endian) + kind.
-const REGION_META_PREFIX: &[u8] = b"r";
-const APPLIED_SUFFIX: u8 = b'a';
-const REGION_SUFFIX: u8 = b'd';
-
-pub fn data_key(key: &[u8]) -> Vec<u8> {
-    [DATA_PREFIX, key].concat()
-}
-
-fn meta_key(region_id: u64, suffix: u8) -> Vec<u8> {
-    let mut k = REGION_META_PREFIX.to_vec();
-    k.extend_from_slice(&region_id.to_be_bytes());
-    k.push(suffix);
-    k
-}
 
 /// One applied entry: its index, term and (for commands) what it produced.
 pub type Applied = (u64, u64, Option<Result<Outcome>>);
@@ -95,14 +77,14 @@ pub fn apply(
                     return Err(ApplyFailure::new(results, written, error));
                 }
                 written = (results.len(), entry.index - 1);
-                match kv.get(Cf::Default, &data_key(key)) {
+                match kv.get(Cf::Default, &data_key(region, key)) {
                     Ok(value) => value,
                     Err(error) => return Err(ApplyFailure::new(results, written, error.into())),
                 }
             }
             _ => None,
         };
-        let outcome = execute(&mut batch, cmd, current);
+        let outcome = execute(&mut batch, region, cmd, current);
         results.push((entry.index, entry.term, Some(outcome)));
     }
     if last > 0 {
@@ -135,26 +117,26 @@ impl ApplyFailure {
 }
 
 /// Adds `cmd` to `batch`; `current` is the key's applied value for a compare-and-swap.
-fn execute(batch: &mut WriteBatch, cmd: Command, current: Option<Vec<u8>>) -> Result<Outcome> {
+fn execute(batch: &mut WriteBatch, region: &Region, cmd: Command, current: Option<Vec<u8>>) -> Result<Outcome> {
     match cmd {
-        Command::Put { key, value } => batch.put(Cf::Default, &data_key(&key), &value)?,
-        Command::Delete { key } => batch.delete(Cf::Default, &data_key(&key))?,
+        Command::Put { key, value } => batch.put(Cf::Default, &data_key(region, &key), &value)?,
+        Command::Delete { key } => batch.delete(Cf::Default, &data_key(region, &key))?,
         Command::DeleteRange { start, end } => {
-            let range = data_range_between(&start, &end)?;
+            let range = keys::data_range_between(region, &start, &end)?;
             let end = range.end().expect("data ranges are bounded by the prefix");
             batch.delete_range(Cf::Default, range.start(), end)?
         }
         Command::BatchPut { pairs } => {
             for (k, v) in pairs {
-                batch.put(Cf::Default, &data_key(&k), &v)?;
+                batch.put(Cf::Default, &data_key(region, &k), &v)?;
             }
         }
         Command::CompareAndSwap { key, expected, new } => {
             let succeeded = current == expected;
             if succeeded {
                 match new {
-                    Some(v) => batch.put(Cf::Default, &data_key(&key), &v)?,
-                    None => batch.delete(Cf::Default, &data_key(&key))?,
+                    Some(v) => batch.put(Cf::Default, &data_key(region, &key), &v)?,
+                    None => batch.delete(Cf::Default, &data_key(region, &key))?,
                 }
             }
             return Ok(Outcome::Cas {
@@ -168,7 +150,7 @@ fn execute(batch: &mut WriteBatch, cmd: Command, current: Option<Vec<u8>>) -> Re
 
 /// Writes `batch` with the applied index it brings the region to.
 fn finish(kv: &KvEngine, mut batch: WriteBatch, region_id: u64, applied: u64) -> Result<()> {
-    batch.put(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX), &applied.to_be_bytes())?;
+    batch.put(Cf::Meta, &keys::applied_key(region_id), &applied.to_be_bytes())?;
     kv.write(batch, false)?;
     Ok(())
 }
@@ -180,7 +162,7 @@ pub fn applied_index(kv: &KvEngine, region_id: u64) -> Result<u64> {
 
 /// The applied index of `region_id` as `view` (the engine, or one of its snapshots) holds it.
 pub fn applied_index_in(view: &impl KvRead, region_id: u64) -> Result<u64> {
-    match view.get(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX))? {
+    match view.get(Cf::Meta, &keys::applied_key(region_id))? {
         None => Ok(0),
         Some(v) => {
             Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
@@ -193,14 +175,14 @@ pub fn applied_index_in(view: &impl KvRead, region_id: u64) -> Result<u64> {
 /// Records that `region_id` has applied up to `index` (a snapshot installed), synced.
 pub fn record_applied(kv: &KvEngine, region_id: u64, index: u64) -> Result<()> {
     let mut batch = kv.write_batch();
-    batch.put(Cf::Meta, &meta_key(region_id, APPLIED_SUFFIX), &index.to_be_bytes())?;
+    batch.put(Cf::Meta, &keys::applied_key(region_id), &index.to_be_bytes())?;
     kv.write(batch, true)?;
     Ok(())
 }
 
-/// Reads a user key as applied (the driver calls this on `ReadReady`).
-pub fn read(kv: &KvEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    Ok(kv.get(Cf::Default, &data_key(key))?)
+/// Reads a key of `region` as applied (the driver calls this on `ReadReady`).
+pub fn read(kv: &KvEngine, region: &Region, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(kv.get(Cf::Default, &data_key(region, key))?)
 }
 
 /// Key-value pairs in key order (or reverse), as a scan returns them.
@@ -223,7 +205,7 @@ pub fn scan(
     if !end.is_empty() {
         region.check_range(start, end)?;
     }
-    let range = data_range_between(start, end)?;
+    let range = keys::data_range_between(region, start, end)?;
     let direction = if reverse {
         corekv_storage::kv::Direction::Reverse
     } else {
@@ -232,7 +214,7 @@ pub fn scan(
     let mut iter = kv.iter(Cf::Default, &range, direction, Some(limit));
     let (mut rows, mut bytes) = (Vec::new(), 0);
     while let Some((k, v)) = iter.next_entry()? {
-        let key = &k[DATA_PREFIX.len()..];
+        let key = keys::origin_key(k);
         bytes += key.len() + v.len();
         rows.push((key.to_vec(), v.to_vec()));
         if bytes > bytes_max {
@@ -245,7 +227,7 @@ pub fn scan(
 /// Records a region this shard hosts (bootstrap, later splits and membership changes), synced.
 pub fn save_region(kv: &KvEngine, region: &Region) -> Result<()> {
     let mut batch = kv.write_batch();
-    batch.put(Cf::Meta, &meta_key(region.id, REGION_SUFFIX), &encode_region(region))?;
+    batch.put(Cf::Meta, &keys::region_state_key(region.id), &encode_region(region))?;
     kv.write(batch, true)?;
     Ok(())
 }
@@ -263,21 +245,16 @@ fn corrupt(region_id: u64, reason: impl Into<String>) -> Error {
 pub fn load_regions(kv: &KvEngine) -> Result<Vec<Result<Region>>> {
     let rows = kv.scan(
         Cf::Meta,
-        &KeyRange::prefix(REGION_META_PREFIX),
+        &keys::region_metas()?,
         corekv_storage::kv::Direction::Forward,
         usize::MAX,
     )?;
     let mut regions = Vec::new();
     for (key, value) in rows {
-        let id = key
-            .get(REGION_META_PREFIX.len()..REGION_META_PREFIX.len() + 8)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-        match (id, key.last()) {
-            (Some(id), Some(&REGION_SUFFIX)) if key.len() == REGION_META_PREFIX.len() + 9 => {
-                regions.push(decode_region(id, &value))
-            }
-            (_, Some(&APPLIED_SUFFIX)) => {}
-            _ => return Err(Error::Storage(format!("unknown key {key:?} among region states"))),
+        match keys::parse_meta_key(&key) {
+            Some((id, MetaKind::RegionState)) => regions.push(decode_region(id, &value)),
+            Some((_, MetaKind::Applied)) => {}
+            None => return Err(Error::Storage(format!("unknown key {key:?} among region states"))),
         }
     }
     Ok(regions)
@@ -414,19 +391,4 @@ fn decode_region(id: u64, bytes: &[u8]) -> Result<Region> {
             .map(|(id, node, shard)| PeerMeta { id, node, shard })
             .collect(),
     })
-}
-
-/// The region's user data in the KV engine, as a key range.
-pub(crate) fn data_range(region: &Region) -> Result<KeyRange> {
-    data_range_between(&region.start, &region.end)
-}
-
-/// User keys `[start, end)` (empty `end`: unbounded) as a range of data keys.
-fn data_range_between(start: &[u8], end: &[u8]) -> Result<KeyRange> {
-    let end = if end.is_empty() {
-        vec![DATA_PREFIX[0] + 1]
-    } else {
-        data_key(end)
-    };
-    Ok(KeyRange::new(data_key(start), end)?)
 }

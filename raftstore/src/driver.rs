@@ -28,7 +28,8 @@ use corekv_storage::kv::{Cf, KvEngine};
 use corekv_storage::raftlog::{Disk, LogBatch, LogEngine};
 
 use crate::error::{Error, Result};
-use crate::raft_core::{encode_truncated, ApplyTask, RaftCore, RaftMessage, TRUNCATED_KEY};
+use crate::keys::TRUNCATED_KEY;
+use crate::raft_core::{encode_truncated, ApplyTask, RaftCore, RaftMessage};
 use crate::{apply, snapshot};
 
 /// How long a shard waits before retrying work its disk refused for lack of space.

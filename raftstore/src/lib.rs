@@ -12,8 +12,9 @@
 //! - `apply`: the apply step into the KV engine (applied index in the same write batch),
 //!   region metadata in the `meta` CF, restoring a peer from the two engines. An I/O edge.
 //! - `cmd`: raw KV commands, their limits and their encoding in raft entries.
-//! - `region`: region metadata, key ranges and epochs.
+//! - `region`: region metadata, key ranges and epochs; `keys`: every key encoding of both engines.
 //! - `guard`: the checks every raft message from the network passes before raft-rs sees it.
+//! - `placement`: the placement service the system region's leader runs (today the TSO).
 //! - `sim`: a deterministic simulator of whole clusters of real cores and real engines.
 //! - `linearizability`: the checker the simulator's (and later the chaos harness's) histories
 //!   must pass.
@@ -32,7 +33,9 @@ pub mod cmd;
 pub mod driver;
 pub mod error;
 pub mod guard;
+pub mod keys;
 pub mod linearizability;
+pub mod placement;
 pub mod raft_core;
 pub mod region;
 pub mod sim;
@@ -45,5 +48,5 @@ pub use error::{Error, Result};
 pub use raft_core::{
     batch_by_destination, Destination, RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady,
 };
-pub use region::{Epoch, PeerMeta, Region};
+pub use region::{Epoch, PeerMeta, Region, FIRST_USER_REGION_ID, SYSTEM_REGION_ID};
 pub use storage::{Fetch, PeerStorage, RestoredLog};

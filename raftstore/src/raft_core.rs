@@ -24,14 +24,10 @@ use raft::{RawNode, StateRole};
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::guard;
+use crate::keys::{HARD_STATE_KEY, TRUNCATED_KEY};
 use crate::region::{Epoch, PeerMeta, Region};
 use crate::snapshot::SnapshotMeta;
 use crate::storage::{Fetch, PeerStorage};
-
-/// Key of a region's hard state in the log engine.
-pub const HARD_STATE_KEY: &[u8] = b"hs";
-/// Key of the (index, term) the region's log was truncated at (GC or snapshot).
-pub const TRUNCATED_KEY: &[u8] = b"tr";
 
 /// Encodes a truncation point for `TRUNCATED_KEY`.
 pub fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
@@ -109,6 +105,14 @@ pub enum Response {
         id: RequestId,
         error: Error,
     },
+}
+
+impl Response {
+    pub fn id(&self) -> RequestId {
+        match self {
+            Response::Written { id, .. } | Response::ReadReady { id, .. } | Response::Failed { id, .. } => *id,
+        }
+    }
 }
 
 /// Committed entries of one region, to apply in order.

@@ -21,6 +21,12 @@ pub struct PeerMeta {
     pub shard: u32,
 }
 
+/// The system region: the placement service's durable state, in a key space of its own below
+/// every user key (`keys`). Never split, never addressed by a client's key.
+pub const SYSTEM_REGION_ID: u64 = 1;
+/// User regions of a fresh cluster are numbered from here.
+pub const FIRST_USER_REGION_ID: u64 = 2;
+
 /// A contiguous key range `[start, end)` (empty `end` = unbounded), replicated by `peers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {
@@ -32,6 +38,10 @@ pub struct Region {
 }
 
 impl Region {
+    pub fn is_system(&self) -> bool {
+        self.id == SYSTEM_REGION_ID
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }

@@ -27,7 +27,7 @@ use crate::driver::Engines;
 use crate::error::Error;
 use crate::linearizability::{Op, OpKind};
 use crate::raft_core::{batch_by_destination, RaftConfig, RaftCore, RaftMessage, RequestId, Response};
-use crate::region::{Epoch, PeerMeta, Region};
+use crate::region::{Epoch, PeerMeta, Region, FIRST_USER_REGION_ID};
 use crate::snapshot::{self, SnapshotMeta};
 use crate::snapshot_chunks::{self, Receiver, SnapshotChunk};
 
@@ -160,7 +160,8 @@ pub struct Sim {
 
 impl Sim {
     /// Bootstraps a cluster: regions pre-split over the first key byte, replica r of region
-    /// i on node r+1 (shard i mod shards), leaders spread across nodes.
+    /// i on node r+1 (shard i mod shards), leaders spread across nodes. User region ids start
+    /// after the system region's, as in a node's layout.
     pub async fn new(cfg: SimConfig) -> Sim {
         let dir = tempfile::tempdir().expect("temp dir for the simulated engines");
         let count = u64::from(cfg.shards * cfg.regions_per_shard);
@@ -174,7 +175,7 @@ impl Sim {
                     }
                 };
                 Region {
-                    id: i + 1,
+                    id: FIRST_USER_REGION_ID + i,
                     start: bound(i),
                     end: bound(i + 1),
                     epoch: Epoch {
@@ -183,7 +184,7 @@ impl Sim {
                     },
                     peers: (1..=cfg.nodes)
                         .map(|node| PeerMeta {
-                            id: (i + 1) * 100 + node,
+                            id: (FIRST_USER_REGION_ID + i) * 100 + node,
                             node,
                             shard: (i % u64::from(cfg.shards)) as u32,
                         })
@@ -221,9 +222,10 @@ impl Sim {
             }
         }
         for region in sim.regions.clone() {
-            let node = 1 + (region.id - 1) % sim.cfg.nodes;
+            let i = region.id - FIRST_USER_REGION_ID;
+            let node = 1 + i % sim.cfg.nodes;
             let shard = region
-                .peer_on(node, (region.id as u32 - 1) % sim.cfg.shards)
+                .peer_on(node, (i % u64::from(sim.cfg.shards)) as u32)
                 .map(|p| (p.node, p.shard));
             if let Some(addr) = shard {
                 sim.shards
@@ -585,10 +587,11 @@ impl Sim {
                     self.timing.writes += 1;
                     (id, Ok(Answer::Written(outcome)))
                 }
-                Response::ReadReady { id, .. } => {
+                Response::ReadReady { id, region_id } => {
                     let key = self.by_request.get(&id).map(|&i| self.ops[i].op.key.clone());
                     let shard = self.shards.get(&addr).expect("present");
-                    match key.map(|k| apply::read(&shard.kv, &k)) {
+                    let region = shard.core.borrow().region(region_id).cloned();
+                    match key.zip(region).map(|(k, r)| apply::read(&shard.kv, &r, &k)) {
                         Some(Ok(v)) => (id, Ok(Answer::Read(v))),
                         Some(Err(e)) => (id, Err(e)),
                         None => continue,

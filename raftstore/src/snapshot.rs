@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use corekv_storage::kv::{Cf, KvEngine};
 use corekv_storage::Error as StorageError;
 
-use crate::apply::{self, data_range};
+use crate::apply;
 use crate::error::{Error, Result};
+use crate::keys::data_range;
 use crate::region::Region;
 
 /// Column families a region snapshot carries.

@@ -121,10 +121,10 @@ fn apply_commands_and_read_them_back() {
         results[4].2,
         Some(Err(corekv_raftstore::Error::EpochNotMatch { .. }))
     ));
-    assert_eq!(apply::read(&kv, b"c").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(apply::read(&kv, &region(), b"c").unwrap(), Some(b"2".to_vec()));
     let got: Vec<Option<Vec<u8>>> = [&b"d"[..], b"e", b"zz"]
         .iter()
-        .map(|k| apply::read(&kv, k).unwrap())
+        .map(|k| apply::read(&kv, &region(), k).unwrap())
         .collect();
     assert_eq!(got, vec![Some(b"x".to_vec()), None, None]);
     let fwd = apply::scan(&kv, &r, (b"b", b""), 10, false, usize::MAX).unwrap().0;
@@ -195,7 +195,7 @@ fn staged_snapshot_is_finished_on_restart() {
     assert_eq!(snapshot::finish_staged(&b, &r, 3, &b_snaps).unwrap(), 3);
     assert_eq!(apply::applied_index(&b, r.id).unwrap(), 3);
     for i in 1..=3u8 {
-        assert_eq!(apply::read(&b, &[b'c', i]).unwrap(), Some(vec![i; 10]));
+        assert_eq!(apply::read(&b, &region(), &[b'c', i]).unwrap(), Some(vec![i; 10]));
     }
     // Once installed, a restart finds nothing to finish.
     assert_eq!(snapshot::finish_staged(&b, &r, 3, &b_snaps).unwrap(), 3);
@@ -277,7 +277,10 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
     }
     assert_eq!(outcomes, expected);
     for key in [b"c".to_vec(), b"d00".to_vec(), b"d39".to_vec()] {
-        assert_eq!(apply::read(&kv, &key).unwrap(), apply::read(&whole, &key).unwrap());
+        assert_eq!(
+            apply::read(&kv, &region(), &key).unwrap(),
+            apply::read(&whole, &region(), &key).unwrap()
+        );
     }
-    assert_eq!(apply::read(&kv, b"c").unwrap(), Some(b"39".to_vec()));
+    assert_eq!(apply::read(&kv, &region(), b"c").unwrap(), Some(b"39".to_vec()));
 }

@@ -55,14 +55,14 @@ impl Read {
         debug_assert!(bytes_max <= REPLY_BYTES_MAX);
         match self {
             Read::Get(key) => {
-                let value = apply::read(kv, key).map_err(crate::convert::error)?;
+                let value = apply::read(kv, region, key).map_err(crate::convert::error)?;
                 fits(value.as_ref().map_or(0, Vec::len), bytes_max)?;
                 Ok(Reply::Value(value))
             }
             Read::BatchGet(keys) => {
                 let (mut values, mut bytes) = (Vec::with_capacity(keys.len()), 0);
                 for key in keys {
-                    let value = apply::read(kv, key).map_err(crate::convert::error)?;
+                    let value = apply::read(kv, region, key).map_err(crate::convert::error)?;
                     bytes += value.as_ref().map_or(0, Vec::len);
                     fits(bytes, bytes_max)?;
                     values.push(value);
