@@ -87,6 +87,11 @@ pub enum Op {
     ClusterInfo,
     /// The node's health and load (any shard answers; `region_id` is ignored).
     NodeStatus,
+    /// `count` consecutive timestamps from the TSO (shard 0 of the placement leader's node
+    /// answers; any other node's shard 0 says where it is; `region_id` is ignored).
+    GetTs {
+        count: u32,
+    },
 }
 
 impl Op {
@@ -94,13 +99,18 @@ impl Op {
     pub fn is_write(&self) -> bool {
         !matches!(
             self,
-            Op::Get { .. } | Op::BatchGet { .. } | Op::Scan { .. } | Op::ClusterInfo | Op::NodeStatus
+            Op::Get { .. }
+                | Op::BatchGet { .. }
+                | Op::Scan { .. }
+                | Op::ClusterInfo
+                | Op::NodeStatus
+                | Op::GetTs { .. }
         )
     }
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 10] = [
+pub const OP_NAMES: [&str; 11] = [
     "get",
     "batch_get",
     "scan",
@@ -111,6 +121,7 @@ pub const OP_NAMES: [&str; 10] = [
     "compare_and_swap",
     "cluster_info",
     "node_status",
+    "get_ts",
 ];
 
 impl ArchivedOp {
@@ -127,6 +138,7 @@ impl ArchivedOp {
             ArchivedOp::CompareAndSwap { .. } => 7,
             ArchivedOp::ClusterInfo => 8,
             ArchivedOp::NodeStatus => 9,
+            ArchivedOp::GetTs { .. } => 10,
         }
     }
 }
@@ -148,6 +160,11 @@ pub enum Reply {
     },
     Cluster(ClusterInfo),
     Status(NodeStatus),
+    /// `count` consecutive timestamps from `first`.
+    Timestamps {
+        first: u64,
+        count: u32,
+    },
     Failed(WireError),
 }
 
@@ -238,6 +255,10 @@ pub enum WireError {
     /// this node does not run); the connection closes after it.
     #[error("peer refused: {reason}")]
     PeerRefused { reason: String },
+    /// This node does not run the placement service: node `leader` (client address `addr`,
+    /// when known) is believed to.
+    #[error("not the placement leader (leader hint: node {leader:?} at {addr:?})")]
+    NotPlacementLeader { leader: Option<u64>, addr: Option<String> },
 }
 
 impl WireError {
@@ -259,6 +280,7 @@ impl WireError {
             WireError::InvalidArgument { .. } => 210,
             WireError::RegionUnavailable { .. } => 213,
             WireError::PeerRefused { .. } => 322,
+            WireError::NotPlacementLeader { .. } => 214,
         }
     }
 
@@ -280,6 +302,7 @@ impl WireError {
             WireError::InvalidArgument { .. } => "invalid_argument",
             WireError::RegionUnavailable { .. } => "region_unavailable",
             WireError::PeerRefused { .. } => "peer_refused",
+            WireError::NotPlacementLeader { .. } => "not_placement_leader",
         }
     }
 

@@ -104,7 +104,7 @@ const COUNTERS: [(&str, &str); 15] = [
 ];
 
 /// Gauges of a shard: (name, help).
-const GAUGES: [(&str, &str); 8] = [
+const GAUGES: [(&str, &str); 9] = [
     (
         "apply_lag_entries",
         "Committed raft entries not yet applied, summed over regions",
@@ -124,6 +124,10 @@ const GAUGES: [(&str, &str); 8] = [
     (
         "raft_log_entries",
         "Raft entries kept in the log (not yet collected), summed over regions",
+    ),
+    (
+        "placement_leader",
+        "1 on the shard that runs the placement service (leads the system region, state loaded)",
     ),
 ];
 
@@ -182,6 +186,7 @@ pub struct ShardMetrics {
     pub kv_disk_bytes: IntGauge,
     pub raft_log_disk_bytes: IntGauge,
     pub raft_log_entries: IntGauge,
+    pub placement_leader: IntGauge,
     pub log_sync_seconds: Histogram,
     pub log_batch_regions: Histogram,
     pub apply_seconds: Histogram,
@@ -307,6 +312,7 @@ impl NodeMetrics {
             kv_disk_bytes: g("kv_disk_bytes"),
             raft_log_disk_bytes: g("raft_log_disk_bytes"),
             raft_log_entries: g("raft_log_entries"),
+            placement_leader: g("placement_leader"),
             log_sync_seconds: h("raft_log_sync_duration_seconds"),
             log_batch_regions: h("raft_log_batch_regions"),
             apply_seconds: h("apply_duration_seconds"),

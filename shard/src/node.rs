@@ -33,17 +33,23 @@ struct DirIdentity {
     shards: u32,
     /// `id=peer address` of every member.
     members: Vec<String>,
+    /// The data layout (`LAYOUT_VERSION`): a dir of another layout is refused, never misread.
+    layout: u32,
 }
+
+/// 2: the system region (id 1) and the `s` key space beside user data.
+const LAYOUT_VERSION: u32 = 2;
 
 impl std::fmt::Display for DirIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "node {} of cluster {}, {} shards, members {}",
+            "node {} of cluster {}, {} shards, members {}, data layout {}",
             self.node_id,
             self.cluster_id,
             self.shards,
-            self.members.join(",")
+            self.members.join(","),
+            self.layout
         )
     }
 }
@@ -74,6 +80,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
             node_id: cfg.node_id,
             shards,
             members: members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect(),
+            layout: LAYOUT_VERSION,
         },
     )?;
     let regions = layout::bootstrap(&members, shards);

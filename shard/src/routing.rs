@@ -99,6 +99,11 @@ impl Routing {
         self.client_addrs.read().expect("routing lock")[&self.node_id].clone()
     }
 
+    /// Client address of node `node_id`'s shard 0, if this node knows it.
+    pub fn client_addr_of(&self, node_id: u64) -> Option<String> {
+        self.client_addrs.read().expect("routing lock").get(&node_id).cloned()
+    }
+
     /// A peer introduced itself with its client address, answering a connection this node
     /// dialled to its configured peer address (never from an inbound hello: any dialer could
     /// claim any client address there).
@@ -152,6 +157,7 @@ impl Routing {
             nodes: addrs.iter().map(|(id, addr)| (*id, addr.clone())).collect(),
             regions: table
                 .values()
+                .filter(|r| !r.region.is_system())
                 .map(|r| RegionInfo {
                     region: convert::region(&r.region),
                     leader: r.leader.as_ref().map(convert::peer),

@@ -33,9 +33,12 @@ use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
+use corekv_raftstore::placement::{self, Placement, PlacementConfig};
 use corekv_raftstore::snapshot;
 use corekv_raftstore::snapshot_chunks::{Accepted, Receiver, SnapshotChunk};
-use corekv_raftstore::{apply, Command, Epoch, Outcome, RaftConfig, RaftCore, Region, RequestId, Response};
+use corekv_raftstore::{
+    apply, Command, Epoch, Outcome, RaftConfig, RaftCore, Region, RequestId, Response, SYSTEM_REGION_ID,
+};
 use corekv_storage::kv::{KvEngine, SharedBlockCache};
 use corekv_storage::raftlog::{LogEngine, UringDisk};
 
@@ -81,8 +84,8 @@ struct Pending {
     out: Rc<Connection>,
     client_id: u64,
     op: usize,
-    /// A read (until it runs, its `Read`); else a write.
-    is_read: bool,
+    /// Whether it changes data (its outcome is unknown if it is not answered).
+    is_write: bool,
     read: Option<Read>,
     /// Reply bytes held on `out`'s budget until this is answered.
     reserved: usize,
@@ -121,6 +124,8 @@ pub struct Shard {
     gc_running: Cell<bool>,
     /// Snapshot streams being reassembled on this shard's peer connections.
     snapshot_streams: Cell<usize>,
+    /// The placement service, serving while this shard leads the system region.
+    placement: RefCell<Placement>,
 }
 
 impl Shard {
@@ -215,6 +220,7 @@ impl Shard {
                 campaign: RefCell::new(campaign),
                 gc_running: Cell::new(false),
                 snapshot_streams: Cell::new(0),
+                placement: RefCell::new(Placement::new(PlacementConfig::default())),
             }
         });
         tracing::info!(
@@ -258,7 +264,7 @@ impl Shard {
         self.stopping.set(true);
         // Whatever is still waiting will not be answered by this process: a read may be
         // retried elsewhere, a write may have committed already.
-        let pending: Vec<(RequestId, bool)> = self.pending.borrow().iter().map(|(&id, p)| (id, p.is_read)).collect();
+        let pending: Vec<(RequestId, bool)> = self.pending.borrow().iter().map(|(&id, p)| (id, !p.is_write)).collect();
         for (id, is_read) in pending {
             let error = match is_read {
                 true => WireError::ShuttingDown,
@@ -328,6 +334,8 @@ impl Shard {
                 return;
             }
             self.catch_up();
+            let answers = (self.placement.borrow_mut()).tick(&mut self.engines.core.borrow_mut(), wall_clock_ms());
+            self.placement_answers(answers);
             if self.ticks.get() >= CAMPAIGN_AFTER_TICKS {
                 for region in self.campaign.borrow_mut().drain(..) {
                     if let Err(e) = self.engines.core.borrow_mut().campaign(region) {
@@ -424,6 +432,7 @@ impl Shard {
         self.metrics.leaders.set(leaders);
         self.metrics.apply_lag_entries.set(core.apply_lag() as i64);
         self.metrics.raft_log_entries.set(core.log_entries() as i64);
+        (self.metrics.placement_leader).set(i64::from(self.placement.borrow().is_leading()));
     }
 
     /// A frame from a client or a peer shard. `Err`: what the other end is told before the
@@ -637,7 +646,21 @@ impl Shard {
             }));
             return Ok(());
         }
+        if let ArchivedOp::GetTs { count } = &req.op {
+            let id = self.track(out, (client_id, op, started), None, false);
+            let answers =
+                (self.placement.borrow_mut()).get_ts(&mut self.engines.core.borrow_mut(), id, count.to_native().into());
+            self.placement_answers(answers);
+            self.kick();
+            return Ok(());
+        }
         let region_id = req.region_id.to_native();
+        if region_id == SYSTEM_REGION_ID {
+            reply_now(Reply::Failed(WireError::InvalidArgument {
+                reason: "the system region takes no client requests".into(),
+            }));
+            return Ok(());
+        }
         let epoch = Epoch {
             conf_ver: req.epoch.conf_ver.to_native(),
             version: req.epoch.version.to_native(),
@@ -684,23 +707,54 @@ impl Shard {
                 Some(read)
             }
         };
-        self.next_request.set(id + 1);
-        out.inflight.set(out.inflight.get() + 1);
+        let is_write = read.is_none();
+        self.track(out, (client_id, op, started), read, is_write);
         out.reserve(hold);
-        self.pending.borrow_mut().insert(
-            id,
-            Pending {
-                out: Rc::clone(out),
-                client_id,
-                op,
-                is_read: read.is_some(),
-                read,
-                reserved: hold,
-                started,
-            },
-        );
+        self.pending.borrow_mut().get_mut(&id).expect("tracked").reserved = hold;
         self.kick();
         Ok(())
+    }
+
+    /// Registers a request in flight on `out` under the next request id, and returns the id.
+    fn track(
+        &self,
+        out: &Rc<Connection>,
+        (client_id, op, started): (u64, usize, Instant),
+        read: Option<Read>,
+        is_write: bool,
+    ) -> RequestId {
+        let id = self.next_request.get();
+        self.next_request.set(id + 1);
+        out.inflight.set(out.inflight.get() + 1);
+        let pending = Pending {
+            out: Rc::clone(out),
+            client_id,
+            op,
+            is_write,
+            read,
+            reserved: 0,
+            started,
+        };
+        self.pending.borrow_mut().insert(id, pending);
+        id
+    }
+
+    /// Answers what the placement service settled.
+    fn placement_answers(&self, answers: Vec<placement::Answer>) {
+        for (id, result) in answers {
+            let reply = match result {
+                Ok((first, count)) => Ok(Reply::Timestamps {
+                    first,
+                    count: count as u32,
+                }),
+                Err(corekv_raftstore::Error::NotLeader { leader, .. }) => Err(WireError::NotPlacementLeader {
+                    leader: leader.map(|p| p.node),
+                    addr: leader.and_then(|p| self.routing.client_addr_of(p.node)),
+                }),
+                Err(e) => Err(crate::convert::error(e)),
+            };
+            self.answer(id, reply);
+        }
     }
 
     fn node_status(&self) -> NodeStatus {
@@ -731,6 +785,16 @@ impl Shard {
     fn serve_responses(self: &Rc<Self>) {
         let responses = self.engines.core.borrow_mut().take_responses();
         for response in responses {
+            if Placement::owns(response.id()) {
+                let answers = self.placement.borrow_mut().on_response(
+                    &mut self.engines.core.borrow_mut(),
+                    &self.engines.kv,
+                    response,
+                    wall_clock_ms(),
+                );
+                self.placement_answers(answers);
+                continue;
+            }
             let (id, result) = match response {
                 Response::Written { id, outcome } => (
                     id,
@@ -861,7 +925,7 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
             expected: expected.as_ref().map(|v| v.to_vec()),
             new: new.as_ref().map(|v| v.to_vec()),
         }),
-        ArchivedOp::ClusterInfo | ArchivedOp::NodeStatus => {
+        ArchivedOp::ClusterInfo | ArchivedOp::NodeStatus | ArchivedOp::GetTs { .. } => {
             return Err(WireError::Malformed {
                 code: 308,
                 reason: "a node request is not a region request".into(),
@@ -898,6 +962,13 @@ fn scan_action(
         asked,
         reverse,
     }))
+}
+
+/// The wall clock in ms since the Unix epoch: the TSO's physical time (it never goes back on
+/// its own account: `placement::tso` keeps the current millisecond when the clock does).
+fn wall_clock_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
 }
 
 fn now_nanos() -> u64 {

@@ -954,9 +954,13 @@ fn ctl_commands_and_formats() {
     let nodes: serde_json::Value = serde_json::from_str(&status).unwrap();
     let nodes = nodes.as_array().unwrap();
     assert_eq!(nodes.len(), 3);
-    assert!(nodes
-        .iter()
-        .all(|n| n["up"] == true && n["regions"] == 6 && n["version"].as_str().unwrap().contains('(')));
+    // Six user regions and the system region, each with a replica on all three nodes.
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["up"] == true && n["regions"] == 7 && n["version"].as_str().unwrap().contains('(')),
+        "{status}"
+    );
     let (_, cluster, _) = ctl_in(&["-w", "json", "cluster", "status"], b"");
     let cluster: serde_json::Value = serde_json::from_str(&cluster).unwrap();
     assert_eq!(cluster["regions"].as_array().unwrap().len(), 6);

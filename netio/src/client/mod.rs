@@ -88,6 +88,8 @@ struct Inner {
     routes: RefCell<Routes>,
     conns: RefCell<HashMap<String, Rc<Conn>>>,
     stats: Cell<ClientStats>,
+    /// Client address of the node last known to run the placement service.
+    placement: RefCell<Option<String>>,
 }
 
 impl Client {
@@ -113,6 +115,7 @@ impl Client {
                 routes: RefCell::new(routes),
                 conns: RefCell::new(HashMap::new()),
                 stats: Cell::new(ClientStats::default()),
+                placement: RefCell::new(None),
             }),
         }
     }
@@ -397,7 +400,73 @@ impl Client {
         *backoff = (*backoff * 2).min(self.inner.cfg.backoff_max);
     }
 
+    /// Where to ask the placement service next: the node last known to run it, else each
+    /// known node in turn.
+    fn placement_addr(&self, tries: usize) -> Option<String> {
+        if let Some(addr) = self.inner.placement.borrow().clone() {
+            return Some(addr);
+        }
+        let mut addrs = self.inner.cfg.endpoints.clone();
+        for a in self.inner.routes.borrow().node_addrs() {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs.get(tries % addrs.len().max(1)).cloned()
+    }
+
     // ---- the API ----
+
+    /// `count` consecutive timestamps from the cluster's TSO (strictly increasing across the
+    /// cluster); returns the first. Follows the nodes' hints to the placement leader and
+    /// retries until the deadline (asking for timestamps changes nothing).
+    pub async fn get_ts(&self, count: u32) -> Result<u64> {
+        self.count(|s| s.operations += 1);
+        let cfg = &self.inner.cfg;
+        let deadline = Instant::now() + cfg.request_timeout;
+        let (mut backoff, mut tries) = (cfg.backoff_min, 0);
+        let mut last = String::from("no node was reachable");
+        let request = Request {
+            region_id: 0,
+            epoch: Default::default(),
+            op: Op::GetTs { count },
+        };
+        while Instant::now() < deadline {
+            let Some(addr) = self.placement_addr(tries) else {
+                return Err(Error::Unavailable("no endpoints given".into()));
+            };
+            tries += 1;
+            let hint = match self.attempt(&addr, &request, deadline).await {
+                Attempt::Reply(Reply::Timestamps { first, .. }) => {
+                    *self.inner.placement.borrow_mut() = Some(addr);
+                    return Ok(first);
+                }
+                Attempt::Reply(Reply::Failed(WireError::NotPlacementLeader { addr: hint, .. })) => {
+                    self.count(|s| s.redirects += 1);
+                    last = format!("{addr}: not the placement leader");
+                    hint.filter(|h| *h != addr)
+                }
+                Attempt::Reply(Reply::Failed(e)) if e.is_retryable() => {
+                    last = format!("{addr}: {e}");
+                    None
+                }
+                Attempt::Reply(Reply::Failed(e)) => return Err(Error::Server(e)),
+                Attempt::Reply(other) => return Err(unexpected(other)),
+                Attempt::NotSent(why) | Attempt::Lost(why) => {
+                    last = why;
+                    None
+                }
+            };
+            if hint.is_none() {
+                self.backoff(&mut backoff).await;
+            }
+            *self.inner.placement.borrow_mut() = hint;
+        }
+        Err(Error::Timeout {
+            ms: cfg.request_timeout.as_millis() as u64,
+            last,
+        })
+    }
 
     /// The health and load of the node at `addr` (one attempt).
     pub async fn node_status(&self, addr: &str) -> Result<NodeStatus> {

@@ -65,6 +65,12 @@ enum Command {
         #[command(subcommand)]
         op: Endpoint,
     },
+    /// Timestamps from the cluster's TSO: prints the first, its physical time and logical part.
+    Tso {
+        /// How many consecutive timestamps to take at once.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
     /// Prints a completion script for SHELL (e.g. `corekv-ctl completion bash > /etc/bash_completion.d/corekv-ctl`).
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -204,8 +210,27 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
             Ok(status(&views, &client.regions(), enc, json))
         }
         Command::Endpoint { op } => endpoints(cfg, op, json).await,
+        Command::Tso { count } => {
+            let client = Client::with_view(cfg, Vec::new());
+            Ok(tso(client.get_ts(count).await?, count, json))
+        }
         Command::Completion { shell } => Ok(completion(shell)),
     }
+}
+
+/// A timestamp, its physical time (UTC) and its logical part.
+fn tso(ts: u64, count: u32, json: bool) -> Printed {
+    let (physical_ms, logical) = corekv_raftstore::placement::tso::split(ts);
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(physical_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{physical_ms} ms"));
+    if json {
+        return Printed::json(
+            json!({"ts": ts, "count": count, "physical_ms": physical_ms, "physical": at, "logical": logical}),
+        );
+    }
+    Printed::ok(format!("{ts}\tphysical {at}\tlogical {logical}\n"))
 }
 
 /// The completion script of `shell` for corekv-ctl.
