@@ -2,7 +2,9 @@
 //! real raft-rs, real log and KV engines.
 
 use corekv_raftstore::linearizability::{check, CheckResult, OpKind};
+use corekv_raftstore::placement::history::check_timestamps;
 use corekv_raftstore::sim::{run, NetConfig, Sim, SimConfig};
+use corekv_raftstore::SYSTEM_REGION_ID;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 /// A key inside region `region_id` (regions split the first byte evenly).
@@ -315,7 +317,15 @@ fn lost_snapshot_is_sent_again() {
 
 /// One randomized run: clients on a small key set under message loss, delay, duplication,
 /// partitions and crashes; returns the checker's verdict.
-async fn chaos_run(seed: u64) -> (CheckResult, usize) {
+/// What a chaos run recorded: the KV history's verdict and size, the timestamp history's.
+struct ChaosOutcome {
+    verdict: CheckResult,
+    ops: usize,
+    timestamps: Result<(), String>,
+    ts_answered: usize,
+}
+
+async fn chaos_run(seed: u64) -> ChaosOutcome {
     let mut cfg = SimConfig::new(seed);
     // Odd seeds keep almost no entries in memory: evictions and read-backs meet the faults.
     if seed % 2 == 1 {
@@ -350,6 +360,12 @@ async fn chaos_run(seed: u64) -> (CheckResult, usize) {
             };
             sim.submit(client, key, kind);
         }
+        // Timestamps: one at the leader, one from a client that asks a random node, while
+        // the nodes' clocks drift apart and step back by up to 10 s.
+        sim.submit_get_ts(10, 1 + rng.next_u64() % 4);
+        sim.submit_get_ts_to(1 + rng.next_u64() % 3, 11, 1);
+        let skewed = 1 + rng.next_u64() % 3;
+        sim.set_clock_skew(skewed, (rng.next_u64() % 20_000) as i64 - 10_000);
         match rng.next_u32() % 6 {
             0 => {
                 let node = 1 + rng.next_u64() % 3;
@@ -381,12 +397,20 @@ async fn chaos_run(seed: u64) -> (CheckResult, usize) {
     }
     sim.run_until_done().await;
     let history = sim.history();
-    (check(&history), history.len())
+    let ts_history = sim.ts_history();
+    ChaosOutcome {
+        verdict: check(&history),
+        ops: history.len(),
+        timestamps: check_timestamps(&ts_history),
+        ts_answered: ts_history.iter().filter(|o| o.first.is_some()).count(),
+    }
 }
 
 // Proves that under random loss, delay, duplication, partitions and crashes, the recorded
 // client histories are linearizable (including the final reads: no acknowledged write lost),
-// with entry caches of the default size and, on odd seeds, of 1 KiB.
+// with entry caches of the default size and, on odd seeds, of 1 KiB; and that timestamps from
+// the placement service are unique and increase in real-time order through the same faults,
+// with the nodes' clocks skewed and stepped back.
 // Runs 100 seeds; a failure names its seed, and that seed replays the same run.
 #[test]
 fn random_faults_keep_histories_linearizable() {
@@ -394,20 +418,65 @@ fn random_faults_keep_histories_linearizable() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
+    let mut answered = 0;
     for seed in 0..seeds {
-        let (verdict, ops) = run(move || chaos_run(seed));
+        let outcome = run(move || chaos_run(seed));
+        let ops = outcome.ops;
         assert_eq!(
-            verdict,
+            outcome.verdict,
             CheckResult::Linearizable,
             "seed {seed} ({ops} ops) is not linearizable"
         );
+        assert_eq!(outcome.timestamps, Ok(()), "seed {seed}");
+        answered += outcome.ts_answered;
     }
+    // 24 requests a seed, half of them stuck to one node whether it leads or not.
+    eprintln!("{answered} timestamp requests answered over {seeds} seeds");
+    assert!(answered as u64 >= seeds * 8, "{answered} answered over {seeds} seeds");
+}
+
+// Proves the placement service moves with the system region's leadership: once its node is cut
+// off, the old leader answers nothing after a successor is elected (its lease runs out, its
+// ReadIndex rounds fail), and the successor, whose clock is 20 s behind, serves timestamps
+// larger than every earlier one within a few election timeouts.
+#[test]
+fn a_deposed_placement_leader_hands_out_nothing_after_its_successor() {
+    run(|| async {
+        let mut sim = Sim::new(SimConfig::new(1)).await;
+        sim.submit_get_ts(1, 1);
+        sim.run_until_done().await;
+        let old = sim.leader(SYSTEM_REGION_ID).unwrap();
+        for node in (1..=3).filter(|&n| n != old) {
+            sim.set_clock_skew(node, -20_000);
+        }
+        sim.isolate(old);
+        let timeout = sim.config().raft.election_tick as u64;
+        let mut elected = None;
+        for _ in 0..4 * timeout {
+            sim.submit_get_ts_to(old, 2, 1);
+            sim.submit_get_ts(3, 1);
+            sim.tick().await;
+            if elected.is_none() && sim.leader(SYSTEM_REGION_ID) != Some(old) {
+                elected = Some(sim.now());
+            }
+        }
+        sim.run_until_done().await;
+        let history = sim.ts_history();
+        assert_eq!(check_timestamps(&history), Ok(()));
+        // History times are ticks x 10^6 (see `Sim`).
+        let elected_ns = elected.expect("a successor within 4 election timeouts") as i64 * 1_000_000;
+        let answered = |client: u64| history.iter().filter(move |o| o.client == client && o.first.is_some());
+        assert!(answered(2).count() > 0 && answered(2).all(|o| o.return_ns.unwrap() < elected_ns));
+        let first = answered(1).next().unwrap().first.unwrap();
+        let after: Vec<_> = answered(3).filter(|o| o.call_ns > elected_ns).collect();
+        assert!(!after.is_empty() && after.iter().all(|o| o.first.unwrap() > first));
+    });
 }
 
 // Proves a run replays exactly from its seed.
 #[test]
 fn same_seed_same_history() {
-    let a = run(|| async { chaos_run(7).await.1 });
-    let b = run(|| async { chaos_run(7).await.1 });
-    assert_eq!(a, b);
+    let a = run(|| async { chaos_run(7).await });
+    let b = run(|| async { chaos_run(7).await });
+    assert_eq!((a.ops, a.ts_answered), (b.ops, b.ts_answered));
 }

@@ -15,6 +15,7 @@
 //! the TSO's window. Must not: read a clock (time comes in as `now_ms`), or write the system
 //! region but through the raft log.
 
+pub mod history;
 pub mod tso;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -5,6 +5,8 @@
 //! spread), simulated ticks, a network that drops, delays, reorders and partitions (each a
 //! named option), node crashes (un-synced log data is lost: `MemDisk::crash`) and restarts,
 //! and clients whose operations are recorded as a history for the linearizability checker.
+//! Every node's shard 0 also holds a replica of the system region and runs the production
+//! placement service beside its core, on a wall clock of its own (`timestamps`).
 //!
 //! Determinism: every random choice comes from one ChaCha8 stream seeded by `SimConfig::seed`;
 //! every collection the loop walks is ordered. A failing test prints its seed; the same seed
@@ -12,6 +14,8 @@
 //!
 //! Must not: be used by the node runtime; it is test support that ships with the crate so that
 //! tests of later crates (txn, the client) can use it too.
+
+mod timestamps;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -26,10 +30,13 @@ use crate::cmd::{Command, Outcome};
 use crate::driver::Engines;
 use crate::error::Error;
 use crate::linearizability::{Op, OpKind};
+use crate::placement::Placement;
 use crate::raft_core::{batch_by_destination, RaftConfig, RaftCore, RaftMessage, RequestId, Response};
-use crate::region::{Epoch, PeerMeta, Region, FIRST_USER_REGION_ID};
+use crate::region::{Epoch, PeerMeta, Region, FIRST_USER_REGION_ID, SYSTEM_REGION_ID};
 use crate::snapshot::{self, SnapshotMeta};
 use crate::snapshot_chunks::{self, Receiver, SnapshotChunk};
+use timestamps::TsClientOp;
+pub use timestamps::TICK_MS;
 
 /// Snapshot streams a simulated shard reassembles at once: more than its regions, so the bound
 /// is never what a simulated run tests.
@@ -144,6 +151,12 @@ pub struct Sim {
     dir: tempfile::TempDir,
     cache: SharedBlockCache,
     regions: Vec<Region>,
+    /// The system region: a replica on shard 0 of every node.
+    system: Region,
+    placements: BTreeMap<ShardAddr, Placement>,
+    clock_skew_ms: BTreeMap<u64, i64>,
+    ts_ops: Vec<TsClientOp>,
+    ts_by_request: BTreeMap<RequestId, usize>,
     disks: BTreeMap<ShardAddr, MemDisk>,
     shards: BTreeMap<ShardAddr, Engines<MemDisk>>,
     net: Vec<InFlight>,
@@ -192,6 +205,22 @@ impl Sim {
                 }
             })
             .collect();
+        let system = Region {
+            id: SYSTEM_REGION_ID,
+            start: Vec::new(),
+            end: Vec::new(),
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
+            },
+            peers: (1..=cfg.nodes)
+                .map(|node| PeerMeta {
+                    id: SYSTEM_REGION_ID * 100 + node,
+                    node,
+                    shard: 0,
+                })
+                .collect(),
+        };
         let mut sim = Sim {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             cfg,
@@ -199,6 +228,11 @@ impl Sim {
             dir,
             cache: SharedBlockCache::new(64 << 20),
             regions,
+            system,
+            placements: BTreeMap::new(),
+            clock_skew_ms: BTreeMap::new(),
+            ts_ops: Vec::new(),
+            ts_by_request: BTreeMap::new(),
             disks: BTreeMap::new(),
             shards: BTreeMap::new(),
             net: Vec::new(),
@@ -214,13 +248,17 @@ impl Sim {
             for shard in 0..sim.cfg.shards {
                 sim.disks.insert((node, shard), MemDisk::new());
                 let kv = sim.open_kv((node, shard));
-                for region in sim.regions.iter().filter(|r| r.peer_on(node, shard).is_some()) {
+                let all = sim.regions.iter().chain([&sim.system]);
+                for region in all.filter(|r| r.peer_on(node, shard).is_some()) {
                     apply::save_region(&kv, region).expect("bootstrap region state");
                 }
                 drop(kv);
                 sim.start_shard((node, shard)).await;
             }
         }
+        (sim.shards.get_mut(&(1, 0)).expect("started").core.borrow_mut())
+            .campaign(SYSTEM_REGION_ID)
+            .expect("bootstrap campaign");
         for region in sim.regions.clone() {
             let i = region.id - FIRST_USER_REGION_ID;
             let node = 1 + i % sim.cfg.nodes;
@@ -282,12 +320,16 @@ impl Sim {
             .await
             .expect("restore the shard's peers");
         self.shards.insert(addr, engines);
+        if let Some(placement) = Self::new_placement(addr) {
+            self.placements.insert(addr, placement);
+        }
     }
 
     /// Power loss on `node`: its engines close and whatever the log had not synced is gone.
     pub fn crash(&mut self, node: u64) {
         for shard in 0..self.cfg.shards {
             self.shards.remove(&(node, shard));
+            self.placements.remove(&(node, shard));
             self.receivers.remove(&(node, shard));
             self.disks[&(node, shard)].crash();
         }
@@ -388,8 +430,10 @@ impl Sim {
         for shard in self.shards.values() {
             shard.core.borrow_mut().tick();
         }
+        self.tick_placements();
         self.gc().await;
         self.drive_clients();
+        self.drive_ts_clients();
         self.settle().await;
     }
 
@@ -582,6 +626,10 @@ impl Sim {
         let responses = shard.core.borrow_mut().take_responses();
         let moved = !responses.is_empty();
         for response in responses {
+            if Placement::owns(response.id()) {
+                self.placement_response(addr, response);
+                continue;
+            }
             let (id, result) = match response {
                 Response::Written { id, outcome } => {
                     self.timing.writes += 1;
@@ -658,7 +706,7 @@ impl Sim {
     }
 
     pub fn pending_ops(&self) -> usize {
-        self.ops.iter().filter(|o| !o.done).count()
+        self.ops.iter().filter(|o| !o.done).count() + self.pending_ts_ops()
     }
 
     /// Runs ticks until every submitted operation has finished (each has a deadline).
@@ -685,6 +733,7 @@ impl Sim {
         assert_eq!(self.pending_ops(), 0, "operations still pending");
         self.ops.clear();
         self.by_request.clear();
+        self.ts_ops.clear();
     }
 
     /// The history so far (finished operations; unknown outcomes have no return time).
