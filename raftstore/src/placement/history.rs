@@ -2,8 +2,8 @@
 //! handed out once, and a request that began after another returned gets larger timestamps
 //! (real-time order, whichever leader served each).
 //!
-//! Owns: the history format of timestamp requests ([`TsOp`]) and [`check_timestamps`]. Must
-//! not: read clocks or do I/O; it judges what a simulator or a test harness recorded.
+//! Owns: the history format of timestamp requests ([`TsOp`]) and [`check_timestamps`].
+//! Must not: read clocks or do I/O; it judges what a simulator or a test harness recorded.
 
 /// One client request for timestamps, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
