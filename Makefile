@@ -10,8 +10,7 @@ DATA_DIR ?= /tmp/corekv-playground
 ## run: build, start a local 3-node x 2-shard cluster (corekv-playground), run a demo workload, stay up until Ctrl-C
 run:
 	$(CARGO) build --release --locked -p corekv-tools
-	rm -rf $(DATA_DIR)
-	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-playground -- --nodes 3 --shards 2 --data-dir $(DATA_DIR) --demo-keys 20000
+	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-playground -- --nodes 3 --shards 2 --data-dir $(DATA_DIR) --fresh --demo-keys 20000
 
 ## storage-demo: both storage engines of one pinned shard, no network (figures of the log engine and RocksDB)
 storage-demo:

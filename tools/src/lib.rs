@@ -14,6 +14,7 @@ pub mod bytes;
 pub mod certs;
 pub mod chaos;
 pub mod cluster;
+pub mod control;
 pub mod demo;
 
 use std::process::ExitCode;

@@ -1,8 +1,10 @@
 //! corekv-playground: a local cluster of `corekv-server` processes for trying corekv out.
 //! Node k takes ports base-port + 100*(k-1): clients on +0 (+ shard), peers on +40 (+ shard),
 //! /metrics on +80; it logs to DATA_DIR/node-k.log. Stops its children on Ctrl-C / SIGTERM.
+//! A node that dies is reported and the others run on; `stop|kill|restart --node K` from
+//! another terminal act on the running playground through its control socket (`control`).
 //!
-//! Owns: the command line and the foreground wait. Must not: run a node in its own process:
+//! Owns: the command line and the foreground loop. Must not: run a node in its own process:
 //! each is a `corekv-server` child (`cluster::LocalCluster`), stopped when it exits.
 
 use std::path::PathBuf;
@@ -11,23 +13,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use corekv_netio::Client;
 use corekv_tools::cluster::{sibling_binary, ClusterSpec, LocalCluster};
+use corekv_tools::control::{self, Action, ControlSocket};
 
-/// Start a local corekv cluster (child processes) and keep it running until Ctrl-C.
+/// Start a local corekv cluster (child processes) and keep it running until Ctrl-C; or, with a
+/// command, act on a running one.
 #[derive(Parser)]
 #[command(name = "corekv-playground", version = corekv_shard::VERSION)]
 struct Args {
+    /// Act on the playground running on --data-dir instead of starting one.
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Nodes to start (each a corekv-server process).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
     /// Shards (cores) per node, at most 40 (a node's client ports: +0..+39, peer ports +40..+79).
     #[arg(long, default_value_t = 2)]
     shards: u32,
-    /// One sub-directory per node; an existing one is recovered.
+    /// One sub-directory per node; an existing one is recovered (required).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Start from empty node directories: removes what DATA_DIR holds first (once it is sure
+    /// no other playground runs on it).
     #[arg(long)]
-    data_dir: PathBuf,
+    fresh: bool,
     /// Node k's ports start at this + 100*(k-1).
     #[arg(long, default_value_t = 20160)]
     base_port: u16,
@@ -46,6 +57,38 @@ struct Args {
     tls: bool,
 }
 
+#[derive(Subcommand, Clone, Copy)]
+enum Cmd {
+    /// Stop node K cleanly (SIGTERM); the others run on.
+    Stop {
+        /// The node (1..=nodes).
+        #[arg(long)]
+        node: u64,
+    },
+    /// kill -9 node K: no shutdown of any kind; the others run on.
+    Kill {
+        /// The node (1..=nodes).
+        #[arg(long)]
+        node: u64,
+    },
+    /// Start node K again on its data dir (after stop, kill, or a crash).
+    Restart {
+        /// The node (1..=nodes).
+        #[arg(long)]
+        node: u64,
+    },
+}
+
+impl Cmd {
+    fn action(self) -> Action {
+        match self {
+            Cmd::Stop { node } => Action::Stop(node),
+            Cmd::Kill { node } => Action::Kill(node),
+            Cmd::Restart { node } => Action::Restart(node),
+        }
+    }
+}
+
 const LEADERS_WAIT: Duration = Duration::from_secs(60);
 const DEMO_CONCURRENCY: u64 = 32;
 
@@ -56,6 +99,16 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     corekv_tools::init_logging("warn", None)?;
     let args = Args::parse();
+    let data_dir = args.data_dir.clone().context("--data-dir is required")?;
+    if let Some(cmd) = args.command {
+        println!("{}", control::request(&data_dir, cmd.action())?);
+        return Ok(());
+    }
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let control = ControlSocket::bind(&data_dir)?;
+    if args.fresh {
+        empty_except(&data_dir, &control::socket_path(&data_dir))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
@@ -63,7 +116,7 @@ fn run() -> Result<()> {
     let spec = ClusterSpec {
         nodes: args.nodes,
         shards: args.shards,
-        data_dir: args.data_dir.clone(),
+        data_dir,
         hosts: vec![args.host.clone()],
         base_port: args.base_port,
         server: sibling_binary("corekv-server")?,
@@ -88,12 +141,13 @@ fn run() -> Result<()> {
     println!("corekv playground: {} nodes x {} shards", spec.nodes, spec.shards);
     for k in 1..=spec.nodes {
         println!(
-            "  node {k}  {} (shards on +0..+{})  peers {}  metrics http://{}/metrics  log {}",
+            "  node {k}  {} (shards on +0..+{})  peers {}  metrics http://{}/metrics  log {}  pid {}",
             spec.endpoint(k),
             spec.shards - 1,
             spec.peer_endpoint(k),
             spec.status_addr(k),
-            spec.log(k).display()
+            spec.log(k).display(),
+            cluster.pid(k).unwrap_or(0)
         );
     }
     println!("endpoints: {}", spec.endpoints().join(","));
@@ -119,7 +173,7 @@ fn run() -> Result<()> {
             stats.operations, stats.attempts, stats.redirects
         );
     }
-    let result = wait_for_stop(&mut cluster, args.no_wait, &stop);
+    let result = serve(&mut cluster, &control, args.no_wait, &stop);
     let clean = cluster.stop()?;
     println!(
         "stopped {} nodes{}",
@@ -129,17 +183,81 @@ fn run() -> Result<()> {
     result
 }
 
-/// Stays in the foreground until Ctrl-C / SIGTERM (or a node dies).
-fn wait_for_stop(cluster: &mut LocalCluster, no_wait: bool, stop: &AtomicBool) -> Result<()> {
+/// Stays in the foreground until Ctrl-C / SIGTERM: reports nodes that end, and acts on the
+/// control socket's requests.
+fn serve(cluster: &mut LocalCluster, control: &ControlSocket, no_wait: bool, stop: &AtomicBool) -> Result<()> {
     if no_wait {
         return Ok(());
     }
-    println!("press Ctrl-C to stop the cluster");
+    let dir = cluster.spec().data_dir.display().to_string();
+    println!("press Ctrl-C to stop the cluster; from another terminal: corekv-playground stop|kill|restart --node K --data-dir {dir}");
     while !stop.load(Ordering::Relaxed) {
-        cluster.check_alive()?;
-        std::thread::sleep(Duration::from_millis(200));
+        for (k, status) in cluster.reap_exited()? {
+            let log = cluster.spec().log(k);
+            println!(
+                "node {k} exited ({status}); the others run on; its log: {}",
+                log.display()
+            );
+            println!("  bring it back: corekv-playground restart --node {k} --data-dir {dir}");
+        }
+        while let Some((action, stream)) = control.next()? {
+            let outcome = act(cluster, action);
+            match &outcome {
+                Ok(done) => println!("{done}"),
+                Err(e) => println!("{}: {e:#}", action_name(action)),
+            }
+            control::answer(stream, &outcome);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Removes everything in `dir` but `keep`.
+fn empty_except(dir: &std::path::Path, keep: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path == keep {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("remove {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn action_name(action: Action) -> String {
+    format!("{action:?}").to_lowercase()
+}
+
+/// One control request against the cluster: what was done, in words.
+fn act(cluster: &mut LocalCluster, action: Action) -> Result<String> {
+    let (Action::Stop(k) | Action::Kill(k) | Action::Restart(k)) = action;
+    anyhow::ensure!(
+        (1..=cluster.spec().nodes).contains(&k),
+        "no node {k} (1..={})",
+        cluster.spec().nodes
+    );
+    match action {
+        Action::Stop(_) if cluster.is_running(k) => {
+            let clean = cluster.stop_node(k)?;
+            Ok(format!("node {k} stopped{}", if clean { "" } else { " (not cleanly)" }))
+        }
+        Action::Kill(_) if cluster.is_running(k) => {
+            cluster.kill(k)?;
+            Ok(format!("node {k} killed (SIGKILL)"))
+        }
+        Action::Restart(_) if !cluster.is_running(k) => {
+            cluster.restart(k)?;
+            Ok(format!("node {k} started again (pid {})", cluster.pid(k).unwrap_or(0)))
+        }
+        Action::Restart(_) => anyhow::bail!("node {k} is running; stop or kill it first"),
+        Action::Stop(_) | Action::Kill(_) => anyhow::bail!("node {k} is not running"),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,118 @@
+//! The playground as a new user drives it: a node killed from another terminal (through the
+//! playground, or with kill -9 on its pid) is reported, the others run on and serve, and
+//! `restart` brings it back.
+
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+/// The playground process, stopped (SIGKILL; its nodes follow by PDEATHSIG) if the test fails.
+struct Playground(std::process::Child);
+
+impl Drop for Playground {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `corekv-playground CMD --node K --data-dir DIR`: (succeeded, what it printed).
+fn control(dir: &std::path::Path, cmd: &str, node: u64) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_corekv-playground"))
+        .args([cmd, "--node", &node.to_string(), "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(if out.status.success() { &out.stdout } else { &out.stderr });
+    (out.status.success(), text.into_owned())
+}
+
+/// The playground's stdout lines up to and including the first that starts with `prefix`.
+fn lines_until(lines: &mut Lines<BufReader<ChildStdout>>, prefix: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with(prefix);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+    panic!("the playground ended before printing {prefix:?}: {seen:?}");
+}
+
+fn all_healthy(endpoints: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, _) = ctl(endpoints, &["endpoint", "health", "--cluster"]);
+        if code == 0 && out.matches("is healthy").count() == 3 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// Proves the playground keeps the other nodes running when one is killed (through `kill` or
+// kill -9 from outside), reports it, refuses what makes no sense (killing a dead node,
+// restarting a live one, a node it does not have), restarts nodes on request, and still stops
+// cleanly on SIGTERM.
+#[test]
+fn the_playground_survives_a_killed_node_and_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corekv-playground"))
+        .args([
+            "--nodes",
+            "3",
+            "--shards",
+            "2",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut playground = Playground(child);
+    let banner = lines_until(&mut lines, "press Ctrl-C");
+    let endpoints = banner
+        .iter()
+        .find_map(|l| l.strip_prefix("endpoints: "))
+        .unwrap()
+        .to_string();
+
+    assert_eq!(
+        control(dir.path(), "kill", 2),
+        (true, "node 2 killed (SIGKILL)\n".into())
+    );
+    assert_eq!(ctl(&endpoints, &["raw", "put", "k", "v"]).1, "OK\n");
+    let (ok, why) = control(dir.path(), "kill", 2);
+    assert!(!ok && why.contains("node 2 is not running"), "{why}");
+    assert!(!control(dir.path(), "restart", 9).0);
+    assert!(control(dir.path(), "restart", 2).1.starts_with("node 2 started again"));
+    assert!(!control(dir.path(), "restart", 2).0, "node 2 runs already");
+
+    let node3 = banner.iter().find(|l| l.trim_start().starts_with("node 3 ")).unwrap();
+    let pid: i32 = node3.rsplit("pid ").next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on a pid the playground reported for its own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let reported = lines_until(&mut lines, "node 3 exited");
+    assert!(reported.last().unwrap().contains("the others run on"), "{reported:?}");
+    assert_eq!(ctl(&endpoints, &["raw", "get", "k"]).1, "v\n");
+    assert!(control(dir.path(), "restart", 3).0);
+    assert!(all_healthy(&endpoints), "every node answers after the restarts");
+
+    // SAFETY: SIGTERM to the playground we started.
+    assert_eq!(unsafe { libc::kill(playground.0.id() as i32, libc::SIGTERM) }, 0);
+    assert!(playground.0.wait().unwrap().success());
+    let tail: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(tail.iter().any(|l| l == "stopped 3 nodes"), "{tail:?}");
+}
