@@ -5,7 +5,7 @@
 CARGO := scripts/cargo.sh
 DATA_DIR ?= /tmp/corekv-playground
 
-.PHONY: run storage-demo test build lint chaos fuzz bench-storage bench-raft bench-compare bench-tls deps
+.PHONY: run storage-demo test build lint chaos fuzz bench-storage bench-raft bench-compare bench-tls bench-tso deps
 
 ## run: build, start a local 3-node x 2-shard cluster (corekv-playground), run a demo workload, stay up until Ctrl-C
 run:
@@ -53,6 +53,11 @@ bench-raft:
 ## bench-compare: YCSB on corekv and on a 3-member etcd side by side, alternating, with the fdatasync floor (a few minutes)
 bench-compare:
 	scripts/bench-compare.sh
+
+## bench-tso: the TSO through a local 3-node cluster: get_ts from 1 and 64 callers (batched), beside a put (half a minute)
+bench-tso:
+	$(CARGO) build --release --locked -p corekv-tools -p corekv-perf
+	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- tso
 
 ## bench-tls: what mutual TLS costs: a plain and a TLS 3-node cluster side by side, put and get on each, alternating (a few minutes)
 bench-tls:

@@ -79,6 +79,32 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error for another caller (an I/O error keeps its kind and message).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Frame(e) => Error::Frame(e.clone()),
+            Error::Io { addr, error } => Error::Io {
+                addr: addr.clone(),
+                error: std::io::Error::new(error.kind(), error.to_string()),
+            },
+            Error::Server(e) => Error::Server(e.clone()),
+            Error::Timeout { ms, last } => Error::Timeout {
+                ms: *ms,
+                last: last.clone(),
+            },
+            Error::Undetermined { reason } => Error::Undetermined { reason: reason.clone() },
+            Error::WrongCluster { addr, expected, found } => Error::WrongCluster {
+                addr: addr.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            Error::Unavailable(why) => Error::Unavailable(why.clone()),
+            Error::InvalidArgument(why) => Error::InvalidArgument(why.clone()),
+        }
+    }
+}
+
+impl Error {
     pub fn io(addr: impl ToString, error: std::io::Error) -> Error {
         Error::Io {
             addr: addr.to_string(),

@@ -4,7 +4,8 @@
 //! against the disk's floor and RocksDB-as-raft-log), `raft` (the Multi-Raft core in the
 //! simulator), `ycsb` (YCSB workloads against a running corekv or etcd cluster), `compare`
 //! (the same YCSB workloads on corekv and etcd side by side, with the fdatasync floor), `tls`
-//! (a plain and a TLS cluster side by side: what mutual TLS costs).
+//! (a plain and a TLS cluster side by side: what mutual TLS costs), `tso` (timestamps from 1
+//! and from many callers, batched, beside a put).
 //! Must not: hold benchmark logic: it parses the command line and calls the subcommand's `run`.
 
 mod compare;
@@ -14,6 +15,7 @@ mod raft;
 mod report;
 mod storage;
 mod tls;
+mod tso;
 mod ycsb;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,9 @@ enum Command {
     /// What mutual TLS costs: a plain and a TLS cluster (started here), put and get on both,
     /// alternating.
     Tls(tls::TlsArgs),
+    /// The TSO through a local cluster (started here): get_ts from 1 and from many callers
+    /// (batched), beside a put.
+    Tso(tso::TsoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +62,7 @@ fn run() -> anyhow::Result<()> {
         Command::Ycsb(args) => ycsb::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Tls(args) => tls::run(&args),
+        Command::Tso(args) => tso::run(&args),
     }
 }
 

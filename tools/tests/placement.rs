@@ -90,3 +90,45 @@ fn clients_cannot_touch_the_system_region() {
     }
     assert!(tso(&t.endpoints()[0]) > before);
 }
+
+// Proves concurrent callers of one client share requests and still each get timestamps of
+// their own: 64 callers x 20 calls, every timestamp distinct, each caller's increasing, and
+// fewer requests sent than calls made.
+#[test]
+fn concurrent_callers_share_requests_and_get_distinct_timestamps() {
+    let t = start();
+    let (mut all, stats) = t.with_client(|client| async move {
+        let client = std::rc::Rc::new(client);
+        client.get_ts(1).await?; // finds the placement leader
+        let before = client.stats();
+        let callers: Vec<_> = (0..64)
+            .map(|_| {
+                let client = std::rc::Rc::clone(&client);
+                glommio::spawn_local(async move {
+                    let mut mine = Vec::new();
+                    for _ in 0..20 {
+                        mine.push(client.get_ts(1).await?);
+                    }
+                    anyhow::ensure!(mine.windows(2).all(|w| w[0] < w[1]), "a caller's went back");
+                    Ok::<_, anyhow::Error>(mine)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for caller in callers {
+            all.extend(caller.await?);
+        }
+        let after = client.stats();
+        Ok((
+            all,
+            (after.operations - before.operations, after.attempts - before.attempts),
+        ))
+    });
+    let (calls, requests) = stats;
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 64 * 20, "timestamps handed out twice");
+    assert_eq!(calls, 64 * 20);
+    assert!(requests < calls / 2, "{requests} requests for {calls} calls");
+    eprintln!("{calls} calls in {requests} requests");
+}

@@ -19,6 +19,7 @@
 
 mod conn;
 mod routes;
+mod ts_batch;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use conn::{Answer, Conn};
 use routes::{Locate, Routes};
+use ts_batch::{Driving, Join, TsBatcher, Turn};
 
 use crate::error::{Error, Result};
 use crate::frame::BODY_BYTES_MAX_DEFAULT;
@@ -90,6 +92,8 @@ struct Inner {
     stats: Cell<ClientStats>,
     /// Client address of the node last known to run the placement service.
     placement: RefCell<Option<String>>,
+    /// Concurrent `get_ts` callers waiting to share one request.
+    ts_batch: RefCell<TsBatcher>,
 }
 
 impl Client {
@@ -116,6 +120,7 @@ impl Client {
                 conns: RefCell::new(HashMap::new()),
                 stats: Cell::new(ClientStats::default()),
                 placement: RefCell::new(None),
+                ts_batch: RefCell::default(),
             }),
         }
     }
@@ -418,10 +423,33 @@ impl Client {
     // ---- the API ----
 
     /// `count` consecutive timestamps from the cluster's TSO (strictly increasing across the
-    /// cluster); returns the first. Follows the nodes' hints to the placement leader and
-    /// retries until the deadline (asking for timestamps changes nothing).
+    /// cluster); returns the first. Concurrent callers share one request (`ts_batch`).
     pub async fn get_ts(&self, count: u32) -> Result<u64> {
+        if count == 0 || u64::from(count) > ts_batch::TS_BATCH_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "timestamps asked at once: 1..={}",
+                ts_batch::TS_BATCH_MAX
+            )));
+        }
         self.count(|s| s.operations += 1);
+        let joined = self.inner.ts_batch.borrow_mut().join(count);
+        let batch = match joined {
+            Join::Drive => Vec::new(),
+            Join::Wait(turn) => match turn.await {
+                Ok(Turn::Done(result)) => return result,
+                Ok(Turn::Drive(batch)) => batch,
+                Err(_) => return Err(Error::Unavailable("the timestamp batch was dropped".into())),
+            },
+        };
+        let mut driving = Driving::new(&self.inner.ts_batch, batch);
+        let result = self.get_ts_once(driving.total(count)).await;
+        driving.settle(count, &result);
+        result
+    }
+
+    /// One request for `count` timestamps: follows the nodes' hints to the placement leader
+    /// and retries until the deadline (asking for timestamps changes nothing).
+    async fn get_ts_once(&self, count: u32) -> Result<u64> {
         let cfg = &self.inner.cfg;
         let deadline = Instant::now() + cfg.request_timeout;
         let (mut backoff, mut tries) = (cfg.backoff_min, 0);
