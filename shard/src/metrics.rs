@@ -132,7 +132,7 @@ const GAUGES: [(&str, &str); 9] = [
 ];
 
 /// Histograms of a shard: (name, help, buckets).
-fn histogram_specs() -> [(&'static str, &'static str, Vec<f64>); 4] {
+fn histogram_specs() -> [(&'static str, &'static str, Vec<f64>); 5] {
     [
         (
             "raft_log_sync_duration_seconds",
@@ -153,6 +153,11 @@ fn histogram_specs() -> [(&'static str, &'static str, Vec<f64>); 4] {
             "executor_tick_lateness_seconds",
             "How late the shard's ticker woke: time its executor was blocked or busy",
             seconds_buckets(),
+        ),
+        (
+            "tso_request_timestamps",
+            "Timestamps handed out per answered TSO request (the clients' batch sizes)",
+            exponential_buckets(1.0, 4.0, 10).expect("valid"),
         ),
     ]
 }
@@ -191,6 +196,7 @@ pub struct ShardMetrics {
     pub log_batch_regions: Histogram,
     pub apply_seconds: Histogram,
     pub tick_lateness_seconds: Histogram,
+    pub tso_request_timestamps: Histogram,
     /// Open connections on the client port and on the peer port.
     pub client_connections: IntGauge,
     pub peer_connections: IntGauge,
@@ -317,6 +323,7 @@ impl NodeMetrics {
             log_batch_regions: h("raft_log_batch_regions"),
             apply_seconds: h("apply_duration_seconds"),
             tick_lateness_seconds: h("executor_tick_lateness_seconds"),
+            tso_request_timestamps: h("tso_request_timestamps"),
             client_connections: self.connections.with_label_values(&[s.as_str(), "client"]),
             peer_connections: self.connections.with_label_values(&[s.as_str(), "peer"]),
             durability: self.durability.clone(),

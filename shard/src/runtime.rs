@@ -743,10 +743,13 @@ impl Shard {
     fn placement_answers(&self, answers: Vec<placement::Answer>) {
         for (id, result) in answers {
             let reply = match result {
-                Ok((first, count)) => Ok(Reply::Timestamps {
-                    first,
-                    count: count as u32,
-                }),
+                Ok((first, count)) => {
+                    self.metrics.tso_request_timestamps.observe(count as f64);
+                    Ok(Reply::Timestamps {
+                        first,
+                        count: count as u32,
+                    })
+                }
                 Err(corekv_raftstore::Error::NotLeader { leader, .. }) => Err(WireError::NotPlacementLeader {
                     leader: leader.map(|p| p.node),
                     addr: leader.and_then(|p| self.routing.client_addr_of(p.node)),

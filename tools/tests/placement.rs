@@ -92,8 +92,8 @@ fn clients_cannot_touch_the_system_region() {
 }
 
 // Proves concurrent callers of one client share requests and still each get timestamps of
-// their own: 64 callers x 20 calls, every timestamp distinct, each caller's increasing, and
-// fewer requests sent than calls made.
+// their own: 64 callers x 20 calls, every timestamp distinct, each caller's increasing, fewer
+// requests sent than calls made, and the servers' metric counts every timestamp handed out.
 #[test]
 fn concurrent_callers_share_requests_and_get_distinct_timestamps() {
     let t = start();
@@ -130,5 +130,9 @@ fn concurrent_callers_share_requests_and_get_distinct_timestamps() {
     assert_eq!(all.len(), 64 * 20, "timestamps handed out twice");
     assert_eq!(calls, 64 * 20);
     assert!(requests < calls / 2, "{requests} requests for {calls} calls");
+    let handed_out: f64 = (1..=3)
+        .map(|n| metric(&t, n, "corekv_tso_request_timestamps_sum{"))
+        .sum();
+    assert!(handed_out >= calls as f64, "the metric counted {handed_out} timestamps");
     eprintln!("{calls} calls in {requests} requests");
 }
