@@ -26,6 +26,8 @@ const REGION_SUFFIX: u8 = b'd';
 
 /// System key: the TSO's durable window end (ms, u64 big endian).
 pub const TSO_WINDOW_KEY: &[u8] = b"tso/window_end_ms";
+/// System key: the id allocator's durable end (u64 big endian; ids below it may be taken).
+pub const IDS_END_KEY: &[u8] = b"ids/end";
 
 /// Raft log engine state key: the region's raft hard state.
 pub const HARD_STATE_KEY: &[u8] = b"hs";

@@ -323,6 +323,8 @@ struct ChaosOutcome {
     ops: usize,
     timestamps: Result<(), String>,
     ts_answered: usize,
+    ids: Result<(), String>,
+    ids_answered: usize,
 }
 
 async fn chaos_run(seed: u64) -> ChaosOutcome {
@@ -364,6 +366,7 @@ async fn chaos_run(seed: u64) -> ChaosOutcome {
         // the nodes' clocks drift apart and step back by up to 10 s.
         sim.submit_get_ts(10, 1 + rng.next_u64() % 4);
         sim.submit_get_ts_to(1 + rng.next_u64() % 3, 11, 1);
+        sim.submit_alloc_ids(12, 1 + rng.next_u64() % 100);
         let skewed = 1 + rng.next_u64() % 3;
         sim.set_clock_skew(skewed, (rng.next_u64() % 20_000) as i64 - 10_000);
         match rng.next_u32() % 6 {
@@ -403,6 +406,8 @@ async fn chaos_run(seed: u64) -> ChaosOutcome {
         ops: history.len(),
         timestamps: check_timestamps(&ts_history),
         ts_answered: ts_history.iter().filter(|o| o.first.is_some()).count(),
+        ids: check_timestamps(&sim.id_history()),
+        ids_answered: sim.id_history().iter().filter(|o| o.first.is_some()).count(),
     }
 }
 
@@ -410,7 +415,8 @@ async fn chaos_run(seed: u64) -> ChaosOutcome {
 // client histories are linearizable (including the final reads: no acknowledged write lost),
 // with entry caches of the default size and, on odd seeds, of 1 KiB; and that timestamps from
 // the placement service are unique and increase in real-time order through the same faults,
-// with the nodes' clocks skewed and stepped back.
+// with the nodes' clocks skewed and stepped back; and that ids are never handed out twice across
+// placement-leader changes (and increase too).
 // Runs 100 seeds; a failure names its seed, and that seed replays the same run.
 #[test]
 fn random_faults_keep_histories_linearizable() {
@@ -418,7 +424,7 @@ fn random_faults_keep_histories_linearizable() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let mut answered = 0;
+    let (mut answered, mut ids_answered) = (0, 0);
     for seed in 0..seeds {
         let outcome = run(move || chaos_run(seed));
         let ops = outcome.ops;
@@ -428,11 +434,17 @@ fn random_faults_keep_histories_linearizable() {
             "seed {seed} ({ops} ops) is not linearizable"
         );
         assert_eq!(outcome.timestamps, Ok(()), "seed {seed}");
+        assert_eq!(outcome.ids, Ok(()), "seed {seed}: ids");
         answered += outcome.ts_answered;
+        ids_answered += outcome.ids_answered;
     }
     // 24 requests a seed, half of them stuck to one node whether it leads or not.
-    eprintln!("{answered} timestamp requests answered over {seeds} seeds");
+    eprintln!("{answered} timestamp and {ids_answered} id requests answered over {seeds} seeds");
     assert!(answered as u64 >= seeds * 8, "{answered} answered over {seeds} seeds");
+    assert!(
+        ids_answered as u64 >= seeds * 6,
+        "{ids_answered} id requests answered over {seeds} seeds"
+    );
 }
 
 // Proves the placement service moves with the system region's leadership: once its node is cut

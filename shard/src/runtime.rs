@@ -33,7 +33,7 @@ use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
-use corekv_raftstore::placement::{self, Placement, PlacementConfig};
+use corekv_raftstore::placement::{self, Ask, Placement, PlacementConfig};
 use corekv_raftstore::snapshot;
 use corekv_raftstore::snapshot_chunks::{Accepted, Receiver, SnapshotChunk};
 use corekv_raftstore::{
@@ -648,8 +648,11 @@ impl Shard {
         }
         if let ArchivedOp::GetTs { count } = &req.op {
             let id = self.track(out, (client_id, op, started), None, false);
-            let answers =
-                (self.placement.borrow_mut()).get_ts(&mut self.engines.core.borrow_mut(), id, count.to_native().into());
+            let answers = (self.placement.borrow_mut()).ask(
+                &mut self.engines.core.borrow_mut(),
+                id,
+                Ask::Timestamps(count.to_native().into()),
+            );
             self.placement_answers(answers);
             self.kick();
             return Ok(());

@@ -1,22 +1,24 @@
 //! The placement service, run by the leader of the system region (`SYSTEM_REGION_ID`) on
-//! whichever shard hosts it: today the timestamp oracle (`tso`); the id allocator, the store
-//! registry and the region directory come next. Its durable state lives in the system
-//! region's keys and changes only through that region's Raft log, as compare-and-swaps (a
-//! deposed leader's late write fails instead of going back).
+//! whichever shard hosts it: the timestamp oracle (`tso`) and the id allocator (`ids`), each
+//! below a durable end (`window`); the store registry and the region directory come next. Its
+//! durable state lives in the system region's keys and changes only through that region's
+//! Raft log, as compare-and-swaps (a deposed leader's late write fails instead of going back).
 //!
 //! `Placement` drives it against a shard's `RaftCore`: the node runtime and the simulator call
-//! the same three entry points (`get_ts`, `on_response`, `tick`). Leadership: the service
-//! loads its state with a linearizable read of the system region once per term (so it sees
-//! everything its predecessors committed), and serves each batch of timestamps after a read
-//! of that region too, within the leader lease or after a ReadIndex round: a deposed leader
-//! that has not noticed yet never hands out a timestamp after its successor has.
+//! the same three entry points (`ask`, `on_response`, `tick`). Leadership: the service loads
+//! its state with a linearizable read of the system region once per term (so it sees
+//! everything its predecessors committed), and serves each batch after a read of that region
+//! too, within the leader lease or after a ReadIndex round: a deposed leader that has not
+//! noticed yet never hands out a timestamp after its successor has.
 //!
-//! Owns: which requests wait (bounded), which of the raft core's requests are its own, and
-//! the TSO's window. Must not: read a clock (time comes in as `now_ms`), or write the system
-//! region but through the raft log.
+//! Owns: which requests wait (bounded), which of the raft core's requests are its own, the
+//! TSO and the id allocator. Must not: read a clock (time comes in as `now_ms`), or write the
+//! system region but through the raft log.
 
 pub mod history;
+pub mod ids;
 pub mod tso;
+pub mod window;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -25,10 +27,12 @@ use corekv_storage::kv::KvEngine;
 use crate::apply;
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
-use crate::keys::TSO_WINDOW_KEY;
+use crate::keys::{IDS_END_KEY, TSO_WINDOW_KEY};
 use crate::raft_core::{RaftCore, RequestId, Response};
 use crate::region::{PeerMeta, SYSTEM_REGION_ID};
-use tso::{Tso, Wait};
+use ids::Ids;
+use tso::Tso;
+use window::Wait;
 
 /// Request ids with this bit set are the placement service's own (client ids never reach it).
 const OWN_BIT: RequestId = 1 << 63;
@@ -37,7 +41,7 @@ const OWN_BIT: RequestId = 1 << 63;
 pub struct PlacementConfig {
     /// How far ahead of the clock the TSO's durable window reaches (PD: 3 s).
     pub tso_save_interval_ms: u64,
-    /// Timestamp requests waiting for a load or a window save; more get `ServerBusy`.
+    /// Requests waiting for a load or a save; more get `ServerBusy`.
     pub waiting_requests_max: usize,
 }
 
@@ -50,26 +54,49 @@ impl Default for PlacementConfig {
     }
 }
 
-/// The answer to a client's request: (the first of its timestamps, how many), or why not.
+/// What a client asks for, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Timestamps(u64),
+    Ids(u64),
+}
+
+/// The answer to a client's request: (the first of its timestamps or ids, how many), or why not.
 pub type Answer = (RequestId, Result<(u64, u64)>);
+
+/// Which durable end a save is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Tso,
+    Ids,
+}
+
+impl Which {
+    fn key(self) -> &'static [u8] {
+        match self {
+            Which::Tso => TSO_WINDOW_KEY,
+            Which::Ids => IDS_END_KEY,
+        }
+    }
+}
 
 enum Own {
     Load { term: u64 },
-    Save { end: u64 },
-    Serve { client: RequestId, count: u64 },
+    Save { which: Which, end: u64 },
+    Serve { client: RequestId, ask: Ask },
 }
 
 enum State {
     Follower,
     Loading { term: u64 },
-    Leading { term: u64, tso: Tso },
+    Leading { term: u64, tso: Tso, ids: Ids },
 }
 
 pub struct Placement {
     cfg: PlacementConfig,
     state: State,
-    /// (client request, timestamps asked) waiting for a load or a save.
-    waiting: VecDeque<(RequestId, u64)>,
+    /// Client requests waiting for a load or a save.
+    waiting: VecDeque<(RequestId, Ask)>,
     own: BTreeMap<RequestId, Own>,
     next_own: RequestId,
 }
@@ -96,25 +123,26 @@ impl Placement {
         matches!(self.state, State::Leading { .. })
     }
 
-    /// A client asks for `count` timestamps; the answer comes now or from a later call.
-    pub fn get_ts(&mut self, core: &mut RaftCore, client: RequestId, count: u64) -> Vec<Answer> {
+    /// A client asks for timestamps or ids; the answer comes now or from a later call.
+    pub fn ask(&mut self, core: &mut RaftCore, client: RequestId, ask: Ask) -> Vec<Answer> {
         debug_assert!(!Self::owns(client));
         if !core.is_leader(SYSTEM_REGION_ID) {
             return vec![(client, Err(not_leader(core)))];
         }
-        if count == 0 || count >= tso::LOGICAL_MAX {
-            return vec![(
-                client,
-                Err(Error::InvalidArgument("timestamps asked at once: 1..262143")),
-            )];
+        let refused = match ask {
+            Ask::Timestamps(n) => (n == 0 || n >= tso::LOGICAL_MAX).then_some("timestamps asked at once: 1..262143"),
+            Ask::Ids(n) => (n == 0 || n > ids::ID_BATCH / 2).then_some("ids asked at once: 1..500"),
+        };
+        if let Some(why) = refused {
+            return vec![(client, Err(Error::InvalidArgument(why)))];
         }
         if self.is_leading() {
-            return self.serve(core, client, count);
+            return self.serve(core, client, ask);
         }
-        self.wait(client, count)
+        self.wait(client, ask)
     }
 
-    /// Watches the system region's leadership and saves the TSO window ahead of the clock.
+    /// Watches the system region's leadership and saves the durable ends ahead of use.
     pub fn tick(&mut self, core: &mut RaftCore, now_ms: u64) -> Vec<Answer> {
         let term = core.term(SYSTEM_REGION_ID).filter(|_| core.is_leader(SYSTEM_REGION_ID));
         let Some(term) = term else {
@@ -122,12 +150,8 @@ impl Placement {
             let error = not_leader(core);
             return self.waiting.drain(..).map(|(id, _)| (id, Err(error.clone()))).collect();
         };
-        match &mut self.state {
-            State::Leading { term: t, tso } if *t == term => {
-                if let Some((old, end)) = tso.to_save(now_ms) {
-                    self.save(core, old, end);
-                }
-            }
+        match &self.state {
+            State::Leading { term: t, .. } if *t == term => self.save_ahead(core, now_ms),
             State::Loading { term: t } if *t == term => {}
             _ => self.load(core, term),
         }
@@ -143,13 +167,13 @@ impl Placement {
         };
         match (self.own.remove(&id), result) {
             (Some(Own::Load { term }), Ok(_)) => self.loaded(core, kv, term, now_ms),
-            (Some(Own::Save { end }), Ok(outcome)) => {
+            (Some(Own::Save { which, end }), Ok(outcome)) => {
                 let ok = matches!(outcome, Some(Outcome::Cas { succeeded: true, .. }));
-                self.saved(core, end, ok)
+                self.saved(core, which, end, ok)
             }
-            (Some(Own::Serve { client, count }), Ok(_)) => self.take(core, client, count, now_ms),
+            (Some(Own::Serve { client, ask }), Ok(_)) => self.take(core, client, ask, now_ms),
             (Some(Own::Serve { client, .. }), Err(e)) => vec![(client, Err(e))],
-            (Some(Own::Save { end }), Err(_)) => self.saved(core, end, false),
+            (Some(Own::Save { which, end }), Err(_)) => self.saved(core, which, end, false),
             (Some(Own::Load { .. }), Err(_)) => {
                 self.state = State::Follower;
                 Vec::new()
@@ -158,11 +182,11 @@ impl Placement {
         }
     }
 
-    fn wait(&mut self, client: RequestId, count: u64) -> Vec<Answer> {
+    fn wait(&mut self, client: RequestId, ask: Ask) -> Vec<Answer> {
         if self.waiting.len() >= self.cfg.waiting_requests_max {
-            return vec![(client, Err(Error::ServerBusy("timestamp requests waiting")))];
+            return vec![(client, Err(Error::ServerBusy("placement requests waiting")))];
         }
-        self.waiting.push_back((client, count));
+        self.waiting.push_back((client, ask));
         Vec::new()
     }
 
@@ -184,81 +208,105 @@ impl Placement {
     }
 
     /// The system region has applied everything committed before this term's read: its
-    /// durable window end is final for this term.
+    /// durable ends are final for this term.
     fn loaded(&mut self, core: &mut RaftCore, kv: &KvEngine, term: u64, now_ms: u64) -> Vec<Answer> {
         if !matches!(self.state, State::Loading { term: t } if t == term) {
             return Vec::new();
         }
-        let saved = core
-            .region(SYSTEM_REGION_ID)
-            .cloned()
-            .ok_or(Error::RegionNotFound(SYSTEM_REGION_ID))
-            .and_then(|r| apply::read(kv, &r, TSO_WINDOW_KEY))
-            .and_then(|v| v.map_or(Ok(0), |b| decode_ms(&b)));
-        let saved = match saved {
-            Ok(saved) => saved,
+        let ends = load_end(core, kv, Which::Tso).and_then(|tso| Ok((tso, load_end(core, kv, Which::Ids)?)));
+        let (tso_end, ids_end) = match ends {
+            Ok(ends) => ends,
             Err(e) => {
-                tracing::warn!(error = %e, "placement: could not load the TSO window");
+                tracing::warn!(error = %e, "placement: could not load its state");
                 self.state = State::Follower;
                 return Vec::new();
             }
         };
-        let mut tso = Tso::load(saved, now_ms, self.cfg.tso_save_interval_ms);
-        let first_save = tso.to_save(now_ms);
-        self.state = State::Leading { term, tso };
-        tracing::info!(term, saved_ms = saved, "placement: leading");
-        if let Some((old, end)) = first_save {
-            self.save(core, old, end);
-        }
+        self.state = State::Leading {
+            term,
+            tso: Tso::load(tso_end, now_ms, self.cfg.tso_save_interval_ms),
+            ids: Ids::load(ids_end),
+        };
+        tracing::info!(term, tso_saved_ms = tso_end, ids_saved = ids_end, "placement: leading");
+        self.save_ahead(core, now_ms);
         Vec::new()
     }
 
-    fn save(&mut self, core: &mut RaftCore, old: u64, end: u64) {
-        let id = self.own(Own::Save { end });
+    /// Saves each durable end that runs low.
+    fn save_ahead(&mut self, core: &mut RaftCore, now_ms: u64) {
+        let State::Leading { tso, ids, .. } = &mut self.state else {
+            return;
+        };
+        let saves = [(Which::Tso, tso.to_save(now_ms)), (Which::Ids, ids.to_save())];
+        for (which, save) in saves {
+            if let Some((old, end)) = save {
+                self.save(core, which, old, end);
+            }
+        }
+    }
+
+    fn save(&mut self, core: &mut RaftCore, which: Which, old: u64, end: u64) {
+        let id = self.own(Own::Save { which, end });
         let cmd = Command::CompareAndSwap {
-            key: TSO_WINDOW_KEY.to_vec(),
+            key: which.key().to_vec(),
             expected: (old > 0).then(|| old.to_be_bytes().to_vec()),
             new: Some(end.to_be_bytes().to_vec()),
         };
         core.propose(id, SYSTEM_REGION_ID, Self::epoch(core), cmd);
     }
 
-    fn saved(&mut self, core: &mut RaftCore, end: u64, ok: bool) -> Vec<Answer> {
-        let State::Leading { tso, .. } = &mut self.state else {
+    fn saved(&mut self, core: &mut RaftCore, which: Which, end: u64, ok: bool) -> Vec<Answer> {
+        let State::Leading { tso, ids, .. } = &mut self.state else {
             return Vec::new();
         };
-        tso.on_saved(end, ok);
+        match which {
+            Which::Tso => tso.on_saved(end, ok),
+            Which::Ids => ids.on_saved(end, ok),
+        }
         if !ok {
             // Another leader's write, or none at all: load again before serving anything.
             self.state = State::Follower;
             return Vec::new();
         }
         let waiting: Vec<_> = self.waiting.drain(..).collect();
-        waiting.into_iter().flat_map(|(c, n)| self.serve(core, c, n)).collect()
+        waiting
+            .into_iter()
+            .flat_map(|(c, ask)| self.serve(core, c, ask))
+            .collect()
     }
 
-    fn serve(&mut self, core: &mut RaftCore, client: RequestId, count: u64) -> Vec<Answer> {
-        let id = self.own(Own::Serve { client, count });
+    fn serve(&mut self, core: &mut RaftCore, client: RequestId, ask: Ask) -> Vec<Answer> {
+        let id = self.own(Own::Serve { client, ask });
         core.read(id, SYSTEM_REGION_ID, Self::epoch(core));
         Vec::new()
     }
 
-    /// Leadership confirmed after the request arrived: hand out the timestamps.
-    fn take(&mut self, core: &mut RaftCore, client: RequestId, count: u64, now_ms: u64) -> Vec<Answer> {
-        let State::Leading { tso, .. } = &mut self.state else {
+    /// Leadership confirmed after the request arrived: hand out what it asked for.
+    fn take(&mut self, core: &mut RaftCore, client: RequestId, ask: Ask, now_ms: u64) -> Vec<Answer> {
+        let State::Leading { tso, ids, .. } = &mut self.state else {
             return vec![(client, Err(not_leader(core)))];
         };
-        match tso.take(count, now_ms) {
+        let (taken, count) = match ask {
+            Ask::Timestamps(n) => (tso.take(n, now_ms), n),
+            Ask::Ids(n) => (ids.take(n), n),
+        };
+        match taken {
             Ok(first) => vec![(client, Ok((first, count)))],
-            Err(Wait::TooMany) => vec![(client, Err(Error::InvalidArgument("too many timestamps at once")))],
+            Err(Wait::TooMany) => vec![(client, Err(Error::InvalidArgument("too many asked at once")))],
             Err(Wait::Window) => {
-                if let Some((old, end)) = tso.to_save(now_ms) {
-                    self.save(core, old, end);
-                }
-                self.wait(client, count)
+                self.save_ahead(core, now_ms);
+                self.wait(client, ask)
             }
         }
     }
+}
+
+/// The durable end of `which` as the system region holds it (0: never saved).
+fn load_end(core: &RaftCore, kv: &KvEngine, which: Which) -> Result<u64> {
+    let region = core
+        .region(SYSTEM_REGION_ID)
+        .ok_or(Error::RegionNotFound(SYSTEM_REGION_ID))?;
+    apply::read(kv, region, which.key())?.map_or(Ok(0), |b| decode_end(&b))
 }
 
 fn not_leader(core: &RaftCore) -> Error {
@@ -268,10 +316,10 @@ fn not_leader(core: &RaftCore) -> Error {
     }
 }
 
-fn decode_ms(bytes: &[u8]) -> Result<u64> {
+fn decode_end(bytes: &[u8]) -> Result<u64> {
     let b: [u8; 8] = bytes.try_into().map_err(|_| Error::Corruption {
         region_id: SYSTEM_REGION_ID,
-        reason: format!("a TSO window of {} bytes", bytes.len()),
+        reason: format!("a durable end of {} bytes", bytes.len()),
     })?;
     Ok(u64::from_be_bytes(b))
 }

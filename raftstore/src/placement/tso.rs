@@ -6,6 +6,8 @@
 //! it. Must not: read a clock (time comes in as `now_ms`), persist anything itself (it says
 //! what to save; the caller proposes it and reports back), or serve before it is loaded.
 
+use super::window::{Wait, Window};
+
 /// Bits of a timestamp that count within one millisecond.
 pub const LOGICAL_BITS: u32 = 18;
 /// Timestamps one millisecond can hand out.
@@ -21,25 +23,14 @@ fn compose(physical_ms: u64, logical: u64) -> u64 {
     physical_ms << LOGICAL_BITS | logical
 }
 
-/// Why a request for timestamps cannot be served now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    /// The current millisecond is at the durable window's end: wait for the next save.
-    Window,
-    /// More timestamps than one millisecond holds were asked for at once.
-    TooMany,
-}
-
 #[derive(Debug, Clone)]
 pub struct Tso {
     save_interval_ms: u64,
-    /// The durable window end: no timestamp at or above `compose(saved_ms, 0)` is handed out.
-    saved_ms: u64,
+    /// The durable window end (ms): no timestamp at or above `compose(saved, 0)` is handed out.
+    window: Window,
     physical_ms: u64,
     /// The next logical value to hand out within `physical_ms`.
     logical: u64,
-    /// A window end being saved (proposed, not yet applied).
-    saving: Option<u64>,
 }
 
 impl Tso {
@@ -49,15 +40,14 @@ impl Tso {
         assert!(save_interval_ms > 0);
         Tso {
             save_interval_ms,
-            saved_ms,
+            window: Window::new(saved_ms),
             physical_ms: now_ms.max(saved_ms + 1),
             logical: 0,
-            saving: None,
         }
     }
 
     pub fn saved_ms(&self) -> u64 {
-        self.saved_ms
+        self.window.saved()
     }
 
     /// The window end to save now, with the one it replaces (a compare-and-swap), if the
@@ -65,24 +55,12 @@ impl Tso {
     /// is in flight.
     pub fn to_save(&mut self, now_ms: u64) -> Option<(u64, u64)> {
         self.advance(now_ms);
-        let low = self.saved_ms.saturating_sub(self.physical_ms) < self.save_interval_ms / 2 + 1;
-        if !low || self.saving.is_some() {
-            return None;
-        }
-        let end = self.physical_ms + self.save_interval_ms;
-        self.saving = Some(end);
-        Some((self.saved_ms, end))
+        self.window.to_save(self.physical_ms, self.save_interval_ms)
     }
 
     /// The save of `end` was applied (`true`) or refused or lost (`false`).
     pub fn on_saved(&mut self, end: u64, ok: bool) {
-        if self.saving == Some(end) {
-            self.saving = None;
-        }
-        if ok {
-            assert!(end > self.saved_ms, "a window end only grows");
-            self.saved_ms = end;
-        }
+        self.window.on_saved(end, ok);
     }
 
     /// `count` consecutive timestamps; returns the first.
@@ -96,7 +74,7 @@ impl Tso {
             self.physical_ms += 1;
             self.logical = 0;
         }
-        if self.physical_ms >= self.saved_ms {
+        if self.physical_ms >= self.window.saved() {
             return Err(Wait::Window);
         }
         let first = compose(self.physical_ms, self.logical);

@@ -1,14 +1,15 @@
 //! The placement service in the simulator: each node's shard 0 runs the production
 //! `Placement` beside its raft core, with a wall clock of its own (simulated ticks plus a skew
 //! tests set), and clients ask for timestamps as real clients do: at the system region's
-//! leader, again on any refusal, until their deadline. Their answers form a `TsOp` history.
+//! leader, again on any refusal, until their deadline; clients of the id allocator too. Their
+//! answers form `TsOp` histories (ids obey the same rules: unique, increasing in real time).
 //!
-//! Owns: the per-node clocks and the timestamp clients. Must not: serve timestamps itself
+//! Owns: the per-node clocks and the placement service's clients. Must not: serve timestamps itself
 //! (`Placement` does), or break the simulator's determinism.
 
 use crate::error::{Error, Result};
 use crate::placement::history::TsOp;
-use crate::placement::{Answer, Placement, PlacementConfig};
+use crate::placement::{Answer, Ask, Placement, PlacementConfig};
 use crate::raft_core::{RequestId, Response};
 use crate::region::SYSTEM_REGION_ID;
 
@@ -22,6 +23,8 @@ const CLOCK_START_MS: u64 = 1_800_000_000_000;
 /// A timestamp request in progress.
 pub(super) struct TsClientOp {
     op: TsOp,
+    /// Ids rather than timestamps.
+    ids: bool,
     deadline: u64,
     /// The request in flight: its id and when it was sent.
     attempt: Option<(RequestId, u64)>,
@@ -49,15 +52,24 @@ impl Sim {
 
     /// Asks for `count` timestamps at whichever node leads the system region.
     pub fn submit_get_ts(&mut self, client: u64, count: u64) {
-        self.submit_get_ts_on(None, client, count);
+        self.submit_ask(None, client, Ask::Timestamps(count));
     }
 
     /// Like `submit_get_ts`, but always asks `node`, leader or not.
     pub fn submit_get_ts_to(&mut self, node: u64, client: u64, count: u64) {
-        self.submit_get_ts_on(Some(node), client, count);
+        self.submit_ask(Some(node), client, Ask::Timestamps(count));
     }
 
-    fn submit_get_ts_on(&mut self, pinned: Option<u64>, client: u64, count: u64) {
+    /// Asks the id allocator for `count` ids at whichever node leads the system region.
+    pub fn submit_alloc_ids(&mut self, client: u64, count: u64) {
+        self.submit_ask(None, client, Ask::Ids(count));
+    }
+
+    fn submit_ask(&mut self, pinned: Option<u64>, client: u64, ask: Ask) {
+        let (ids, count) = match ask {
+            Ask::Timestamps(n) => (false, n),
+            Ask::Ids(n) => (true, n),
+        };
         let call_ns = self.time_ns();
         let op = TsOp {
             client,
@@ -69,6 +81,7 @@ impl Sim {
         let deadline = self.now + self.cfg.op_ticks_max;
         (self.ts_ops).push(TsClientOp {
             op,
+            ids,
             deadline,
             attempt: None,
             pinned,
@@ -78,7 +91,19 @@ impl Sim {
 
     /// The timestamp requests finished so far.
     pub fn ts_history(&self) -> Vec<TsOp> {
-        self.ts_ops.iter().filter(|o| o.done).map(|o| o.op.clone()).collect()
+        self.placement_history(false)
+    }
+
+    /// The id requests finished so far.
+    pub fn id_history(&self) -> Vec<TsOp> {
+        self.placement_history(true)
+    }
+
+    fn placement_history(&self, ids: bool) -> Vec<TsOp> {
+        (self.ts_ops.iter())
+            .filter(|o| o.done && o.ids == ids)
+            .map(|o| o.op.clone())
+            .collect()
     }
 
     pub(super) fn pending_ts_ops(&self) -> usize {
@@ -143,12 +168,13 @@ impl Sim {
         self.ts_by_request.insert(id, i);
         self.ts_ops[i].attempt = Some((id, self.now));
         let count = self.ts_ops[i].op.count;
+        let ask = if self.ts_ops[i].ids {
+            Ask::Ids(count)
+        } else {
+            Ask::Timestamps(count)
+        };
         let mut core = self.shards[&addr].core.borrow_mut();
-        let answers = self
-            .placements
-            .get_mut(&addr)
-            .expect("checked")
-            .get_ts(&mut core, id, count);
+        let answers = self.placements.get_mut(&addr).expect("checked").ask(&mut core, id, ask);
         drop(core);
         self.ts_answers(answers);
     }
