@@ -37,7 +37,8 @@ fn placement_node(t: &TestCluster, nodes: &[u64]) -> u64 {
 
 // Proves timestamps strictly increase in real-time order across calls to different nodes,
 // through kill -9 of the placement leader's node (a successor serves within a few election
-// timeouts, past everything its predecessor handed out) and its restart.
+// timeouts, past everything its predecessor handed out), its restart, and a restart of every
+// node.
 #[test]
 fn the_tso_keeps_increasing_across_a_placement_leader_kill() {
     let mut t = start();
@@ -66,6 +67,15 @@ fn the_tso_keeps_increasing_across_a_placement_leader_kill() {
         assert!(ts > last, "{ts} after {last}, after the restart");
         last = ts;
     }
+    // The whole cluster down and up again: the TSO resumes past its saved window.
+    for node in 1..=3 {
+        assert!(t.cluster.stop_node(node).unwrap(), "node {node} stops cleanly");
+    }
+    for node in 1..=3 {
+        t.cluster.restart(node).unwrap();
+    }
+    let ts = tso(&all);
+    assert!(ts > last, "{ts} after {last}, after restarting every node");
 }
 
 // Proves a client's request naming the system region is refused with a typed error and
