@@ -31,6 +31,12 @@ pub struct TsoArgs {
     /// Concurrent callers of the batched phase.
     #[arg(long, default_value_t = 64)]
     callers: u32,
+    /// Nodes of the cluster (1: no replication, and fewer threads than cores here).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Shards per node.
+    #[arg(long, default_value_t = 2)]
+    shards: u32,
 }
 
 /// Timestamps/s the batched phase should reach.
@@ -63,8 +69,8 @@ impl Phase {
 pub fn run(args: &TsoArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&args.dir);
     let spec = ClusterSpec {
-        nodes: 3,
-        shards: 2,
+        nodes: args.nodes,
+        shards: args.shards,
         data_dir: args.dir.clone(),
         hosts: vec!["127.0.0.1".into()],
         base_port: args.base_port,
@@ -95,8 +101,8 @@ pub fn run(args: &TsoArgs) -> Result<()> {
         Ok(vec![put, get, one, many])
     })?;
     println!(
-        "TSO through a 3-node x 2-shard local cluster, one client, {} s a phase:",
-        args.duration_secs
+        "TSO through a {}-node x {}-shard local cluster, one client, {} s a phase:",
+        args.nodes, args.shards, args.duration_secs
     );
     for phase in &phases {
         println!("{}", phase.row());
