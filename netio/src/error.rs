@@ -102,9 +102,7 @@ impl Error {
             Error::InvalidArgument(why) => Error::InvalidArgument(why.clone()),
         }
     }
-}
 
-impl Error {
     pub fn io(addr: impl ToString, error: std::io::Error) -> Error {
         Error::Io {
             addr: addr.to_string(),

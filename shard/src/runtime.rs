@@ -647,7 +647,7 @@ impl Shard {
             return Ok(());
         }
         if let ArchivedOp::GetTs { count } = &req.op {
-            let id = self.track(out, (client_id, op, started), None, false);
+            let id = self.track(out, (client_id, op, started), None, false, 0);
             let answers = (self.placement.borrow_mut()).ask(
                 &mut self.engines.core.borrow_mut(),
                 id,
@@ -711,20 +711,22 @@ impl Shard {
             }
         };
         let is_write = read.is_none();
-        self.track(out, (client_id, op, started), read, is_write);
+        let tracked = self.track(out, (client_id, op, started), read, is_write, hold);
+        debug_assert_eq!(tracked, id, "the id the core was given");
         out.reserve(hold);
-        self.pending.borrow_mut().get_mut(&id).expect("tracked").reserved = hold;
         self.kick();
         Ok(())
     }
 
-    /// Registers a request in flight on `out` under the next request id, and returns the id.
+    /// Registers a request in flight on `out` under the next request id, holding `reserved`
+    /// reply bytes of its budget, and returns the id.
     fn track(
         &self,
         out: &Rc<Connection>,
         (client_id, op, started): (u64, usize, Instant),
         read: Option<Read>,
         is_write: bool,
+        reserved: usize,
     ) -> RequestId {
         let id = self.next_request.get();
         self.next_request.set(id + 1);
@@ -735,7 +737,7 @@ impl Shard {
             op,
             is_write,
             read,
-            reserved: 0,
+            reserved,
             started,
         };
         self.pending.borrow_mut().insert(id, pending);

@@ -88,7 +88,7 @@ impl TsBatcher {
 /// still carries and the queue get a new driver.
 pub(super) struct Driving<'a> {
     batcher: &'a RefCell<TsBatcher>,
-    pub(super) batch: Vec<Waiter>,
+    batch: Vec<Waiter>,
 }
 
 impl<'a> Driving<'a> {

@@ -23,8 +23,8 @@ const CLOCK_START_MS: u64 = 1_800_000_000_000;
 /// A timestamp request in progress.
 pub(super) struct TsClientOp {
     op: TsOp,
-    /// Ids rather than timestamps.
-    ids: bool,
+    /// What it asks for (its count is `op.count`).
+    ask: Ask,
     deadline: u64,
     /// The request in flight: its id and when it was sent.
     attempt: Option<(RequestId, u64)>,
@@ -66,10 +66,7 @@ impl Sim {
     }
 
     fn submit_ask(&mut self, pinned: Option<u64>, client: u64, ask: Ask) {
-        let (ids, count) = match ask {
-            Ask::Timestamps(n) => (false, n),
-            Ask::Ids(n) => (true, n),
-        };
+        let (Ask::Timestamps(count) | Ask::Ids(count)) = ask;
         let call_ns = self.time_ns();
         let op = TsOp {
             client,
@@ -81,7 +78,7 @@ impl Sim {
         let deadline = self.now + self.cfg.op_ticks_max;
         (self.ts_ops).push(TsClientOp {
             op,
-            ids,
+            ask,
             deadline,
             attempt: None,
             pinned,
@@ -101,7 +98,7 @@ impl Sim {
 
     fn placement_history(&self, ids: bool) -> Vec<TsOp> {
         (self.ts_ops.iter())
-            .filter(|o| o.done && o.ids == ids)
+            .filter(|o| o.done && matches!(o.ask, Ask::Ids(_)) == ids)
             .map(|o| o.op.clone())
             .collect()
     }
@@ -167,12 +164,7 @@ impl Sim {
         self.next_request += 1;
         self.ts_by_request.insert(id, i);
         self.ts_ops[i].attempt = Some((id, self.now));
-        let count = self.ts_ops[i].op.count;
-        let ask = if self.ts_ops[i].ids {
-            Ask::Ids(count)
-        } else {
-            Ask::Timestamps(count)
-        };
+        let ask = self.ts_ops[i].ask;
         let mut core = self.shards[&addr].core.borrow_mut();
         let answers = self.placements.get_mut(&addr).expect("checked").ask(&mut core, id, ask);
         drop(core);
