@@ -338,6 +338,10 @@ pub struct Exits {
 }
 
 impl Exits {
+    fn count(&self) -> usize {
+        self.crashes.len() + self.fail_stops.len()
+    }
+
     /// Restarts and records every node that exited since the last look.
     fn reap(&mut self, cluster: &mut LocalCluster) -> Result<()> {
         for (k, status) in cluster.reap_exited()? {
@@ -345,6 +349,7 @@ impl Exits {
             let what = format!("node {k} exited ({status}); {tail}");
             println!("  node {k} exited on its own ({status}); restarting it");
             if tail.contains(FAIL_STOP_MARK) {
+                keep_kv_logs(cluster.spec(), k);
                 self.fail_stops.push(what);
             } else {
                 println!("{tail}");
@@ -353,6 +358,19 @@ impl Exits {
             cluster.restart(k)?;
         }
         Ok(())
+    }
+}
+
+/// Copies node `k`'s RocksDB LOG files beside its log (its data disk is unmounted at the end
+/// of the run): why the KV engine did not resume after a full disk is written there.
+fn keep_kv_logs(spec: &ClusterSpec, k: u64) {
+    let Ok(shards) = std::fs::read_dir(spec.node_dir(k)) else {
+        return;
+    };
+    for shard in shards.flatten() {
+        let from = shard.path().join("kv").join("LOG");
+        let name = format!("node-{k}-{}-rocksdb.LOG", shard.file_name().to_string_lossy());
+        let _ = std::fs::copy(from, spec.data_dir.join(name));
     }
 }
 
@@ -368,8 +386,7 @@ fn elections(spec: &ClusterSpec) -> u64 {
 /// applied everything it knows committed (after the final writes, a stuck replica would lag).
 /// A node that stops (and is restarted) meanwhile gets the rest of the wait.
 fn serving_nodes(cluster: &mut LocalCluster, exits: &mut Exits) -> Result<u64> {
-    exits.reap(cluster)?;
-    cluster.wait_for_leaders(LEADERS_WAIT)?;
+    wait_for_leaders(cluster, exits)?;
     let spec = cluster.spec().clone();
     let mut serving = 0;
     for k in 1..=spec.nodes {
@@ -401,6 +418,21 @@ fn serving_nodes(cluster: &mut LocalCluster, exits: &mut Exits) -> Result<u64> {
         serving += u64::from(serves);
     }
     Ok(serving)
+}
+
+/// Waits until every region has a leader; a node that exits meanwhile (a full disk's late
+/// fail-stop) is recorded and restarted, as a supervisor would, and the wait goes on.
+fn wait_for_leaders(cluster: &mut LocalCluster, exits: &mut Exits) -> Result<()> {
+    let deadline = Instant::now() + LEADERS_WAIT;
+    loop {
+        exits.reap(cluster)?;
+        let seen = exits.count();
+        let waited = cluster.wait_for_leaders(deadline.saturating_duration_since(Instant::now()));
+        exits.reap(cluster)?;
+        if waited.is_ok() || exits.count() == seen {
+            return waited;
+        }
+    }
 }
 
 /// Committed entries not yet applied, summed over a node's shards (its /metrics).
