@@ -55,6 +55,8 @@ pub enum FrameKind {
     Error = 6,
     /// Shard -> shard, first frame each way on a peer connection: `msg::PeerHello`.
     PeerHello = 7,
+    /// Shard -> the placement leader's shard 0: `msg::Heartbeat`.
+    Heartbeat = 8,
 }
 
 impl FrameKind {
@@ -67,6 +69,7 @@ impl FrameKind {
             5 => FrameKind::SnapshotAck,
             6 => FrameKind::Error,
             7 => FrameKind::PeerHello,
+            8 => FrameKind::Heartbeat,
             _ => return None,
         })
     }

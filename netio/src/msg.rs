@@ -92,6 +92,25 @@ pub enum Op {
     GetTs {
         count: u32,
     },
+    /// The region directory's record of the region holding `key` (the placement leader's
+    /// shard 0 answers, like `GetTs`).
+    GetRegion {
+        key: Vec<u8>,
+    },
+    GetRegionById {
+        id: u64,
+    },
+    /// Up to `limit` directory records of regions holding keys of `[start, end)` (empty
+    /// `end`: to the end of the key space), in key order.
+    ScanRegions {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u32,
+    },
+    GetStore {
+        id: u64,
+    },
+    GetAllStores,
 }
 
 impl Op {
@@ -105,12 +124,17 @@ impl Op {
                 | Op::ClusterInfo
                 | Op::NodeStatus
                 | Op::GetTs { .. }
+                | Op::GetRegion { .. }
+                | Op::GetRegionById { .. }
+                | Op::ScanRegions { .. }
+                | Op::GetStore { .. }
+                | Op::GetAllStores
         )
     }
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 11] = [
+pub const OP_NAMES: [&str; 16] = [
     "get",
     "batch_get",
     "scan",
@@ -122,6 +146,11 @@ pub const OP_NAMES: [&str; 11] = [
     "cluster_info",
     "node_status",
     "get_ts",
+    "get_region",
+    "get_region_by_id",
+    "scan_regions",
+    "get_store",
+    "get_all_stores",
 ];
 
 impl ArchivedOp {
@@ -139,6 +168,11 @@ impl ArchivedOp {
             ArchivedOp::ClusterInfo => 8,
             ArchivedOp::NodeStatus => 9,
             ArchivedOp::GetTs { .. } => 10,
+            ArchivedOp::GetRegion { .. } => 11,
+            ArchivedOp::GetRegionById { .. } => 12,
+            ArchivedOp::ScanRegions { .. } => 13,
+            ArchivedOp::GetStore { .. } => 14,
+            ArchivedOp::GetAllStores => 15,
         }
     }
 }
@@ -165,7 +199,75 @@ pub enum Reply {
         first: u64,
         count: u32,
     },
+    /// Directory records. `complete`: every region's leader has had time to report to this
+    /// placement leader, so a region missing here does not exist; otherwise it may not have
+    /// reported yet (ask again, or ask the nodes).
+    Regions {
+        regions: Vec<DirectoryRegion>,
+        complete: bool,
+    },
+    Stores {
+        stores: Vec<DirectoryStore>,
+        complete: bool,
+    },
     Failed(WireError),
+}
+
+/// A region as its leader last reported it to the placement leader.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryRegion {
+    pub heartbeat: RegionHeartbeat,
+    /// Milliseconds since that report.
+    pub age_ms: u64,
+}
+
+/// A store (a node) as it last reported itself to the placement leader.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryStore {
+    pub heartbeat: StoreHeartbeat,
+    /// Milliseconds since that report.
+    pub age_ms: u64,
+}
+
+/// Shard -> the placement leader's shard 0, on the peer port, every heartbeat interval: the
+/// regions the sending shard leads, and (from a node's shard 0) the node itself.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub regions: Vec<RegionHeartbeat>,
+    pub store: Option<StoreHeartbeat>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RegionHeartbeat {
+    pub region: WireRegion,
+    pub leader: WirePeer,
+    pub term: u64,
+    pub approximate_bytes: u64,
+    pub approximate_keys: u64,
+    /// Traffic its leader served since its previous heartbeat.
+    pub flow: WireFlow,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WireFlow {
+    pub written_bytes: u64,
+    pub written_keys: u64,
+    pub read_bytes: u64,
+    pub read_keys: u64,
+    pub queries: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StoreHeartbeat {
+    pub store_id: u64,
+    /// Client address of its shard 0.
+    pub client_addr: String,
+    pub shards: u32,
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    pub regions: u64,
+    pub leaders: u64,
 }
 
 /// One node's health and load, summed over its shards (`corekv-ctl endpoint status`).
@@ -425,6 +527,7 @@ mod tests {
             decode::<SnapshotAck>(&bytes);
             decode::<ClusterInfo>(&bytes);
             decode::<NodeStatus>(&bytes);
+            decode::<Heartbeat>(&bytes);
         }
     }
 }

@@ -83,6 +83,18 @@ pub fn check_bound(bound: &[u8]) -> Result<()> {
 }
 
 impl Command {
+    /// (bytes, keys) it writes: keys and values, a range delete's bounds as one key.
+    pub fn written(&self) -> (u64, u64) {
+        let (bytes, keys) = match self {
+            Command::Put { key, value } => (key.len() + value.len(), 1),
+            Command::Delete { key } => (key.len(), 1),
+            Command::DeleteRange { start, end } => (start.len() + end.len(), 1),
+            Command::BatchPut { pairs } => (pairs.iter().map(|(k, v)| k.len() + v.len()).sum(), pairs.len()),
+            Command::CompareAndSwap { key, new, .. } => (key.len() + new.as_ref().map_or(0, Vec::len), 1),
+        };
+        (bytes as u64, keys as u64)
+    }
+
     /// Size limits and range membership; checked before proposing (never in apply).
     pub fn check(&self, region: &Region) -> Result<()> {
         let key = |k: &[u8]| check_key(region, k);

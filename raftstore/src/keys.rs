@@ -29,6 +29,15 @@ pub const TSO_WINDOW_KEY: &[u8] = b"tso/window_end_ms";
 /// System key: the id allocator's durable end (u64 big endian; ids below it may be taken).
 pub const IDS_END_KEY: &[u8] = b"ids/end";
 
+/// System keys: `stores/` + store id (u64 big endian) -> the store's record
+/// (`placement::stores::StoreMeta`).
+pub const STORES_PREFIX: &[u8] = b"stores/";
+
+/// System key of store `id`'s record.
+pub fn store_key(id: u64) -> Vec<u8> {
+    [STORES_PREFIX, &id.to_be_bytes()].concat()
+}
+
 /// Raft log engine state key: the region's raft hard state.
 pub const HARD_STATE_KEY: &[u8] = b"hs";
 /// Raft log engine state key: the index and term the region's log was truncated at.

@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub status_addr: String,
     pub raft: RaftSection,
     pub net: NetSection,
+    /// The placement service (run by the system region's leader) and what nodes send it.
+    pub placement: PlacementSection,
     /// Mutual TLS on client and peer ports (off unless the files are named).
     pub security: SecuritySection,
     /// The raft log engine (one per shard).
@@ -78,6 +80,23 @@ pub struct RaftSection {
     /// Entries a leader may hold appended but not committed; past it, proposals are refused
     /// (retryable) until followers catch up.
     pub uncommitted_bytes_max: u64,
+}
+
+/// `[placement]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementSection {
+    /// How often each region leader and each node heartbeat the placement leader (a region
+    /// whose leader or epoch changed is reported at once). The same on every node.
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for PlacementSection {
+    fn default() -> Self {
+        PlacementSection {
+            heartbeat_interval_ms: 2000,
+        }
+    }
 }
 
 /// `[security]`: all three paths set turn mutual TLS on for client and peer ports alike.
@@ -154,6 +173,7 @@ impl Default for NodeConfig {
             status_addr: String::new(),
             raft: RaftSection::default(),
             net: NetSection::default(),
+            placement: PlacementSection::default(),
             security: SecuritySection::default(),
             log: LogConfig::default(),
             kv: KvConfig::default(),
@@ -350,6 +370,10 @@ impl NodeConfig {
         check(
             self.net.frame_bytes_max as usize >= frame_min,
             "net.frame_bytes_max must be at least 5 MiB (the largest command + 1 MiB)",
+        )?;
+        check(
+            (100..=600_000).contains(&self.placement.heartbeat_interval_ms),
+            "placement.heartbeat_interval_ms must be in 100..=600000",
         )?;
         let n = &self.net;
         check(

@@ -1,16 +1,18 @@
 //! The edge between the wire (netio's archives) and the raftstore's types: regions, peers,
-//! errors, raft messages (protobuf inside an envelope) and snapshot chunks.
+//! errors, raft messages (protobuf inside an envelope), snapshot chunks, heartbeats and the
+//! directory's records.
 //!
 //! Owns: the mapping both ways, one function per type (which `WireError` a raftstore error
 //! becomes). Must not: hold state or decide anything, or panic on what a peer sent: a malformed
 //! protobuf is an `Err`.
 
 use corekv_netio::msg::{
-    ArchivedRaftEnvelope, ArchivedSnapshotChunk, RaftEnvelope, SnapshotChunk as WireChunk, WireEpoch, WireError,
-    WirePeer, WireRegion,
+    self as wire, ArchivedRaftEnvelope, ArchivedSnapshotChunk, ArchivedWireRegion, RaftEnvelope,
+    SnapshotChunk as WireChunk, WireEpoch, WireError, WireFlow, WirePeer, WireRegion,
 };
+use corekv_raftstore::placement::directory::{Flow, RegionHeartbeat, RegionRecord, StoreHeartbeat, StoreRecord};
 use corekv_raftstore::snapshot_chunks::SnapshotChunk;
-use corekv_raftstore::{Error, PeerMeta, RaftMessage, Region};
+use corekv_raftstore::{Epoch, Error, PeerMeta, RaftMessage, Region};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
@@ -40,6 +42,95 @@ pub fn region(r: &Region) -> WireRegion {
             version: r.epoch.version,
         },
         peers: r.peers.iter().map(peer).collect(),
+    }
+}
+
+fn region_from(r: &ArchivedWireRegion) -> Region {
+    Region {
+        id: r.id.to_native(),
+        start: r.start.to_vec(),
+        end: r.end.to_vec(),
+        epoch: Epoch {
+            conf_ver: r.epoch.conf_ver.to_native(),
+            version: r.epoch.version.to_native(),
+        },
+        peers: r.peers.iter().map(peer_from).collect(),
+    }
+}
+
+pub fn region_heartbeat(h: &RegionHeartbeat) -> wire::RegionHeartbeat {
+    let f = &h.flow;
+    wire::RegionHeartbeat {
+        region: region(&h.region),
+        leader: peer(&h.leader),
+        term: h.term,
+        approximate_bytes: h.approximate_bytes,
+        approximate_keys: h.approximate_keys,
+        flow: WireFlow {
+            written_bytes: f.written_bytes,
+            written_keys: f.written_keys,
+            read_bytes: f.read_bytes,
+            read_keys: f.read_keys,
+            queries: f.queries,
+        },
+    }
+}
+
+pub fn region_heartbeat_from(h: &wire::ArchivedRegionHeartbeat) -> RegionHeartbeat {
+    let f = &h.flow;
+    RegionHeartbeat {
+        region: region_from(&h.region),
+        leader: peer_from(&h.leader),
+        term: h.term.to_native(),
+        approximate_bytes: h.approximate_bytes.to_native(),
+        approximate_keys: h.approximate_keys.to_native(),
+        flow: Flow {
+            written_bytes: f.written_bytes.to_native(),
+            written_keys: f.written_keys.to_native(),
+            read_bytes: f.read_bytes.to_native(),
+            read_keys: f.read_keys.to_native(),
+            queries: f.queries.to_native(),
+        },
+    }
+}
+
+pub fn store_heartbeat(h: &StoreHeartbeat) -> wire::StoreHeartbeat {
+    wire::StoreHeartbeat {
+        store_id: h.store_id,
+        client_addr: h.client_addr.clone(),
+        shards: h.shards,
+        capacity_bytes: h.capacity_bytes,
+        available_bytes: h.available_bytes,
+        used_bytes: h.used_bytes,
+        regions: h.regions,
+        leaders: h.leaders,
+    }
+}
+
+pub fn store_heartbeat_from(h: &wire::ArchivedStoreHeartbeat) -> StoreHeartbeat {
+    StoreHeartbeat {
+        store_id: h.store_id.to_native(),
+        client_addr: h.client_addr.to_string(),
+        shards: h.shards.to_native(),
+        capacity_bytes: h.capacity_bytes.to_native(),
+        available_bytes: h.available_bytes.to_native(),
+        used_bytes: h.used_bytes.to_native(),
+        regions: h.regions.to_native(),
+        leaders: h.leaders.to_native(),
+    }
+}
+
+pub fn directory_region(r: &RegionRecord, now_ms: u64) -> wire::DirectoryRegion {
+    wire::DirectoryRegion {
+        heartbeat: region_heartbeat(&r.heartbeat),
+        age_ms: now_ms.saturating_sub(r.last_heartbeat_ms),
+    }
+}
+
+pub fn directory_store(s: &StoreRecord, now_ms: u64) -> wire::DirectoryStore {
+    wire::DirectoryStore {
+        heartbeat: store_heartbeat(&s.heartbeat),
+        age_ms: now_ms.saturating_sub(s.last_heartbeat_ms),
     }
 }
 

@@ -58,7 +58,7 @@ pub struct NodeLoad {
 }
 
 /// Counters of a shard: (name, help); the handle of each is a field of `ShardMetrics`.
-const COUNTERS: [(&str, &str); 15] = [
+const COUNTERS: [(&str, &str); 19] = [
     ("raft_proposals_total", "Writes proposed to raft"),
     ("raft_log_syncs_total", "Durable raft log writes (group commits)"),
     (
@@ -98,13 +98,29 @@ const COUNTERS: [(&str, &str); 15] = [
         "Times the shard's executor was late by more than a tick",
     ),
     (
+        "placement_heartbeats_sent_total",
+        "Region heartbeats this shard sent to the placement leader",
+    ),
+    (
+        "placement_heartbeats_dropped_total",
+        "Region heartbeats not sent: no placement leader known, or its link was full",
+    ),
+    (
+        "placement_heartbeats_accepted_total",
+        "Region heartbeats the placement service took into its directory",
+    ),
+    (
+        "placement_heartbeats_refused_total",
+        "Region heartbeats the placement service refused: stale (older epoch or term), or it no longer leads",
+    ),
+    (
         "tls_handshakes_failed_total",
         "Connections closed because their TLS handshake failed or timed out",
     ),
 ];
 
 /// Gauges of a shard: (name, help).
-const GAUGES: [(&str, &str); 9] = [
+const GAUGES: [(&str, &str); 11] = [
     (
         "apply_lag_entries",
         "Committed raft entries not yet applied, summed over regions",
@@ -128,6 +144,14 @@ const GAUGES: [(&str, &str); 9] = [
     (
         "placement_leader",
         "1 on the shard that runs the placement service (leads the system region, state loaded)",
+    ),
+    (
+        "placement_directory_regions",
+        "Regions in the placement service's directory (0 where it does not run)",
+    ),
+    (
+        "placement_directory_stores",
+        "Stores in the placement service's directory (0 where it does not run)",
     ),
 ];
 
@@ -192,6 +216,12 @@ pub struct ShardMetrics {
     pub raft_log_disk_bytes: IntGauge,
     pub raft_log_entries: IntGauge,
     pub placement_leader: IntGauge,
+    pub directory_regions: IntGauge,
+    pub directory_stores: IntGauge,
+    pub heartbeats_sent: IntCounter,
+    pub heartbeats_dropped: IntCounter,
+    pub heartbeats_accepted: IntCounter,
+    pub heartbeats_refused: IntCounter,
     pub log_sync_seconds: Histogram,
     pub log_batch_regions: Histogram,
     pub apply_seconds: Histogram,
@@ -319,6 +349,12 @@ impl NodeMetrics {
             raft_log_disk_bytes: g("raft_log_disk_bytes"),
             raft_log_entries: g("raft_log_entries"),
             placement_leader: g("placement_leader"),
+            directory_regions: g("placement_directory_regions"),
+            directory_stores: g("placement_directory_stores"),
+            heartbeats_sent: c("placement_heartbeats_sent_total"),
+            heartbeats_dropped: c("placement_heartbeats_dropped_total"),
+            heartbeats_accepted: c("placement_heartbeats_accepted_total"),
+            heartbeats_refused: c("placement_heartbeats_refused_total"),
             log_sync_seconds: h("raft_log_sync_duration_seconds"),
             log_batch_regions: h("raft_log_batch_regions"),
             apply_seconds: h("apply_duration_seconds"),

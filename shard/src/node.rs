@@ -98,6 +98,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
     };
     let cache = SharedBlockCache::new(cfg.block_cache_bytes);
     let admission = Admission::new(cfg.net.connections_max, cfg.net.connections_per_client_ip_max);
+    let inbox = Arc::new(crate::runtime::directory::HeartbeatInbox::default());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(u32, Result<()>)>();
     let mut handles = Vec::new();
     let mut failure: Option<Error> = None;
@@ -115,6 +116,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
         let node_metrics = Arc::clone(&metrics);
         let tls = tls.clone();
         let admission = Arc::clone(&admission);
+        let inbox = Arc::clone(&inbox);
         let cpu = cpus[index as usize % cpus.len()];
         let started = crate::start_pinned(index as usize, cpu, move || async move {
             let args = ShardArgs {
@@ -128,6 +130,7 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
                 node_metrics,
                 tls,
                 admission,
+                inbox,
                 cache,
                 stop: Arc::clone(&stop),
             };

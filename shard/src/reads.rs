@@ -39,6 +39,17 @@ pub enum Read {
 }
 
 impl Read {
+    /// (bytes, keys) a read's reply carries: the region's read traffic.
+    pub fn served(reply: &Reply) -> (u64, u64) {
+        let (bytes, keys) = match reply {
+            Reply::Value(v) => (v.as_ref().map_or(0, Vec::len), 1),
+            Reply::Values(vs) => (vs.iter().flatten().map(Vec::len).sum(), vs.len()),
+            Reply::Rows { rows, .. } => (rows.iter().map(|(k, v)| k.len() + v.len()).sum(), rows.len()),
+            _ => (0, 0),
+        };
+        (bytes as u64, keys as u64)
+    }
+
     /// Whether it may run on the shard's thread (bounded, usually cached work).
     pub fn is_small(&self) -> bool {
         match self {

@@ -128,6 +128,12 @@ impl Routing {
             .map(|p| p.shard)
     }
 
+    /// The node leading `region_id`, as this node's replicas last saw it.
+    pub fn leader_node(&self, region_id: u64) -> Option<u64> {
+        let table = self.table.read().expect("routing lock");
+        table.get(&region_id)?.leader.map(|l| l.node)
+    }
+
     /// A shard's replica saw `leader` at `term`.
     pub fn set_leader(&self, region_id: u64, leader: Option<PeerMeta>, term: u64) {
         let mut table = self.table.write().expect("routing lock");

@@ -33,6 +33,7 @@ use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
+use corekv_raftstore::placement::report::Reporter;
 use corekv_raftstore::placement::{self, Ask, Placement, PlacementConfig};
 use corekv_raftstore::snapshot;
 use corekv_raftstore::snapshot_chunks::{Accepted, Receiver, SnapshotChunk};
@@ -51,6 +52,8 @@ use crate::reads::{Read, REPLY_BYTES_MAX, REPLY_BYTES_MIN, SCAN_ROWS_MAX};
 use crate::routing::Routing;
 use crate::server::{self, Connection, Port};
 use crate::transport::Transport;
+
+pub(crate) mod directory;
 
 /// Ticks replayed at most after the executor was stopped for a while: enough to expire any
 /// lease and time out any election, few enough not to stall the shard.
@@ -76,6 +79,8 @@ pub struct ShardArgs {
     pub tls: Option<Tls>,
     /// The node's connection limits, shared by its shards.
     pub admission: Arc<Admission>,
+    /// Region heartbeats from the node's shards to its shard 0.
+    pub inbox: Arc<directory::HeartbeatInbox>,
     pub cache: SharedBlockCache,
     pub stop: Arc<AtomicBool>,
 }
@@ -126,6 +131,13 @@ pub struct Shard {
     snapshot_streams: Cell<usize>,
     /// The placement service, serving while this shard leads the system region.
     placement: RefCell<Placement>,
+    /// What this shard heartbeats the placement leader with, and when (`directory`).
+    reporter: RefCell<Reporter>,
+    /// When shard 0 last sent its node's store heartbeat (wall clock, ms).
+    store_reported_ms: Cell<u64>,
+    inbox: Arc<directory::HeartbeatInbox>,
+    /// The sizes of this shard's due heartbeats are being measured (off its thread).
+    measuring: Cell<bool>,
 }
 
 impl Shard {
@@ -220,7 +232,14 @@ impl Shard {
                 campaign: RefCell::new(campaign),
                 gc_running: Cell::new(false),
                 snapshot_streams: Cell::new(0),
-                placement: RefCell::new(Placement::new(PlacementConfig::default())),
+                placement: RefCell::new(Placement::new(PlacementConfig {
+                    heartbeat_interval_ms: cfg.placement.heartbeat_interval_ms,
+                    ..PlacementConfig::default()
+                })),
+                reporter: RefCell::new(Reporter::new(cfg.placement.heartbeat_interval_ms)),
+                store_reported_ms: Cell::new(0),
+                inbox: args.inbox,
+                measuring: Cell::new(false),
             }
         });
         tracing::info!(
@@ -344,6 +363,8 @@ impl Shard {
                 }
             }
             self.publish();
+            self.heartbeat();
+            self.take_inbox();
             self.housekeeping();
             self.kick();
         }
@@ -432,7 +453,12 @@ impl Shard {
         self.metrics.leaders.set(leaders);
         self.metrics.apply_lag_entries.set(core.apply_lag() as i64);
         self.metrics.raft_log_entries.set(core.log_entries() as i64);
-        (self.metrics.placement_leader).set(i64::from(self.placement.borrow().is_leading()));
+        let placement = self.placement.borrow();
+        (self.metrics.placement_leader).set(i64::from(placement.is_leading()));
+        if !placement.is_leading() {
+            self.metrics.directory_regions.set(0);
+            self.metrics.directory_stores.set(0);
+        }
     }
 
     /// A frame from a client or a peer shard. `Err`: what the other end is told before the
@@ -445,6 +471,7 @@ impl Shard {
             (Port::Peer, FrameKind::PeerHello, None) => return self.handle_hello(out, &f.body),
             (Port::Peer, FrameKind::RaftBatch, Some(node)) => self.handle_raft(node, &f.body),
             (Port::Peer, FrameKind::SnapshotChunk, Some(node)) => self.handle_chunk(out, node, &f.body).await,
+            (Port::Peer, FrameKind::Heartbeat, Some(node)) => self.handle_heartbeat(node, &f.body),
             _ => Err(FrameError::UnexpectedKind { kind: kind as u8 }),
         };
         result.map_err(|e| match e {
@@ -639,6 +666,10 @@ impl Shard {
             }
             _ => {}
         }
+        if let Some(reply) = self.directory_reply(&req.op) {
+            reply_now(reply.unwrap_or_else(Reply::Failed));
+            return Ok(());
+        }
         let limit = self.cfg.net.inflight_per_connection_max;
         if out.inflight.get() >= limit {
             reply_now(Reply::Failed(WireError::ServerBusy {
@@ -700,6 +731,7 @@ impl Shard {
             }
             Ok(Action::Write(cmd)) => {
                 self.metrics.proposals.inc();
+                self.count_write(region_id, &cmd);
                 self.engines.core.borrow_mut().propose(id, region_id, epoch, cmd);
                 None
             }
@@ -755,13 +787,19 @@ impl Shard {
                         count: count as u32,
                     })
                 }
-                Err(corekv_raftstore::Error::NotLeader { leader, .. }) => Err(WireError::NotPlacementLeader {
-                    leader: leader.map(|p| p.node),
-                    addr: leader.and_then(|p| self.routing.client_addr_of(p.node)),
-                }),
+                Err(corekv_raftstore::Error::NotLeader { .. }) => Err(self.not_placement_leader()),
                 Err(e) => Err(crate::convert::error(e)),
             };
             self.answer(id, reply);
+        }
+    }
+
+    /// Where the placement service runs, as far as this node knows.
+    fn not_placement_leader(&self) -> WireError {
+        let leader = self.routing.leader_node(SYSTEM_REGION_ID);
+        WireError::NotPlacementLeader {
+            leader,
+            addr: leader.and_then(|node| self.routing.client_addr_of(node)),
         }
     }
 
@@ -844,6 +882,7 @@ impl Shard {
         if read.is_small() {
             let result = read.run(&self.engines.kv, region, room);
             drop(core);
+            self.count_read(region_id, &result);
             return self.answer(id, result);
         }
         let region = region.clone();
@@ -852,6 +891,7 @@ impl Shard {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             let result = shard.engines.kv.offload(move |kv| read.run(kv, &region, room)).await;
+            shard.count_read(region_id, &result);
             shard.answer(id, result);
         })
         .detach();
@@ -933,7 +973,14 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
             expected: expected.as_ref().map(|v| v.to_vec()),
             new: new.as_ref().map(|v| v.to_vec()),
         }),
-        ArchivedOp::ClusterInfo | ArchivedOp::NodeStatus | ArchivedOp::GetTs { .. } => {
+        ArchivedOp::ClusterInfo
+        | ArchivedOp::NodeStatus
+        | ArchivedOp::GetTs { .. }
+        | ArchivedOp::GetRegion { .. }
+        | ArchivedOp::GetRegionById { .. }
+        | ArchivedOp::ScanRegions { .. }
+        | ArchivedOp::GetStore { .. }
+        | ArchivedOp::GetAllStores => {
             return Err(WireError::Malformed {
                 code: 308,
                 reason: "a node request is not a region request".into(),

@@ -164,6 +164,13 @@ impl Transport {
         }
     }
 
+    /// Queues `frame` for shard 0 of `node`; false when it does not fit (or `node` is not a
+    /// member): it is dropped, and the next one of its kind follows.
+    pub fn send_to_shard_0(&self, node: u64, frame: Vec<u8>) -> bool {
+        self.link((node, 0))
+            .is_some_and(|link| link.push(vec![Item::Frame(frame)], self.bound()))
+    }
+
     /// The stream of a `MsgSnapshot` this shard generated (its metadata names the files).
     fn outgoing(&self, header: RaftMessage) -> Option<Box<Outgoing>> {
         let (region_id, index) = (header.region_id, header.msg.get_snapshot().get_metadata().index);

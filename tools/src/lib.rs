@@ -16,6 +16,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod control;
 pub mod demo;
+pub mod directory;
 
 use std::process::ExitCode;
 

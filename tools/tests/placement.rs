@@ -1,9 +1,13 @@
 //! The placement service through real processes: the TSO across a kill -9 of the placement
-//! leader's node, and the system region closed to clients.
+//! leader's node, the region directory and store registry through `corekv-ctl`, stale
+//! heartbeats forged on the peer port, and the system region closed to clients.
 
 use std::time::{Duration, Instant};
 
-use corekv_netio::msg::{Op, Reply, Request, WireError};
+use std::io::Write;
+
+use corekv_netio::frame::{self, FrameKind};
+use corekv_netio::msg::{Heartbeat, Op, RegionHeartbeat, RegionInfo, Reply, Request, WireError, WireFlow};
 
 mod common;
 use common::*;
@@ -145,4 +149,123 @@ fn concurrent_callers_share_requests_and_get_distinct_timestamps() {
         .sum();
     assert!(handed_out >= calls as f64, "the metric counted {handed_out} timestamps");
     eprintln!("{calls} calls in {requests} requests");
+}
+
+/// `corekv-ctl -w json` output, parsed.
+fn ctl_json(t: &TestCluster, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-w", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = t.ctl(&all);
+    assert_eq!(code, 0, "corekv-ctl {args:?}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Waits until the directory lists every user region with the leader and term the nodes
+/// report (all on nodes other than `dead`), and is complete.
+fn wait_for_directory(t: &TestCluster, dead: Option<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let truth: Vec<RegionInfo> = t.with_client(|c| async move { Ok(c.regions()) });
+        let listed = ctl_json(t, &["region", "list"]);
+        let matches = |r: &RegionInfo| {
+            let Some(leader) = r.leader.filter(|l| Some(l.node) != dead) else {
+                return false;
+            };
+            listed["regions"].as_array().unwrap().iter().any(|l| {
+                let leader_peer = l["peers"].as_array().unwrap().iter().find(|p| p["leader"] == true);
+                l["id"] == r.region.id
+                    && l["term"] == r.term
+                    && leader_peer.is_some_and(|p| p["node"] == leader.node && p["shard"] == leader.shard)
+            })
+        };
+        let user = truth.iter().filter(|r| r.region.id != 1);
+        if listed["complete"] == true && user.clone().count() > 0 && user.clone().all(matches) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the directory did not converge: {listed:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A heartbeat for `region` as its leader's node would send it, but from term `term`.
+fn forged_heartbeat(region: &RegionInfo, term: u64) -> Vec<u8> {
+    let heartbeat = Heartbeat {
+        regions: vec![RegionHeartbeat {
+            region: region.region.clone(),
+            leader: region.leader.unwrap(),
+            term,
+            approximate_bytes: 1 << 40,
+            approximate_keys: 1 << 30,
+            flow: WireFlow::default(),
+        }],
+        store: None,
+    };
+    frame::encode(FrameKind::Heartbeat, 0, &heartbeat)
+}
+
+// Proves the placement service's directory through corekv-ctl: `store list` shows the three
+// nodes and `region list` every region with the leader and term the nodes report; a stale
+// heartbeat (an older term, sent on the peer port as the region leader's node) is refused and
+// changes nothing; after kill -9 of the placement leader's node the successor rebuilds the
+// directory from heartbeats, keeps listing the killed store from the durable registry, and
+// lists it as reporting again once it restarts.
+#[test]
+fn the_directory_lists_stores_and_regions_across_a_placement_leader_kill() {
+    let mut t = start_with("[placement]\nheartbeat_interval_ms = 300\n");
+    let info = t.info();
+    let user: Vec<RegionInfo> = info.regions.iter().filter(|r| r.region.id != 1).cloned().collect();
+    wait_for_directory(&t, None);
+    let stores = ctl_json(&t, &["store", "list"]);
+    let ids: Vec<u64> = stores["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3], "{stores:#}");
+
+    let leader = placement_node(&t, &[1, 2, 3]);
+    // A region led on another node: its heartbeats come to the placement leader by the peer port.
+    let victim = user.iter().find(|r| r.leader.unwrap().node != leader).unwrap();
+    let refused = metric(&t, leader, "corekv_placement_heartbeats_refused_total");
+    let mut peer = std::net::TcpStream::connect(peer_addr(&t, leader, 0)).unwrap();
+    let mut bytes = hello(info.cluster_id, victim.leader.unwrap().node);
+    bytes.extend_from_slice(&forged_heartbeat(victim, victim.term - 1));
+    peer.write_all(&bytes).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&t, leader, "corekv_placement_heartbeats_refused_total") <= refused {
+        assert!(Instant::now() < deadline, "the stale heartbeat was not refused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shown = ctl_json(&t, &["region", "show", "--id", &victim.region.id.to_string()]);
+    assert_eq!(shown["regions"][0]["term"], victim.term, "{shown:#}");
+    assert!(
+        shown["regions"][0]["approximate_bytes"].as_u64().unwrap() < 1 << 40,
+        "{shown:#}"
+    );
+
+    t.cluster.kill(leader).unwrap();
+    let others: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
+    placement_node(&t, &others);
+    wait_for_directory(&t, Some(leader));
+    let stores = ctl_json(&t, &["store", "list"]);
+    let killed = stores["stores"].as_array().unwrap().iter().find(|s| s["id"] == leader);
+    assert!(
+        killed.is_some_and(|s| s["regions"] == 0),
+        "the killed store is listed: {stores:#}"
+    );
+    t.cluster.restart(leader).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stores = ctl_json(&t, &["store", "list"]);
+        let back = stores["stores"].as_array().unwrap().iter().find(|s| s["id"] == leader);
+        if back.is_some_and(|s| s["regions"].as_u64() > Some(0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted store never reported: {stores:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -32,7 +32,19 @@ use ts_batch::{Driving, Join, TsBatcher, Turn};
 
 use crate::error::{Error, Result};
 use crate::frame::BODY_BYTES_MAX_DEFAULT;
-use crate::msg::{ClusterInfo, NodeStatus, Op, RegionInfo, Reply, Request, WireError, WirePeer, WireRegion};
+use crate::msg::{
+    ClusterInfo, DirectoryRegion, DirectoryStore, NodeStatus, Op, RegionInfo, Reply, Request, WireError, WirePeer,
+    WireRegion,
+};
+
+/// Records of the placement service's directory. `complete`: every region's leader has had
+/// time to report, so a record missing here does not exist; otherwise it may not have
+/// reported yet to a placement leader that took over a moment ago.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directory<T> {
+    pub records: Vec<T>,
+    pub complete: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -447,9 +459,18 @@ impl Client {
         result
     }
 
-    /// One request for `count` timestamps: follows the nodes' hints to the placement leader
-    /// and retries until the deadline (asking for timestamps changes nothing).
+    /// One request for `count` timestamps.
     async fn get_ts_once(&self, count: u32) -> Result<u64> {
+        match self.ask_placement(Op::GetTs { count }).await? {
+            Reply::Timestamps { first, .. } => Ok(first),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the placement service: follows the nodes' hints to its leader and retries until
+    /// the deadline (what it serves changes nothing, so asking again is safe). Returns the
+    /// first answer that is not a redirect or a retryable refusal.
+    async fn ask_placement(&self, op: Op) -> Result<Reply> {
         let cfg = &self.inner.cfg;
         let deadline = Instant::now() + cfg.request_timeout;
         let (mut backoff, mut tries) = (cfg.backoff_min, 0);
@@ -457,7 +478,7 @@ impl Client {
         let request = Request {
             region_id: 0,
             epoch: Default::default(),
-            op: Op::GetTs { count },
+            op,
         };
         while Instant::now() < deadline {
             let Some(addr) = self.placement_addr(tries) else {
@@ -465,10 +486,6 @@ impl Client {
             };
             tries += 1;
             let hint = match self.attempt(&addr, &request, deadline).await {
-                Attempt::Reply(Reply::Timestamps { first, .. }) => {
-                    *self.inner.placement.borrow_mut() = Some(addr);
-                    return Ok(first);
-                }
                 Attempt::Reply(Reply::Failed(WireError::NotPlacementLeader { addr: hint, .. })) => {
                     self.count(|s| s.redirects += 1);
                     last = format!("{addr}: not the placement leader");
@@ -479,7 +496,10 @@ impl Client {
                     None
                 }
                 Attempt::Reply(Reply::Failed(e)) => return Err(Error::Server(e)),
-                Attempt::Reply(other) => return Err(unexpected(other)),
+                Attempt::Reply(reply) => {
+                    *self.inner.placement.borrow_mut() = Some(addr);
+                    return Ok(reply);
+                }
                 Attempt::NotSent(why) | Attempt::Lost(why) => {
                     last = why;
                     None
@@ -494,6 +514,54 @@ impl Client {
             ms: cfg.request_timeout.as_millis() as u64,
             last,
         })
+    }
+
+    /// Regions from the placement service's directory: the one holding `key`.
+    pub async fn get_region(&self, key: &[u8]) -> Result<Directory<DirectoryRegion>> {
+        self.directory_regions(Op::GetRegion { key: key.to_vec() }).await
+    }
+
+    pub async fn get_region_by_id(&self, id: u64) -> Result<Directory<DirectoryRegion>> {
+        self.directory_regions(Op::GetRegionById { id }).await
+    }
+
+    /// Up to `limit` regions holding keys of `[start, end)` (empty `end`: to the end), in
+    /// key order (the service caps `limit` at 1024: page from the last region's end).
+    pub async fn scan_regions(&self, start: &[u8], end: &[u8], limit: u32) -> Result<Directory<DirectoryRegion>> {
+        let op = Op::ScanRegions {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit,
+        };
+        self.directory_regions(op).await
+    }
+
+    pub async fn get_store(&self, id: u64) -> Result<Directory<DirectoryStore>> {
+        self.directory_stores(Op::GetStore { id }).await
+    }
+
+    pub async fn get_all_stores(&self) -> Result<Directory<DirectoryStore>> {
+        self.directory_stores(Op::GetAllStores).await
+    }
+
+    async fn directory_regions(&self, op: Op) -> Result<Directory<DirectoryRegion>> {
+        match self.ask_placement(op).await? {
+            Reply::Regions { regions, complete } => Ok(Directory {
+                records: regions,
+                complete,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn directory_stores(&self, op: Op) -> Result<Directory<DirectoryStore>> {
+        match self.ask_placement(op).await? {
+            Reply::Stores { stores, complete } => Ok(Directory {
+                records: stores,
+                complete,
+            }),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The health and load of the node at `addr` (one attempt).

@@ -1,7 +1,8 @@
 //! The placement service, run by the leader of the system region (`SYSTEM_REGION_ID`) on
 //! whichever shard hosts it: the timestamp oracle (`tso`) and the id allocator (`ids`), each
-//! below a durable end (`window`); the store registry and the region directory come next. Its
-//! durable state lives in the system region's keys and changes only through that region's
+//! below a durable end (`window`), and the region directory with the stores' live state
+//! (`directory`, soft state rebuilt from heartbeats after a leader change). Its durable state
+//! lives in the system region's keys and changes only through that region's
 //! Raft log, as compare-and-swaps (a deposed leader's late write fails instead of going back).
 //!
 //! `Placement` drives it against a shard's `RaftCore`: the node runtime and the simulator call
@@ -12,25 +13,30 @@
 //! noticed yet never hands out a timestamp after its successor has.
 //!
 //! Owns: which requests wait (bounded), which of the raft core's requests are its own, the
-//! TSO and the id allocator. Must not: read a clock (time comes in as `now_ms`), or write the
+//! TSO, the id allocator and the directory. Must not: read a clock (time comes in as `now_ms`), or write the
 //! system region but through the raft log.
 
+pub mod directory;
 pub mod history;
 pub mod ids;
+pub mod report;
+pub mod stores;
 pub mod tso;
 pub mod window;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use corekv_storage::kv::KvEngine;
 
 use crate::apply;
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
-use crate::keys::{IDS_END_KEY, TSO_WINDOW_KEY};
+use crate::keys::{self, IDS_END_KEY, TSO_WINDOW_KEY};
 use crate::raft_core::{RaftCore, RequestId, Response};
 use crate::region::{PeerMeta, SYSTEM_REGION_ID};
+use directory::{Directory, RegionHeartbeat, Stale, StoreHeartbeat};
 use ids::Ids;
+use stores::StoreMeta;
 use tso::Tso;
 use window::Wait;
 
@@ -43,6 +49,9 @@ pub struct PlacementConfig {
     pub tso_save_interval_ms: u64,
     /// Requests waiting for a load or a save; more get `ServerBusy`.
     pub waiting_requests_max: usize,
+    /// How often region leaders and nodes heartbeat the placement leader. A new leader's
+    /// directory counts as complete two intervals after it took over.
+    pub heartbeat_interval_ms: u64,
 }
 
 impl Default for PlacementConfig {
@@ -50,6 +59,7 @@ impl Default for PlacementConfig {
         PlacementConfig {
             tso_save_interval_ms: 3000,
             waiting_requests_max: 4096,
+            heartbeat_interval_ms: 2000,
         }
     }
 }
@@ -84,12 +94,34 @@ enum Own {
     Load { term: u64 },
     Save { which: Which, end: u64 },
     Serve { client: RequestId, ask: Ask },
+    SaveStore { meta: StoreMeta },
 }
 
 enum State {
     Follower,
     Loading { term: u64 },
-    Leading { term: u64, tso: Tso, ids: Ids },
+    Leading(Box<Leading>),
+}
+
+/// What the service holds while it leads (the state of one term).
+struct Leading {
+    term: u64,
+    tso: Tso,
+    ids: Ids,
+    directory: Directory,
+    since_ms: u64,
+    /// The durable store registry, and the stores whose record is being written.
+    stores: BTreeMap<u64, StoreMeta>,
+    saving_stores: BTreeSet<u64>,
+}
+
+/// Why a heartbeat was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("this replica does not run the placement service")]
+    NotLeading,
+    #[error(transparent)]
+    Stale(#[from] Stale),
 }
 
 pub struct Placement {
@@ -103,7 +135,7 @@ pub struct Placement {
 
 impl Placement {
     pub fn new(cfg: PlacementConfig) -> Placement {
-        assert!(cfg.tso_save_interval_ms >= 2 && cfg.waiting_requests_max > 0);
+        assert!(cfg.tso_save_interval_ms >= 2 && cfg.waiting_requests_max > 0 && cfg.heartbeat_interval_ms > 0);
         Placement {
             cfg,
             state: State::Follower,
@@ -120,7 +152,56 @@ impl Placement {
 
     /// Whether this replica serves the placement service now.
     pub fn is_leading(&self) -> bool {
-        matches!(self.state, State::Leading { .. })
+        matches!(self.state, State::Leading(_))
+    }
+
+    /// The directory while this replica leads, and whether it is complete (every region's
+    /// leader has had time to report since this replica took over): a miss in an incomplete
+    /// directory means "not yet known", in a complete one "no such region".
+    pub fn directory(&self, now_ms: u64) -> Option<(&Directory, bool)> {
+        let State::Leading(l) = &self.state else {
+            return None;
+        };
+        let complete = now_ms.saturating_sub(l.since_ms) >= 2 * self.cfg.heartbeat_interval_ms;
+        Some((&l.directory, complete))
+    }
+
+    pub fn region_heartbeat(&mut self, heartbeat: RegionHeartbeat, now_ms: u64) -> Result<(), Refused> {
+        let State::Leading(l) = &mut self.state else {
+            return Err(Refused::NotLeading);
+        };
+        Ok(l.directory.region_heartbeat(heartbeat, now_ms)?)
+    }
+
+    /// Takes a store's heartbeat; a store reporting for the first time, or from a new
+    /// address, gets its record written to the system region.
+    pub fn store_heartbeat(
+        &mut self,
+        core: &mut RaftCore,
+        heartbeat: StoreHeartbeat,
+        now_ms: u64,
+    ) -> Result<(), Refused> {
+        let State::Leading(l) = &mut self.state else {
+            return Err(Refused::NotLeading);
+        };
+        let meta = StoreMeta {
+            id: heartbeat.store_id,
+            client_addr: heartbeat.client_addr.clone(),
+            shards: heartbeat.shards,
+        };
+        l.directory.store_heartbeat(heartbeat, now_ms);
+        let old = l.stores.get(&meta.id);
+        if old == Some(&meta) || !l.saving_stores.insert(meta.id) {
+            return Ok(());
+        }
+        let cmd = Command::CompareAndSwap {
+            key: keys::store_key(meta.id),
+            expected: old.map(StoreMeta::encode),
+            new: Some(meta.encode()),
+        };
+        let id = self.own(Own::SaveStore { meta });
+        core.propose(id, SYSTEM_REGION_ID, Self::epoch(core), cmd);
+        Ok(())
     }
 
     /// A client asks for timestamps or ids; the answer comes now or from a later call.
@@ -151,7 +232,7 @@ impl Placement {
             return self.waiting.drain(..).map(|(id, _)| (id, Err(error.clone()))).collect();
         };
         match &self.state {
-            State::Leading { term: t, .. } if *t == term => self.save_ahead(core, now_ms),
+            State::Leading(l) if l.term == term => self.save_ahead(core, now_ms),
             State::Loading { term: t } if *t == term => {}
             _ => self.load(core, term),
         }
@@ -172,6 +253,11 @@ impl Placement {
                 self.saved(core, which, end, ok)
             }
             (Some(Own::Serve { client, ask }), Ok(_)) => self.take(core, client, ask, now_ms),
+            (Some(Own::SaveStore { meta }), result) => {
+                let ok = matches!(result, Ok(Some(Outcome::Cas { succeeded: true, .. })));
+                self.store_saved(meta, ok, result.is_ok());
+                Vec::new()
+            }
             (Some(Own::Serve { client, .. }), Err(e)) => vec![(client, Err(e))],
             (Some(Own::Save { which, end }), Err(_)) => self.saved(core, which, end, false),
             (Some(Own::Load { .. }), Err(_)) => {
@@ -213,8 +299,13 @@ impl Placement {
         if !matches!(self.state, State::Loading { term: t } if t == term) {
             return Vec::new();
         }
-        let ends = load_end(core, kv, Which::Tso).and_then(|tso| Ok((tso, load_end(core, kv, Which::Ids)?)));
-        let (tso_end, ids_end) = match ends {
+        let loaded = load_end(core, kv, Which::Tso).and_then(|tso| {
+            let system = core
+                .region(SYSTEM_REGION_ID)
+                .ok_or(Error::RegionNotFound(SYSTEM_REGION_ID))?;
+            Ok((tso, load_end(core, kv, Which::Ids)?, stores::load(kv, system)?))
+        });
+        let (tso_end, ids_end, registered) = match loaded {
             Ok(ends) => ends,
             Err(e) => {
                 tracing::warn!(error = %e, "placement: could not load its state");
@@ -222,22 +313,36 @@ impl Placement {
                 return Vec::new();
             }
         };
-        self.state = State::Leading {
+        let mut directory = Directory::default();
+        for meta in &registered {
+            directory.registered_store(meta, now_ms);
+        }
+        tracing::info!(
+            term,
+            tso_saved_ms = tso_end,
+            ids_saved = ids_end,
+            stores = registered.len(),
+            "placement: leading"
+        );
+        self.state = State::Leading(Box::new(Leading {
             term,
             tso: Tso::load(tso_end, now_ms, self.cfg.tso_save_interval_ms),
             ids: Ids::load(ids_end),
-        };
-        tracing::info!(term, tso_saved_ms = tso_end, ids_saved = ids_end, "placement: leading");
+            directory,
+            since_ms: now_ms,
+            stores: registered.into_iter().map(|m| (m.id, m)).collect(),
+            saving_stores: BTreeSet::new(),
+        }));
         self.save_ahead(core, now_ms);
         Vec::new()
     }
 
     /// Saves each durable end that runs low.
     fn save_ahead(&mut self, core: &mut RaftCore, now_ms: u64) {
-        let State::Leading { tso, ids, .. } = &mut self.state else {
+        let State::Leading(l) = &mut self.state else {
             return;
         };
-        let saves = [(Which::Tso, tso.to_save(now_ms)), (Which::Ids, ids.to_save())];
+        let saves = [(Which::Tso, l.tso.to_save(now_ms)), (Which::Ids, l.ids.to_save())];
         for (which, save) in saves {
             if let Some((old, end)) = save {
                 self.save(core, which, old, end);
@@ -256,12 +361,12 @@ impl Placement {
     }
 
     fn saved(&mut self, core: &mut RaftCore, which: Which, end: u64, ok: bool) -> Vec<Answer> {
-        let State::Leading { tso, ids, .. } = &mut self.state else {
+        let State::Leading(l) = &mut self.state else {
             return Vec::new();
         };
         match which {
-            Which::Tso => tso.on_saved(end, ok),
-            Which::Ids => ids.on_saved(end, ok),
+            Which::Tso => l.tso.on_saved(end, ok),
+            Which::Ids => l.ids.on_saved(end, ok),
         }
         if !ok {
             // Another leader's write, or none at all: load again before serving anything.
@@ -275,6 +380,21 @@ impl Placement {
             .collect()
     }
 
+    /// A store record's write finished: `ok`, it is the registry's; refused by the
+    /// compare-and-swap (`applied` but not `ok`), another leader wrote since this one loaded:
+    /// load again; failed, the next heartbeat tries again.
+    fn store_saved(&mut self, meta: StoreMeta, ok: bool, applied: bool) {
+        let State::Leading(l) = &mut self.state else {
+            return;
+        };
+        l.saving_stores.remove(&meta.id);
+        if ok {
+            l.stores.insert(meta.id, meta);
+        } else if applied {
+            self.state = State::Follower;
+        }
+    }
+
     fn serve(&mut self, core: &mut RaftCore, client: RequestId, ask: Ask) -> Vec<Answer> {
         let id = self.own(Own::Serve { client, ask });
         core.read(id, SYSTEM_REGION_ID, Self::epoch(core));
@@ -283,12 +403,12 @@ impl Placement {
 
     /// Leadership confirmed after the request arrived: hand out what it asked for.
     fn take(&mut self, core: &mut RaftCore, client: RequestId, ask: Ask, now_ms: u64) -> Vec<Answer> {
-        let State::Leading { tso, ids, .. } = &mut self.state else {
+        let State::Leading(l) = &mut self.state else {
             return vec![(client, Err(not_leader(core)))];
         };
         let (taken, count) = match ask {
-            Ask::Timestamps(n) => (tso.take(n, now_ms), n),
-            Ask::Ids(n) => (ids.take(n), n),
+            Ask::Timestamps(n) => (l.tso.take(n, now_ms), n),
+            Ask::Ids(n) => (l.ids.take(n), n),
         };
         match taken {
             Ok(first) => vec![(client, Ok((first, count)))],

@@ -15,7 +15,10 @@
 //! Must not: be used by the node runtime; it is test support that ships with the crate so that
 //! tests of later crates (txn, the client) can use it too.
 
+mod heartbeats;
 mod timestamps;
+
+pub use heartbeats::DirectoryView;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -154,6 +157,7 @@ pub struct Sim {
     /// The system region: a replica on shard 0 of every node.
     system: Region,
     placements: BTreeMap<ShardAddr, Placement>,
+    reporters: BTreeMap<ShardAddr, crate::placement::report::Reporter>,
     clock_skew_ms: BTreeMap<u64, i64>,
     ts_ops: Vec<TsClientOp>,
     ts_by_request: BTreeMap<RequestId, usize>,
@@ -230,6 +234,7 @@ impl Sim {
             regions,
             system,
             placements: BTreeMap::new(),
+            reporters: BTreeMap::new(),
             clock_skew_ms: BTreeMap::new(),
             ts_ops: Vec::new(),
             ts_by_request: BTreeMap::new(),
@@ -320,6 +325,7 @@ impl Sim {
             .await
             .expect("restore the shard's peers");
         self.shards.insert(addr, engines);
+        self.reporters.insert(addr, Self::new_reporter());
         if let Some(placement) = Self::new_placement(addr) {
             self.placements.insert(addr, placement);
         }
@@ -330,6 +336,7 @@ impl Sim {
         for shard in 0..self.cfg.shards {
             self.shards.remove(&(node, shard));
             self.placements.remove(&(node, shard));
+            self.reporters.remove(&(node, shard));
             self.receivers.remove(&(node, shard));
             self.disks[&(node, shard)].crash();
         }
@@ -431,6 +438,7 @@ impl Sim {
             shard.core.borrow_mut().tick();
         }
         self.tick_placements();
+        self.heartbeat();
         self.gc().await;
         self.drive_clients();
         self.drive_ts_clients();

@@ -120,6 +120,13 @@ struct Inner {
     limits: Limits,
 }
 
+/// A file system's size and the part of it free for the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+}
+
 impl KvEngine {
     /// Opens (creating if missing) the engine at `path`, creating missing column families.
     /// Reopening a path finds the data written before. Fails with `Error::Open` if another
@@ -159,6 +166,11 @@ impl KvEngine {
 
     /// Bytes the engine's file system has free for it (statvfs: a metadata call, no I/O).
     pub fn available_bytes(&self) -> Result<u64> {
+        Ok(self.disk_space()?.available_bytes)
+    }
+
+    /// The size of the engine's file system and what it has free for it (statvfs).
+    pub fn disk_space(&self) -> Result<DiskSpace> {
         let path = std::ffi::CString::new(self.db().path().as_os_str().as_encoded_bytes())
             .map_err(|_| Error::InvalidArgument("engine path holds a NUL byte".into()))?;
         // SAFETY: an all-zero statvfs is a valid value for statvfs(3) to overwrite.
@@ -167,7 +179,10 @@ impl KvEngine {
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
             return Err(Error::io("reading free space", std::io::Error::last_os_error()));
         }
-        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+        Ok(DiskSpace {
+            capacity_bytes: st.f_blocks as u64 * st.f_frsize as u64,
+            available_bytes: st.f_bavail as u64 * st.f_frsize as u64,
+        })
     }
 
     fn cf_handle(&self, cf: Cf) -> &ColumnFamily {

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use corekv_netio::client::Directory;
+use corekv_netio::msg::DirectoryRegion;
 use corekv_netio::msg::{ClusterInfo, NodeStatus, RegionInfo};
 use corekv_netio::{Client, ClientConfig};
 use corekv_tools::bytes::{decode_arg, escape, Encoding};
+use corekv_tools::directory;
 use serde_json::{json, Value};
 
 /// Talk to a corekv cluster.
@@ -59,6 +62,16 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         op: Cluster,
+    },
+    /// Stores (nodes) as the placement service's directory knows them.
+    Store {
+        #[command(subcommand)]
+        op: Store,
+    },
+    /// Regions as the placement service's directory knows them (from their leaders' heartbeats).
+    Region {
+        #[command(subcommand)]
+        op: RegionCmd,
     },
     /// Each endpoint's health and load.
     Endpoint {
@@ -159,6 +172,31 @@ enum Cluster {
 }
 
 #[derive(Subcommand)]
+enum Store {
+    /// Every store: address, state (Up, Disconnected after 20 s without a heartbeat, Down after 30 min), load, disk.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RegionCmd {
+    /// Regions in key order: range, epoch, leader, size, last interval's traffic.
+    List {
+        /// At most this many regions.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// One region in full, found by a key it holds or by its id.
+    Show {
+        /// A key the region holds.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        key: Option<String>,
+        /// The region's id.
+        #[arg(long)]
+        id: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Endpoint {
     /// Whether each endpoint answers, and how fast; exit code 1 if any does not.
     Health {
@@ -210,11 +248,78 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
             Ok(status(&views, &client.regions(), enc, json))
         }
         Command::Endpoint { op } => endpoints(cfg, op, json).await,
+        Command::Store { op: Store::List } => {
+            let stores = Client::with_view(cfg, Vec::new()).get_all_stores().await?;
+            Ok(with_note(
+                json.then(|| directory::stores_json(&stores.records, stores.complete)),
+                directory::stores_text(&stores.records),
+                stores.complete,
+            ))
+        }
+        Command::Region { op } => regions(Client::with_view(cfg, Vec::new()), op, enc, json).await,
         Command::Tso { count } => {
             let client = Client::with_view(cfg, Vec::new());
             Ok(tso(client.get_ts(count).await?, count, json))
         }
         Command::Completion { shell } => Ok(completion(shell)),
+    }
+}
+
+/// The directory's regions: a page of them in key order, or one in full.
+async fn regions(client: Client, op: RegionCmd, enc: Encoding, json: bool) -> Result<Printed> {
+    let (found, detail) = match op {
+        RegionCmd::List { limit } => (all_regions(&client, limit).await?, false),
+        RegionCmd::Show { key: Some(k), .. } => (client.get_region(&decode_arg(&k, enc)?).await?, true),
+        RegionCmd::Show { id, .. } => (client.get_region_by_id(id.unwrap_or_default()).await?, true),
+    };
+    if detail && found.records.is_empty() {
+        let why = if found.complete {
+            "no such region"
+        } else {
+            "not in the directory yet (its placement leader took over a moment ago): try again"
+        };
+        bail!(why);
+    }
+    let text = match detail {
+        true => found.records.iter().map(|r| directory::region_detail(r, enc)).collect(),
+        false => directory::regions_text(&found.records, enc),
+    };
+    let value = json.then(|| {
+        let regions: Vec<Value> = found.records.iter().map(|r| directory::region_json(r, enc)).collect();
+        json!({"regions": regions, "complete": found.complete})
+    });
+    Ok(with_note(value, text, found.complete))
+}
+
+/// Up to `limit` regions from the start of the key space, page by page.
+async fn all_regions(client: &Client, limit: u32) -> Result<Directory<DirectoryRegion>> {
+    let mut all = Directory {
+        records: Vec::new(),
+        complete: true,
+    };
+    let mut start = Vec::new();
+    while (all.records.len() as u32) < limit {
+        let page = client
+            .scan_regions(&start, &[], limit - all.records.len() as u32)
+            .await?;
+        all.complete &= page.complete;
+        let Some(last) = page.records.last() else { break };
+        start = last.heartbeat.region.end.clone();
+        all.records.extend(page.records);
+        if start.is_empty() {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// `json` when asked for, else `text` with a note on stderr's behalf when the directory may
+/// be filling still.
+fn with_note(json: Option<Value>, text: String, complete: bool) -> Printed {
+    match json {
+        Some(v) => Printed::json(v),
+        None if complete => Printed::ok(text),
+        None => Printed::ok(format!("{text}{}", directory::INCOMPLETE)),
     }
 }
 

@@ -1,0 +1,357 @@
+//! The region directory and the store registry's live half: what the placement leader knows
+//! of every region (from its leader's heartbeats) and of every store (from each node's).
+//! Soft state, as in PD: a new placement leader starts empty and is filled by the next round
+//! of heartbeats; until a full interval has passed, a lookup that misses says "not yet known"
+//! rather than "no such region".
+//!
+//! Stale heartbeats are refused (PD's rule): a region's heartbeat with a lower epoch `version`
+//! or `conf_ver` than the directory holds, or the same epoch from an older term; and one that
+//! overlaps another region of a newer `version` (a region the directory knows was split or
+//! merged since). A heartbeat that overlaps only older regions replaces them.
+//!
+//! Owns: the records, their key order and those two rules. Must not: read a clock (time comes
+//! in as `now_ms`) or hold anything unbounded by the cluster's own size.
+
+use std::collections::BTreeMap;
+
+use crate::region::{PeerMeta, Region};
+
+/// What a region's leader reports about it, every heartbeat interval and when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionHeartbeat {
+    pub region: Region,
+    pub leader: PeerMeta,
+    pub term: u64,
+    /// RocksDB's estimate of the region's data on the leader's shard.
+    pub approximate_bytes: u64,
+    pub approximate_keys: u64,
+    /// Traffic the leader served since its previous heartbeat for this region.
+    pub flow: Flow,
+}
+
+/// Traffic of one region over one heartbeat interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub written_bytes: u64,
+    pub written_keys: u64,
+    pub read_bytes: u64,
+    pub read_keys: u64,
+    pub queries: u64,
+}
+
+impl Flow {
+    pub fn add(&mut self, other: &Flow) {
+        self.written_bytes += other.written_bytes;
+        self.written_keys += other.written_keys;
+        self.read_bytes += other.read_bytes;
+        self.read_keys += other.read_keys;
+        self.queries += other.queries;
+    }
+}
+
+/// What a node reports about itself (a store is a node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHeartbeat {
+    pub store_id: u64,
+    /// Client address of its shard 0 (shard i listens on that port + i).
+    pub client_addr: String,
+    pub shards: u32,
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    pub regions: u64,
+    pub leaders: u64,
+}
+
+/// A store's liveness, judged by the age of its last heartbeat (PD's thresholds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreState {
+    Up,
+    /// No heartbeat for `DISCONNECTED_MS`: a pause, a partition or a crash, maybe brief.
+    Disconnected,
+    /// No heartbeat for `DOWN_MS`: its replicas are to be made again elsewhere.
+    Down,
+}
+
+impl StoreState {
+    pub const DISCONNECTED_MS: u64 = 20_000;
+    pub const DOWN_MS: u64 = 30 * 60_000;
+
+    pub fn from_age(age_ms: u64) -> StoreState {
+        match age_ms {
+            a if a >= Self::DOWN_MS => StoreState::Down,
+            a if a >= Self::DISCONNECTED_MS => StoreState::Disconnected,
+            _ => StoreState::Up,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreState::Up => "Up",
+            StoreState::Disconnected => "Disconnected",
+            StoreState::Down => "Down",
+        }
+    }
+}
+
+/// A region as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionRecord {
+    pub heartbeat: RegionHeartbeat,
+    pub last_heartbeat_ms: u64,
+}
+
+/// A store as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRecord {
+    pub heartbeat: StoreHeartbeat,
+    pub last_heartbeat_ms: u64,
+}
+
+/// Why a heartbeat was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stale {
+    #[error("region {region_id}: epoch {got:?} is older than the directory's {have:?}")]
+    Epoch {
+        region_id: u64,
+        got: (u64, u64),
+        have: (u64, u64),
+    },
+    #[error("region {region_id}: term {got} is older than the directory's {have}")]
+    Term { region_id: u64, got: u64, have: u64 },
+    #[error("region {region_id} overlaps region {other}, which is newer")]
+    Overlap { region_id: u64, other: u64 },
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    regions: BTreeMap<u64, RegionRecord>,
+    /// Start key -> region id, for lookups by key.
+    by_start: BTreeMap<Vec<u8>, u64>,
+    stores: BTreeMap<u64, StoreRecord>,
+}
+
+impl Directory {
+    /// Takes a region's heartbeat, or says why it is stale (the directory is left unchanged).
+    pub fn region_heartbeat(&mut self, heartbeat: RegionHeartbeat, now_ms: u64) -> Result<(), Stale> {
+        let id = heartbeat.region.id;
+        if let Some(have) = self.regions.get(&id) {
+            check_same(&have.heartbeat, &heartbeat)?;
+        }
+        let overlapped = self.overlapping(&heartbeat.region);
+        for other in overlapped.iter().filter(|r| r.id != id) {
+            if other.epoch.version >= heartbeat.region.epoch.version {
+                return Err(Stale::Overlap {
+                    region_id: id,
+                    other: other.id,
+                });
+            }
+        }
+        for other in overlapped.iter().map(|r| r.id).chain([id]) {
+            self.remove(other);
+        }
+        self.by_start.insert(heartbeat.region.start.clone(), id);
+        let record = RegionRecord {
+            heartbeat,
+            last_heartbeat_ms: now_ms,
+        };
+        self.regions.insert(id, record);
+        Ok(())
+    }
+
+    pub fn store_heartbeat(&mut self, heartbeat: StoreHeartbeat, now_ms: u64) {
+        let record = StoreRecord {
+            heartbeat,
+            last_heartbeat_ms: now_ms,
+        };
+        self.stores.insert(record.heartbeat.store_id, record);
+    }
+
+    /// A store the registry holds but that has not reported to this placement leader yet:
+    /// listed with no load, its age counted from `now_ms` (when this leader took over).
+    pub fn registered_store(&mut self, meta: &super::stores::StoreMeta, now_ms: u64) {
+        let heartbeat = StoreHeartbeat {
+            store_id: meta.id,
+            client_addr: meta.client_addr.clone(),
+            shards: meta.shards,
+            capacity_bytes: 0,
+            available_bytes: 0,
+            used_bytes: 0,
+            regions: 0,
+            leaders: 0,
+        };
+        self.store_heartbeat(heartbeat, now_ms);
+    }
+
+    /// The region holding `key`, if its leader has reported it.
+    pub fn region_by_key(&self, key: &[u8]) -> Option<&RegionRecord> {
+        let (_, id) = self.by_start.range(..=key.to_vec()).next_back()?;
+        let record = &self.regions[id];
+        record.heartbeat.region.contains(key).then_some(record)
+    }
+
+    pub fn region_by_id(&self, id: u64) -> Option<&RegionRecord> {
+        self.regions.get(&id)
+    }
+
+    /// Up to `limit` regions in key order that hold keys of `[start, end)` (empty `end`: to
+    /// the end of the key space). Regions not yet reported leave gaps.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<&RegionRecord> {
+        let first = self.region_by_key(start).map(|r| r.heartbeat.region.start.clone());
+        let from = first.unwrap_or_else(|| start.to_vec());
+        self.by_start
+            .range(from..)
+            .take_while(|(s, _)| end.is_empty() || s.as_slice() < end)
+            .map(|(_, id)| &self.regions[id])
+            .take(limit)
+            .collect()
+    }
+
+    pub fn store(&self, id: u64) -> Option<&StoreRecord> {
+        self.stores.get(&id)
+    }
+
+    pub fn stores(&self) -> impl Iterator<Item = &StoreRecord> {
+        self.stores.values()
+    }
+
+    pub fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
+    pub fn store_count(&self) -> usize {
+        self.stores.len()
+    }
+
+    /// The regions whose ranges share a key with `region`'s.
+    fn overlapping(&self, region: &Region) -> Vec<Region> {
+        let below_end = |s: &Vec<u8>| region.end.is_empty() || s.as_slice() < region.end.as_slice();
+        let first = self
+            .region_by_key(&region.start)
+            .map(|r| r.heartbeat.region.start.clone());
+        let from = first.unwrap_or_else(|| region.start.clone());
+        self.by_start
+            .range(from..)
+            .take_while(|(s, _)| below_end(s))
+            .map(|(_, id)| self.regions[id].heartbeat.region.clone())
+            .collect()
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(old) = self.regions.remove(&id) {
+            self.by_start.remove(&old.heartbeat.region.start);
+        }
+    }
+}
+
+/// PD's staleness rule for two heartbeats of one region.
+fn check_same(have: &RegionHeartbeat, got: &RegionHeartbeat) -> Result<(), Stale> {
+    let (h, g) = (have.region.epoch, got.region.epoch);
+    if g.version < h.version || g.conf_ver < h.conf_ver {
+        return Err(Stale::Epoch {
+            region_id: got.region.id,
+            got: (g.conf_ver, g.version),
+            have: (h.conf_ver, h.version),
+        });
+    }
+    if g == h && got.term < have.term {
+        return Err(Stale::Term {
+            region_id: got.region.id,
+            got: got.term,
+            have: have.term,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::Epoch;
+
+    fn heartbeat(id: u64, range: (&[u8], &[u8]), (conf_ver, version): (u64, u64), term: u64) -> RegionHeartbeat {
+        let leader = PeerMeta {
+            id: id * 100 + 1,
+            node: 1,
+            shard: 0,
+        };
+        RegionHeartbeat {
+            region: Region {
+                id,
+                start: range.0.to_vec(),
+                end: range.1.to_vec(),
+                epoch: Epoch { conf_ver, version },
+                peers: vec![leader],
+            },
+            leader,
+            term,
+            approximate_bytes: 0,
+            approximate_keys: 0,
+            flow: Flow::default(),
+        }
+    }
+
+    fn ids(records: Vec<&RegionRecord>) -> Vec<u64> {
+        records.iter().map(|r| r.heartbeat.region.id).collect()
+    }
+
+    #[test]
+    fn lookups_follow_key_order() {
+        let mut d = Directory::default();
+        d.region_heartbeat(heartbeat(3, (b"m", b""), (1, 1), 1), 0).unwrap();
+        d.region_heartbeat(heartbeat(2, (b"", b"m"), (1, 1), 1), 0).unwrap();
+        assert_eq!(d.region_by_key(b"").unwrap().heartbeat.region.id, 2);
+        assert_eq!(d.region_by_key(b"l\xff").unwrap().heartbeat.region.id, 2);
+        assert_eq!(d.region_by_key(b"m").unwrap().heartbeat.region.id, 3);
+        assert_eq!(d.region_by_key(b"zzz").unwrap().heartbeat.region.id, 3);
+        assert_eq!(ids(d.scan(b"c", b"", 10)), [2, 3]);
+        assert_eq!(ids(d.scan(b"c", b"m", 10)), [2]);
+        assert_eq!(ids(d.scan(b"c", b"", 1)), [2]);
+        assert_eq!(ids(d.scan(b"n", b"", 10)), [3]);
+    }
+
+    #[test]
+    fn a_gap_is_a_miss_not_a_neighbour() {
+        let mut d = Directory::default();
+        d.region_heartbeat(heartbeat(2, (b"", b"f"), (1, 1), 1), 0).unwrap();
+        d.region_heartbeat(heartbeat(4, (b"t", b""), (1, 1), 1), 0).unwrap();
+        assert!(d.region_by_key(b"g").is_none(), "region 3 has not reported");
+        assert_eq!(ids(d.scan(b"g", b"", 10)), [4]);
+    }
+
+    #[test]
+    fn stale_heartbeats_are_refused_and_change_nothing() {
+        let mut d = Directory::default();
+        let current = heartbeat(2, (b"", b""), (2, 3), 5);
+        d.region_heartbeat(current.clone(), 10).unwrap();
+        let stale = [
+            heartbeat(2, (b"", b""), (2, 2), 9), // older version
+            heartbeat(2, (b"", b""), (1, 3), 9), // older conf_ver
+            heartbeat(2, (b"", b""), (2, 3), 4), // same epoch, older term
+        ];
+        for s in stale {
+            assert!(d.region_heartbeat(s, 20).is_err());
+            let record = d.region_by_id(2).unwrap();
+            assert_eq!((&record.heartbeat, record.last_heartbeat_ms), (&current, 10));
+        }
+        d.region_heartbeat(heartbeat(2, (b"", b""), (2, 3), 6), 30).unwrap();
+        assert_eq!(d.region_by_id(2).unwrap().heartbeat.term, 6);
+    }
+
+    #[test]
+    fn a_newer_region_replaces_the_older_ones_it_overlaps_and_not_the_reverse() {
+        let mut d = Directory::default();
+        d.region_heartbeat(heartbeat(2, (b"", b""), (1, 1), 1), 0).unwrap();
+        // Region 2 split at "m" (version 2), region 3 took the right half.
+        d.region_heartbeat(heartbeat(3, (b"m", b""), (1, 2), 1), 0).unwrap();
+        assert!(d.region_by_id(2).is_none(), "the unsplit region 2 is gone");
+        assert_eq!(
+            d.region_heartbeat(heartbeat(2, (b"", b""), (1, 1), 2), 0),
+            Err(Stale::Overlap { region_id: 2, other: 3 }),
+            "a late heartbeat of the unsplit region"
+        );
+        d.region_heartbeat(heartbeat(2, (b"", b"m"), (1, 2), 1), 0).unwrap();
+        assert_eq!(ids(d.scan(b"", b"", 10)), [2, 3]);
+        assert_eq!(d.region_count(), 2);
+    }
+}

@@ -1,0 +1,273 @@
+//! A shard's part in the placement service's directory: it heartbeats the placement leader
+//! (on the peer port) with the regions it leads and, on shard 0, its node's own state; the
+//! shard that runs the placement service takes heartbeats and answers directory requests.
+//!
+//! Owns: when this shard's heartbeats go and where (the peer port, or the node's
+//! `HeartbeatInbox` when the placement leader is this node's shard 0), the traffic counted for
+//! them, and the forgery check on heartbeats received (a node reports only what it leads and
+//! itself).
+//! Must not: decide what the directory keeps (`placement::directory` does).
+
+use corekv_netio::frame::{self, Body, FrameKind};
+use corekv_netio::msg::{ArchivedHeartbeat, ArchivedOp, Heartbeat, Reply, WireError};
+use corekv_netio::FrameError;
+use corekv_raftstore::placement::directory::{Directory, Flow, RegionHeartbeat, StoreHeartbeat};
+use corekv_raftstore::placement::{report, Refused};
+use corekv_raftstore::{Command, SYSTEM_REGION_ID};
+
+use std::rc::Rc;
+use std::sync::Mutex;
+
+use super::{wall_clock_ms, Shard};
+use crate::convert;
+use crate::reads::Read;
+
+/// Batches of heartbeats the inbox holds; more are dropped (the next interval's follow).
+const INBOX_BATCHES_MAX: usize = 64;
+
+/// Region heartbeats from the other shards of a node to its shard 0, when that runs the
+/// placement service: the one channel between a node's shards for this, bounded, drained
+/// by shard 0 every tick.
+#[derive(Default)]
+pub struct HeartbeatInbox {
+    batches: Mutex<Vec<Vec<RegionHeartbeat>>>,
+}
+
+impl HeartbeatInbox {
+    fn push(&self, batch: Vec<RegionHeartbeat>) -> bool {
+        let mut batches = self.batches.lock().expect("inbox lock");
+        let room = batches.len() < INBOX_BATCHES_MAX;
+        if room {
+            batches.push(batch);
+        }
+        room
+    }
+
+    fn take(&self) -> Vec<Vec<RegionHeartbeat>> {
+        std::mem::take(&mut *self.batches.lock().expect("inbox lock"))
+    }
+}
+
+/// Region heartbeats in one frame (each well under 10 KiB: keys are at most 4 KiB).
+const REGIONS_PER_FRAME: usize = 256;
+/// Directory records in one reply.
+pub const DIRECTORY_SCAN_LIMIT_MAX: u32 = 1024;
+
+impl Shard {
+    /// Sends the heartbeats due now to the placement leader (called every tick). Their
+    /// regions' sizes are measured off the shard's thread first, one round at a time.
+    pub(super) fn heartbeat(self: &Rc<Self>) {
+        if self.measuring.get() {
+            return;
+        }
+        let now_ms = wall_clock_ms();
+        let regions = (self.reporter.borrow_mut()).due(&self.engines.core.borrow(), now_ms);
+        let interval = self.cfg.placement.heartbeat_interval_ms;
+        let store = (self.index == 0 && now_ms >= self.store_reported_ms.get() + interval).then(|| {
+            self.store_reported_ms.set(now_ms);
+            self.store_heartbeat()
+        });
+        if regions.is_empty() && store.is_none() {
+            return;
+        }
+        self.measuring.set(true);
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let regions = (shard.engines.kv)
+                .offload(move |kv| {
+                    let mut regions = regions;
+                    report::measure(kv, &mut regions);
+                    regions
+                })
+                .await;
+            shard.measuring.set(false);
+            shard.deliver(regions, store);
+        })
+        .detach();
+    }
+
+    /// Hands heartbeats to the placement leader: through the peer port, the node's inbox, or
+    /// straight to this shard's own placement service.
+    fn deliver(&self, regions: Vec<RegionHeartbeat>, store: Option<StoreHeartbeat>) {
+        let count = regions.len() as u64;
+        let Some(leader) = self.routing.leader_node(SYSTEM_REGION_ID) else {
+            self.metrics.heartbeats_dropped.inc_by(count);
+            return;
+        };
+        if leader == self.routing.node_id() {
+            let sent = match self.index {
+                0 => {
+                    self.take_heartbeats(regions, store);
+                    true
+                }
+                _ => self.inbox.push(regions),
+            };
+            let counter = if sent {
+                &self.metrics.heartbeats_sent
+            } else {
+                &self.metrics.heartbeats_dropped
+            };
+            counter.inc_by(count);
+            return;
+        }
+        let mut store = store.as_ref().map(convert::store_heartbeat);
+        for part in regions.chunks(REGIONS_PER_FRAME).map(Some).chain([None]) {
+            if part.is_none() && store.is_none() {
+                break;
+            }
+            let part = part.unwrap_or_default();
+            let heartbeat = Heartbeat {
+                regions: part.iter().map(convert::region_heartbeat).collect(),
+                store: store.take(),
+            };
+            let sent = (self.transport).send_to_shard_0(leader, frame::encode(FrameKind::Heartbeat, 0, &heartbeat));
+            let counter = if sent {
+                &self.metrics.heartbeats_sent
+            } else {
+                &self.metrics.heartbeats_dropped
+            };
+            counter.inc_by(part.len() as u64);
+        }
+    }
+
+    /// Shard 0: takes what the node's other shards reported (called every tick).
+    pub(super) fn take_inbox(&self) {
+        if self.index == 0 {
+            for batch in self.inbox.take() {
+                self.take_heartbeats(batch, None);
+            }
+        }
+    }
+
+    /// This node as its store record shows it.
+    fn store_heartbeat(&self) -> StoreHeartbeat {
+        let load = self.node_metrics.load();
+        let space = self.engines.kv.disk_space();
+        StoreHeartbeat {
+            store_id: self.routing.node_id(),
+            client_addr: self.routing.client_addr(),
+            shards: self.routing.shards(),
+            capacity_bytes: space.as_ref().map_or(0, |s| s.capacity_bytes),
+            available_bytes: space.as_ref().map_or(0, |s| s.available_bytes),
+            used_bytes: load.kv_disk_bytes + load.raft_log_disk_bytes,
+            regions: load.regions,
+            leaders: load.leaders,
+        }
+    }
+
+    /// A heartbeat frame from `node` (the connection's peer): a node reports only regions it
+    /// leads and only itself; anything else is a forgery and refuses the whole frame.
+    pub(super) fn handle_heartbeat(&self, node: u64, body: &Body) -> Result<(), FrameError> {
+        let archived = frame::access::<ArchivedHeartbeat>(body)?;
+        let regions: Vec<RegionHeartbeat> = archived.regions.iter().map(convert::region_heartbeat_from).collect();
+        let store = archived.store.as_ref().map(convert::store_heartbeat_from);
+        let forged = regions
+            .iter()
+            .find(|h| h.leader.node != node || !h.region.peers.contains(&h.leader));
+        if let Some(h) = forged {
+            return Err(FrameError::Invalid {
+                reason: format!("node {node} reported region {} led by {:?}", h.region.id, h.leader),
+            });
+        }
+        if let Some(s) = store.as_ref().filter(|s| s.store_id != node) {
+            return Err(FrameError::Invalid {
+                reason: format!("node {node} reported store {}", s.store_id),
+            });
+        }
+        self.take_heartbeats(regions, store);
+        self.kick(); // a store's first report is written to the system region
+        Ok(())
+    }
+
+    fn take_heartbeats(&self, regions: Vec<RegionHeartbeat>, store: Option<StoreHeartbeat>) {
+        let now_ms = wall_clock_ms();
+        let mut placement = self.placement.borrow_mut();
+        for heartbeat in regions {
+            match placement.region_heartbeat(heartbeat, now_ms) {
+                Ok(()) => self.metrics.heartbeats_accepted.inc(),
+                Err(e) => {
+                    self.metrics.heartbeats_refused.inc();
+                    if let Refused::Stale(why) = e {
+                        tracing::debug!(%why, "stale region heartbeat refused");
+                    }
+                }
+            }
+        }
+        if let Some(store) = store {
+            let _ = placement.store_heartbeat(&mut self.engines.core.borrow_mut(), store, now_ms);
+        }
+        if let Some((directory, _)) = placement.directory(now_ms) {
+            self.metrics.directory_regions.set(directory.region_count() as i64);
+            self.metrics.directory_stores.set(directory.store_count() as i64);
+        }
+    }
+
+    /// The answer to a directory request (`op` is one), or `None` for any other request.
+    pub(super) fn directory_reply(&self, op: &ArchivedOp) -> Option<Result<Reply, WireError>> {
+        let now_ms = wall_clock_ms();
+        let placement = self.placement.borrow();
+        let Some((directory, complete)) = placement.directory(now_ms) else {
+            let is_directory = matches!(
+                op,
+                ArchivedOp::GetRegion { .. }
+                    | ArchivedOp::GetRegionById { .. }
+                    | ArchivedOp::ScanRegions { .. }
+                    | ArchivedOp::GetStore { .. }
+                    | ArchivedOp::GetAllStores
+            );
+            return is_directory.then(|| Err(self.not_placement_leader()));
+        };
+        let regions = |records: Vec<_>| Reply::Regions {
+            regions: records
+                .into_iter()
+                .map(|r| convert::directory_region(r, now_ms))
+                .collect(),
+            complete,
+        };
+        let stores = |records: Vec<_>| Reply::Stores {
+            stores: records
+                .into_iter()
+                .map(|s| convert::directory_store(s, now_ms))
+                .collect(),
+            complete,
+        };
+        Some(Ok(match op {
+            ArchivedOp::GetRegion { key } => regions(directory.region_by_key(key).into_iter().collect()),
+            ArchivedOp::GetRegionById { id } => regions(directory.region_by_id(id.to_native()).into_iter().collect()),
+            ArchivedOp::ScanRegions { start, end, limit } => {
+                let limit = limit.to_native().min(DIRECTORY_SCAN_LIMIT_MAX) as usize;
+                regions(directory.scan(start, end, limit))
+            }
+            ArchivedOp::GetStore { id } => stores(directory.store(id.to_native()).into_iter().collect()),
+            ArchivedOp::GetAllStores => stores(Directory::stores(directory).collect()),
+            _ => return None,
+        }))
+    }
+
+    /// Traffic a write brings its region (counted when proposed).
+    pub(super) fn count_write(&self, region_id: u64, cmd: &Command) {
+        let (bytes, keys) = cmd.written();
+        let flow = Flow {
+            written_bytes: bytes,
+            written_keys: keys,
+            queries: 1,
+            ..Flow::default()
+        };
+        self.reporter.borrow_mut().record(region_id, flow);
+    }
+
+    /// Traffic a read brought its region (counted when answered).
+    pub(super) fn count_read(&self, region_id: u64, reply: &Result<Reply, WireError>) {
+        let (bytes, keys) = match reply {
+            Ok(r) => Read::served(r),
+            Err(_) => (0, 0),
+        };
+        let flow = Flow {
+            read_bytes: bytes,
+            read_keys: keys,
+            queries: 1,
+            ..Flow::default()
+        };
+        self.reporter.borrow_mut().record(region_id, flow);
+    }
+}
