@@ -111,6 +111,17 @@ pub enum Op {
         id: u64,
     },
     GetAllStores,
+    /// `count` new ids from the cluster's id allocator (never handed out twice).
+    AllocIds {
+        count: u32,
+    },
+    /// Registers a store that joins (its id from `AllocIds`); answered `Done` once recorded.
+    PutStore {
+        id: u64,
+        client_addr: String,
+        peer_addr: String,
+        shards: u32,
+    },
 }
 
 impl Op {
@@ -129,12 +140,13 @@ impl Op {
                 | Op::ScanRegions { .. }
                 | Op::GetStore { .. }
                 | Op::GetAllStores
+                | Op::AllocIds { .. }
         )
     }
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 16] = [
+pub const OP_NAMES: [&str; 18] = [
     "get",
     "batch_get",
     "scan",
@@ -151,6 +163,8 @@ pub const OP_NAMES: [&str; 16] = [
     "scan_regions",
     "get_store",
     "get_all_stores",
+    "alloc_ids",
+    "put_store",
 ];
 
 impl ArchivedOp {
@@ -173,6 +187,8 @@ impl ArchivedOp {
             ArchivedOp::ScanRegions { .. } => 13,
             ArchivedOp::GetStore { .. } => 14,
             ArchivedOp::GetAllStores => 15,
+            ArchivedOp::AllocIds { .. } => 16,
+            ArchivedOp::PutStore { .. } => 17,
         }
     }
 }
@@ -202,6 +218,11 @@ pub enum Reply {
     /// Directory records. `complete`: every region's leader has had time to report to this
     /// placement leader, so a region missing here does not exist; otherwise it may not have
     /// reported yet (ask again, or ask the nodes).
+    /// `count` consecutive ids from `first`.
+    Ids {
+        first: u64,
+        count: u32,
+    },
     Regions {
         regions: Vec<DirectoryRegion>,
         complete: bool,
@@ -260,8 +281,9 @@ pub struct WireFlow {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct StoreHeartbeat {
     pub store_id: u64,
-    /// Client address of its shard 0.
+    /// Client and peer addresses of its shard 0.
     pub client_addr: String,
+    pub peer_addr: String,
     pub shards: u32,
     pub capacity_bytes: u64,
     pub available_bytes: u64,
@@ -300,6 +322,9 @@ pub struct ClusterInfo {
     /// (node id, client address of its shard 0; shard i listens on that port + i), for the
     /// nodes whose client address this node knows (its own, and every peer it has talked to).
     pub nodes: Vec<(u64, String)>,
+    /// The nodes holding a replica of the system region: one of them runs the placement
+    /// service (clients ask any node; a node that joins sends its heartbeats to these).
+    pub placement_nodes: Vec<u64>,
     pub regions: Vec<RegionInfo>,
     /// Regions whose replica on this node is stopped (corrupt data), with why.
     pub stopped: Vec<(u64, String)>,

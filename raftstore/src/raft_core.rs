@@ -492,6 +492,11 @@ impl RaftCore {
         &self.stopped
     }
 
+    /// The index this shard's replica of `region_id` has applied up to.
+    pub fn applied(&self, region_id: u64) -> Option<u64> {
+        self.peers.get(&region_id).map(|p| p.applied)
+    }
+
     pub fn region_ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.peers.keys().copied().collect();
         ids.sort_unstable();

@@ -33,6 +33,11 @@ pub struct NodeConfig {
     /// Every member as `id=host:port` (the PEER address of its shard 0), comma-separated; the
     /// same on every node.
     pub initial_cluster: String,
+    /// Client addresses of running nodes (`host:port`, comma-separated): instead of
+    /// `initial_cluster`, join that cluster as a new store (its id comes from the cluster;
+    /// `peer_addr` is required). Given again on every start: it is how the node finds the
+    /// cluster.
+    pub join: String,
     /// Names the cluster: nodes of two clusters never talk to each other, nor do clients mix
     /// them, even with the same members (the cluster id is derived from it, the members and
     /// the shard count). The same on every node.
@@ -168,6 +173,7 @@ impl Default for NodeConfig {
             peer_addr: String::new(),
             data_dir: PathBuf::new(),
             initial_cluster: String::new(),
+            join: String::new(),
             initial_cluster_token: DEFAULT_CLUSTER_TOKEN.to_string(),
             shards: 0,
             status_addr: String::new(),
@@ -230,6 +236,21 @@ pub struct Member {
     pub addr: String,
     /// Peer address of its shard 0, resolved.
     pub peer: SocketAddr,
+}
+
+impl Member {
+    /// A registered store as a member, its peer address resolved (None, with a warning, when
+    /// it does not resolve here).
+    pub fn of_store(id: u64, peer_addr: &str) -> Option<Member> {
+        let peer = resolve("a store's peer address", peer_addr)
+            .inspect_err(|e| tracing::warn!(store = id, error = %e, "store left out"))
+            .ok()?;
+        Some(Member {
+            id,
+            addr: peer_addr.to_string(),
+            peer,
+        })
+    }
 }
 
 /// `host:port` resolved to its first address; `what` names the flag in the error.
@@ -297,10 +318,12 @@ impl NodeConfig {
     /// (port + i) fits for every shard, and the two ranges do not overlap.
     pub fn listen_addrs(&self, shards: u32) -> Result<(SocketAddr, SocketAddr)> {
         let client = resolve("--addr", &self.addr)?;
-        let me = self.members()?.into_iter().find(|m| m.id == self.node_id);
-        let peer = me
-            .map(|m| m.peer)
-            .ok_or_else(|| Error::Config("this node has no peer address".into()))?;
+        let peer = match self.joins() {
+            true => resolve("--peer-addr", &self.peer_addr)?,
+            false => (self.members()?.into_iter().find(|m| m.id == self.node_id))
+                .map(|m| m.peer)
+                .ok_or_else(|| Error::Config("this node has no peer address".into()))?,
+        };
         for (flag, a) in [("--addr", client), ("--peer-addr", peer)] {
             let last = u32::from(a.port()) + shards - 1;
             if a.port() == 0 || last > PORT_MAX {
@@ -389,7 +412,35 @@ impl NodeConfig {
         )?;
         self.kv.validate().map_err(|e| Error::Config(e.to_string()))?;
         self.security.files()?;
-        self.members().map(|_| ())
+        if !self.joins() {
+            return self.members().map(|_| ());
+        }
+        check(
+            self.initial_cluster.is_empty() && self.node_id == 0,
+            "--join takes neither --initial-cluster nor --node-id: the cluster gives the node its id",
+        )?;
+        check(
+            !self.peer_addr.is_empty(),
+            "--join needs --peer-addr (where other nodes reach this one)",
+        )?;
+        self.join_endpoints().map(|_| ())
+    }
+
+    /// Whether this node joins a running cluster (`--join`) rather than bootstrapping one.
+    pub fn joins(&self) -> bool {
+        !self.join.trim().is_empty()
+    }
+
+    /// The `--join` addresses, each checked to resolve.
+    pub fn join_endpoints(&self) -> Result<Vec<String>> {
+        let endpoints: Vec<String> = (self.join.split(',').map(str::trim))
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect();
+        for e in &endpoints {
+            resolve("--join address", e)?;
+        }
+        Ok(endpoints)
     }
 }
 

@@ -98,6 +98,7 @@ pub fn store_heartbeat(h: &StoreHeartbeat) -> wire::StoreHeartbeat {
     wire::StoreHeartbeat {
         store_id: h.store_id,
         client_addr: h.client_addr.clone(),
+        peer_addr: h.peer_addr.clone(),
         shards: h.shards,
         capacity_bytes: h.capacity_bytes,
         available_bytes: h.available_bytes,
@@ -111,6 +112,7 @@ pub fn store_heartbeat_from(h: &wire::ArchivedStoreHeartbeat) -> StoreHeartbeat 
     StoreHeartbeat {
         store_id: h.store_id.to_native(),
         client_addr: h.client_addr.to_string(),
+        peer_addr: h.peer_addr.to_string(),
         shards: h.shards.to_native(),
         capacity_bytes: h.capacity_bytes.to_native(),
         available_bytes: h.available_bytes.to_native(),

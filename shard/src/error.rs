@@ -26,6 +26,9 @@ pub enum Error {
     Panicked { shard: usize, reason: String },
     #[error("configuration: {0}")]
     Config(String),
+    /// Joining a running cluster failed (`--join`).
+    #[error("--join {endpoints}: {reason}")]
+    Join { endpoints: String, reason: String },
     /// A listener could not bind: `flag` names the setting to change.
     #[error("cannot listen on {addr}: {error} (another process uses the port? pick another {flag})")]
     Bind {

@@ -21,6 +21,7 @@ pub mod admission;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod join;
 pub mod layout;
 pub mod metrics;
 pub mod node;

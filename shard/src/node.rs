@@ -17,7 +17,9 @@ use corekv_storage::kv::SharedBlockCache;
 use serde::{Deserialize, Serialize};
 
 use crate::admission::Admission;
-use crate::config::NodeConfig;
+use corekv_raftstore::Region;
+
+use crate::config::{Member, NodeConfig};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::metrics::{NodeMetrics, StatusServer};
@@ -26,12 +28,12 @@ use crate::runtime::{Shard, ShardArgs};
 
 /// Who a data dir belongs to; a restart with other arguments is refused, not "recovered".
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct DirIdentity {
+pub(crate) struct DirIdentity {
     /// Hex: TOML integers stop at i64::MAX.
     cluster_id: String,
-    node_id: u64,
+    pub(crate) node_id: u64,
     shards: u32,
-    /// `id=peer address` of every member.
+    /// `id=peer address` of every initial member; empty for a node that joined (`--join`).
     members: Vec<String>,
     /// The data layout (`LAYOUT_VERSION`): a dir of another layout is refused, never misread.
     layout: u32,
@@ -39,6 +41,19 @@ struct DirIdentity {
 
 /// 2: the system region (id 1) and the `s` key space beside user data.
 const LAYOUT_VERSION: u32 = 2;
+
+impl DirIdentity {
+    /// A node that joined cluster `cluster_id` as store `node_id`.
+    pub(crate) fn joined(cluster_id: u64, node_id: u64, shards: u32) -> DirIdentity {
+        DirIdentity {
+            cluster_id: format!("{cluster_id:#018x}"),
+            node_id,
+            shards,
+            members: Vec::new(),
+            layout: LAYOUT_VERSION,
+        }
+    }
+}
 
 impl std::fmt::Display for DirIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,39 +73,45 @@ const IDENTITY_FILE: &str = "IDENTITY";
 const LOCK_FILE: &str = "LOCK";
 
 /// Runs a node until `stop` is set (or a shard fails, which stops them all).
-pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
+pub fn run_node(mut cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
     cfg.validate()?;
     crate::ensure_memlock()?;
-    let members = cfg.members()?;
     let cpus = crate::available_cpus();
-    let shards = cfg.shard_count(cpus.len());
-    let (client_addr, peer_addr) = cfg.listen_addrs(shards)?;
-    let cluster_id = cfg.cluster_id(&members, shards);
     let tls = match cfg.security.files()? {
         Some(files) => Some(Tls::load(&files).map_err(|e| Error::Config(e.to_string()))?),
         None => None,
     };
-    warn_about_shape(shards, cpus.len(), members.len());
+    let planned = (!cfg.joins()).then(|| bootstrap_plan(&cfg, cpus.len())).transpose()?;
     create_private_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    check_identity(
-        &cfg.data_dir,
-        &DirIdentity {
-            cluster_id: format!("{cluster_id:#018x}"),
-            node_id: cfg.node_id,
-            shards,
-            members: members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect(),
-            layout: LAYOUT_VERSION,
-        },
-    )?;
-    let regions = layout::bootstrap(&members, shards);
+    let start = match planned {
+        Some((start, identity)) => {
+            check_identity(&cfg.data_dir, &identity)?;
+            start
+        }
+        None => join_start(&mut cfg, cpus[0], tls.clone(), Arc::clone(&stop))?,
+    };
+    let Start {
+        cluster_id,
+        shards,
+        members,
+        regions,
+        peer_addr_text,
+        placement_nodes,
+    } = start;
+    let (client_addr, peer_addr) = cfg.listen_addrs(shards)?;
+    warn_about_shape(shards, cpus.len(), members.len());
     let me = Identity {
         cluster_id,
         node_id: cfg.node_id,
         shards,
         client_addr: cfg.addr.clone(),
+        peer_addr: peer_addr_text,
     };
     let routing = Arc::new(Routing::new(me, &members, regions.clone()));
+    if !placement_nodes.is_empty() {
+        routing.set_placement_nodes(placement_nodes);
+    }
     let metrics = Arc::new(NodeMetrics::new(cfg.node_id));
     let _status = match cfg.status_addr.as_str() {
         "" => None,
@@ -204,6 +225,60 @@ pub fn run_node(cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
     failure.map_or(Ok(()), Err)
 }
 
+/// What a node starts with, bootstrapped or joined.
+struct Start {
+    cluster_id: u64,
+    shards: u32,
+    members: Vec<Member>,
+    /// The regions this node bootstraps (on a fresh data dir) or knows of at start.
+    regions: Vec<Region>,
+    /// This node's peer address as the cluster knows it.
+    peer_addr_text: String,
+    /// Given for a node that joined; a bootstrap member's come from its layout.
+    placement_nodes: Vec<u64>,
+}
+
+/// A bootstrap member's start (`--initial-cluster`), and the identity its data dir must hold;
+/// checked before anything is created.
+fn bootstrap_plan(cfg: &NodeConfig, cpus: usize) -> Result<(Start, DirIdentity)> {
+    let members = cfg.members()?;
+    let shards = cfg.shard_count(cpus);
+    cfg.listen_addrs(shards)?;
+    let cluster_id = cfg.cluster_id(&members, shards);
+    let identity = DirIdentity {
+        cluster_id: format!("{cluster_id:#018x}"),
+        node_id: cfg.node_id,
+        shards,
+        members: members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect(),
+        layout: LAYOUT_VERSION,
+    };
+    let me = members.iter().find(|m| m.id == cfg.node_id).map(|m| m.addr.clone());
+    let start = Start {
+        cluster_id,
+        shards,
+        regions: layout::bootstrap(&members, shards),
+        members,
+        peer_addr_text: me.unwrap_or_default(),
+        placement_nodes: Vec::new(),
+    };
+    Ok((start, identity))
+}
+
+/// A joined node's start (`--join`): its id, given by the cluster, becomes `cfg.node_id`.
+fn join_start(cfg: &mut NodeConfig, cpu: usize, tls: Option<Tls>, stop: Arc<AtomicBool>) -> Result<Start> {
+    let joined = crate::join::join(cfg, cpu, tls, stop)?;
+    cfg.node_id = joined.node_id;
+    cfg.shards = joined.shards as usize;
+    Ok(Start {
+        cluster_id: joined.cluster_id,
+        shards: joined.shards,
+        members: joined.members,
+        regions: Vec::new(),
+        peer_addr_text: cfg.peer_addr.clone(),
+        placement_nodes: joined.placement_nodes,
+    })
+}
+
 /// Says so when the node's shape works but is probably not what was meant.
 fn warn_about_shape(shards: u32, cpus: usize, members: usize) {
     if shards as usize > cpus {
@@ -260,33 +335,40 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 
 /// Records who this data dir belongs to on first start; refuses a mismatch afterwards.
 fn check_identity(dir: &Path, me: &DirIdentity) -> Result<()> {
+    match read_identity(dir)? {
+        Some(found) if &found != me => Err(Error::DataDirMismatch {
+            dir: dir.display().to_string(),
+            reason: format!("it holds {found}, but this start asks for {me}"),
+        }),
+        Some(_) => Ok(()),
+        None => write_identity(dir, me),
+    }
+}
+
+/// The identity a data dir records (None: a fresh dir).
+pub(crate) fn read_identity(dir: &Path) -> Result<Option<DirIdentity>> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let found: DirIdentity = toml::from_str(&text).map_err(|_| Error::DataDirMismatch {
-                dir: dir.display().to_string(),
-                reason: format!(
-                    "its {IDENTITY_FILE} file is not one this version of corekv writes (an older version, or not corekv's)"
-                ),
-            })?;
-            if &found != me {
-                return Err(Error::DataDirMismatch {
-                    dir: dir.display().to_string(),
-                    reason: format!("it holds {found}, but this start asks for {me}"),
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = toml::to_string(me).expect("an identity of strings and small integers serializes");
-            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-            let io = |e| Error::io(path.display().to_string(), e);
-            let file = File::create(&tmp).map_err(io)?;
-            std::io::Write::write_all(&mut &file, text.as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)
-        }
+        Ok(text) => toml::from_str(&text).map(Some).map_err(|_| Error::DataDirMismatch {
+            dir: dir.display().to_string(),
+            reason: format!(
+                "its {IDENTITY_FILE} file is not one this version of corekv writes (an older version, or not corekv's)"
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path.display().to_string(), e)),
     }
+}
+
+/// Records `me` as the data dir's identity, durably (synced, renamed into place, dir synced).
+pub(crate) fn write_identity(dir: &Path, me: &DirIdentity) -> Result<()> {
+    let path = dir.join(IDENTITY_FILE);
+    let text = toml::to_string(me).expect("an identity of strings and small integers serializes");
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let io = |e| Error::io(path.display().to_string(), e);
+    let file = File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut &file, text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }

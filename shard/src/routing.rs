@@ -23,14 +23,18 @@ pub struct Routing {
     cluster_id: u64,
     node_id: u64,
     shards: u32,
-    /// Each member's peer IP, as configured: where its connections come from.
-    members: BTreeMap<u64, std::net::IpAddr>,
+    peer_addr: String,
+    /// Each member's peer IP: where its connections come from. The initial members, as
+    /// configured, and the stores registered since (`add_stores`).
+    members: RwLock<BTreeMap<u64, std::net::IpAddr>>,
     table: RwLock<BTreeMap<u64, Route>>,
     /// Node id -> client address of its shard 0: this node's own, and every peer's from its
     /// `PeerHello`.
     client_addrs: RwLock<BTreeMap<u64, String>>,
     /// Regions whose replica here was stopped by corrupt data, with why.
     stopped: RwLock<BTreeMap<u64, String>>,
+    /// The nodes holding a replica of the system region.
+    placement_nodes: RwLock<Vec<u64>>,
 }
 
 struct Route {
@@ -45,10 +49,17 @@ pub struct Identity {
     pub node_id: u64,
     pub shards: u32,
     pub client_addr: String,
+    /// Peer address of shard 0, as the cluster knows it.
+    pub peer_addr: String,
 }
 
 impl Routing {
+    /// `regions`: every region of the layout this node starts with (the system region's
+    /// replicas among them name the placement nodes; a node that joined learns those from
+    /// the cluster: `set_placement_nodes`).
     pub fn new(me: Identity, members: &[Member], regions: Vec<Region>) -> Routing {
+        let system = regions.iter().find(|r| r.is_system());
+        let placement_nodes = system.map_or_else(Vec::new, |r| r.peers.iter().map(|p| p.node).collect());
         let table = regions
             .into_iter()
             .map(|region| {
@@ -66,10 +77,12 @@ impl Routing {
             cluster_id: me.cluster_id,
             node_id: me.node_id,
             shards: me.shards,
-            members: members.iter().map(|m| (m.id, m.peer.ip())).collect(),
+            peer_addr: me.peer_addr,
+            members: RwLock::new(members.iter().map(|m| (m.id, m.peer.ip())).collect()),
             table: RwLock::new(table),
             client_addrs: RwLock::new([(me.node_id, me.client_addr)].into()),
             stopped: RwLock::new(BTreeMap::new()),
+            placement_nodes: RwLock::new(placement_nodes),
         }
     }
 
@@ -85,13 +98,31 @@ impl Routing {
         self.shards
     }
 
+    /// This node's peer address (shard 0).
+    pub fn peer_addr(&self) -> &str {
+        &self.peer_addr
+    }
+
     pub fn is_member(&self, node_id: u64) -> bool {
-        self.members.contains_key(&node_id)
+        self.members.read().expect("routing lock").contains_key(&node_id)
     }
 
     /// The IP member `node_id`'s connections come from (its configured peer address's).
     pub fn member_ip(&self, node_id: u64) -> Option<std::net::IpAddr> {
-        self.members.get(&node_id).copied()
+        self.members.read().expect("routing lock").get(&node_id).copied()
+    }
+
+    /// Stores the cluster registered (a node that joined): members from now on, their
+    /// connections expected from their registered peer address. A member's IP never changes
+    /// here (a store that moved is a new member only after this node restarts).
+    pub fn add_stores(&self, stores: &[Member]) {
+        let mut members = self.members.write().expect("routing lock");
+        for s in stores {
+            if let std::collections::btree_map::Entry::Vacant(e) = members.entry(s.id) {
+                tracing::info!(store = s.id, peer = %s.peer, "a registered store joins the members");
+                e.insert(s.peer.ip());
+            }
+        }
     }
 
     /// This node's own client address (shard 0).
@@ -134,6 +165,15 @@ impl Routing {
         table.get(&region_id)?.leader.map(|l| l.node)
     }
 
+    /// The nodes holding a replica of the system region.
+    pub fn placement_nodes(&self) -> Vec<u64> {
+        self.placement_nodes.read().expect("routing lock").clone()
+    }
+
+    pub fn set_placement_nodes(&self, nodes: Vec<u64>) {
+        *self.placement_nodes.write().expect("routing lock") = nodes;
+    }
+
     /// A shard's replica saw `leader` at `term`.
     pub fn set_leader(&self, region_id: u64, leader: Option<PeerMeta>, term: u64) {
         let mut table = self.table.write().expect("routing lock");
@@ -161,6 +201,7 @@ impl Routing {
             node_id: self.node_id,
             shards: self.shards,
             nodes: addrs.iter().map(|(id, addr)| (*id, addr.clone())).collect(),
+            placement_nodes: self.placement_nodes(),
             regions: table
                 .values()
                 .filter(|r| !r.region.is_system())

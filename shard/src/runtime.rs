@@ -27,13 +27,14 @@ use corekv_netio::frame::{self, Body, FrameKind};
 use corekv_netio::io::Frame;
 use corekv_netio::msg::{
     ArchivedOp, ArchivedPeerHello, ArchivedRaftBatch, ArchivedRequest, ArchivedSnapshotChunk, NodeStatus, PeerHello,
-    Reply, SnapshotAck, WireError,
+    Reply, SnapshotAck, WireError, OP_NAMES,
 };
 use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
 use corekv_raftstore::placement::report::Reporter;
+use corekv_raftstore::placement::stores::StoreMeta;
 use corekv_raftstore::placement::{self, Ask, Placement, PlacementConfig};
 use corekv_raftstore::snapshot;
 use corekv_raftstore::snapshot_chunks::{Accepted, Receiver, SnapshotChunk};
@@ -53,7 +54,7 @@ use crate::routing::Routing;
 use crate::server::{self, Connection, Port};
 use crate::transport::Transport;
 
-pub(crate) mod directory;
+pub mod directory;
 
 /// Ticks replayed at most after the executor was stopped for a while: enough to expire any
 /// lease and time out any election, few enough not to stall the shard.
@@ -138,6 +139,8 @@ pub struct Shard {
     inbox: Arc<directory::HeartbeatInbox>,
     /// The sizes of this shard's due heartbeats are being measured (off its thread).
     measuring: Cell<bool>,
+    /// The system region's applied index when its store registry was last read here.
+    registry_read_at: Cell<u64>,
 }
 
 impl Shard {
@@ -240,6 +243,7 @@ impl Shard {
                 store_reported_ms: Cell::new(0),
                 inbox: args.inbox,
                 measuring: Cell::new(false),
+                registry_read_at: Cell::new(0),
             }
         });
         tracing::info!(
@@ -365,6 +369,7 @@ impl Shard {
             self.publish();
             self.heartbeat();
             self.take_inbox();
+            self.admit_registered();
             self.housekeeping();
             self.kick();
         }
@@ -677,13 +682,15 @@ impl Shard {
             }));
             return Ok(());
         }
-        if let ArchivedOp::GetTs { count } = &req.op {
+        if let Some(call) = placement_call(&req.op) {
             let id = self.track(out, (client_id, op, started), None, false, 0);
-            let answers = (self.placement.borrow_mut()).ask(
-                &mut self.engines.core.borrow_mut(),
-                id,
-                Ask::Timestamps(count.to_native().into()),
-            );
+            let mut core = self.engines.core.borrow_mut();
+            let mut placement = self.placement.borrow_mut();
+            let answers = match call {
+                PlacementCall::Ask(ask) => placement.ask(&mut core, id, ask),
+                PlacementCall::PutStore(meta) => placement.put_store(&mut core, id, meta),
+            };
+            drop((core, placement));
             self.placement_answers(answers);
             self.kick();
             return Ok(());
@@ -779,14 +786,20 @@ impl Shard {
     /// Answers what the placement service settled.
     fn placement_answers(&self, answers: Vec<placement::Answer>) {
         for (id, result) in answers {
+            let op = self.pending.borrow().get(&id).map_or("", |p| OP_NAMES[p.op]);
             let reply = match result {
-                Ok((first, count)) => {
+                Ok((first, count)) if op == "get_ts" => {
                     self.metrics.tso_request_timestamps.observe(count as f64);
                     Ok(Reply::Timestamps {
                         first,
                         count: count as u32,
                     })
                 }
+                Ok((first, count)) if op == "alloc_ids" => Ok(Reply::Ids {
+                    first,
+                    count: count as u32,
+                }),
+                Ok(_) => Ok(Reply::Done),
                 Err(corekv_raftstore::Error::NotLeader { .. }) => Err(self.not_placement_leader()),
                 Err(e) => Err(crate::convert::error(e)),
             };
@@ -980,12 +993,39 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
         | ArchivedOp::GetRegionById { .. }
         | ArchivedOp::ScanRegions { .. }
         | ArchivedOp::GetStore { .. }
-        | ArchivedOp::GetAllStores => {
+        | ArchivedOp::GetAllStores
+        | ArchivedOp::AllocIds { .. }
+        | ArchivedOp::PutStore { .. } => {
             return Err(WireError::Malformed {
                 code: 308,
                 reason: "a node request is not a region request".into(),
             })
         }
+    })
+}
+
+/// A request the placement service answers through its raft core.
+enum PlacementCall {
+    Ask(Ask),
+    PutStore(StoreMeta),
+}
+
+fn placement_call(op: &ArchivedOp) -> Option<PlacementCall> {
+    Some(match op {
+        ArchivedOp::GetTs { count } => PlacementCall::Ask(Ask::Timestamps(count.to_native().into())),
+        ArchivedOp::AllocIds { count } => PlacementCall::Ask(Ask::Ids(count.to_native().into())),
+        ArchivedOp::PutStore {
+            id,
+            client_addr,
+            peer_addr,
+            shards,
+        } => PlacementCall::PutStore(StoreMeta {
+            id: id.to_native(),
+            client_addr: client_addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+            shards: shards.to_native(),
+        }),
+        _ => return None,
     })
 }
 

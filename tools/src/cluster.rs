@@ -183,21 +183,47 @@ impl LocalCluster {
         &self.spec
     }
 
-    /// Starts node `k` (again) with its data dir: a restart recovers it.
+    /// Nodes started so far: the spec's, then those added by `scale_out`.
+    pub fn node_count(&self) -> u64 {
+        self.children.len() as u64
+    }
+
+    /// Starts one more node, which joins the cluster (`--join`) on the next port block;
+    /// returns its number.
+    pub fn scale_out(&mut self) -> Result<u64> {
+        let k = self.node_count() + 1;
+        let last = u64::from(self.spec.base_port) + u64::from(PORTS_PER_NODE) * k;
+        if last > u64::from(u16::MAX) || self.spec.hosts.len() != 1 {
+            bail!("no room for node {k}: its ports pass 65535, or the nodes have hosts of their own");
+        }
+        self.children.push(None);
+        self.restart(k)?;
+        Ok(k)
+    }
+
+    /// Starts node `k` (again) with its data dir: a restart recovers it. Nodes past the spec's
+    /// join the cluster through the spec's nodes.
     pub fn restart(&mut self, k: u64) -> Result<()> {
         let s = &self.spec;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(s.log(k))?;
         let mut cmd = Command::new(&s.server);
-        cmd.arg("--node-id")
-            .arg(k.to_string())
-            .arg("--addr")
+        if k <= s.nodes {
+            cmd.arg("--node-id")
+                .arg(k.to_string())
+                .arg("--initial-cluster")
+                .arg(s.initial_cluster())
+                .arg("--initial-cluster-token")
+                .arg(s.token()?);
+        } else {
+            cmd.arg("--join")
+                .arg(s.endpoints().join(","))
+                .arg("--peer-addr")
+                .arg(s.peer_endpoint(k));
+        }
+        cmd.arg("--addr")
             .arg(s.endpoint(k))
             .arg("--data-dir")
             .arg(s.node_dir(k))
-            .arg("--initial-cluster")
-            .arg(s.initial_cluster())
-            .arg("--initial-cluster-token")
-            .arg(s.token()?)
             .args(s.certs()?.map(|c| crate::certs::node_flags(&c)).unwrap_or_default())
             .arg("--shards")
             .arg(s.shards.to_string())
@@ -319,7 +345,7 @@ impl LocalCluster {
     /// Stops every node; `Ok(true)` if all exited cleanly.
     pub fn stop(&mut self) -> Result<bool> {
         let mut clean = true;
-        for k in 1..=self.spec.nodes {
+        for k in 1..=self.node_count() {
             clean &= self.stop_node(k)?;
         }
         Ok(clean)

@@ -29,6 +29,8 @@ pub enum Action {
     Kill(u64),
     /// Start a stopped or dead node again on its data dir.
     Restart(u64),
+    /// Start one more node, which joins the cluster.
+    ScaleOut,
 }
 
 impl Action {
@@ -37,13 +39,17 @@ impl Action {
             Action::Stop(k) => format!("stop {k}"),
             Action::Kill(k) => format!("kill {k}"),
             Action::Restart(k) => format!("restart {k}"),
+            Action::ScaleOut => "scale-out".into(),
         }
     }
 
     fn parse(line: &str) -> Result<Action> {
         let mut words = line.split_whitespace();
+        if line.trim() == "scale-out" {
+            return Ok(Action::ScaleOut);
+        }
         let (Some(verb), Some(node), None) = (words.next(), words.next(), words.next()) else {
-            bail!("expected `stop|kill|restart NODE`, got {line:?}");
+            bail!("expected `stop|kill|restart NODE` or `scale-out`, got {line:?}");
         };
         let k: u64 = node.parse().with_context(|| format!("node {node:?} is not a number"))?;
         match verb {
@@ -153,7 +159,7 @@ mod tests {
     // Proves each action survives the line protocol, and malformed lines are refused.
     #[test]
     fn lines_round_trip_and_garbage_is_refused() {
-        for action in [Action::Stop(1), Action::Kill(2), Action::Restart(40)] {
+        for action in [Action::Stop(1), Action::Kill(2), Action::Restart(40), Action::ScaleOut] {
             assert_eq!(Action::parse(&format!("{}\n", action.line())).unwrap(), action);
         }
         for bad in ["", "stop", "stop x", "reboot 1", "stop 1 2"] {

@@ -15,13 +15,13 @@ pub const INCOMPLETE: &str =
 
 pub fn stores_text(stores: &[DirectoryStore]) -> String {
     let mut t = format!(
-        "{:<6} {:<22} {:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
+        "{:<11} {:<22} {:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
         "STORE", "ADDRESS", "STATE", "SHARDS", "REGIONS", "LEADERS", "USED", "AVAILABLE", "CAPACITY", "HEARTBEAT"
     );
     for s in stores {
         let h = &s.heartbeat;
         t.push_str(&format!(
-            "{:<6} {:<22} {:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
+            "{:<11} {:<22} {:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
             h.store_id,
             h.client_addr,
             StoreState::from_age(s.age_ms).name(),
@@ -43,7 +43,7 @@ pub fn stores_json(stores: &[DirectoryStore], complete: bool) -> Value {
         .map(|s| {
             let h = &s.heartbeat;
             json!({
-                "id": h.store_id, "address": h.client_addr, "state": StoreState::from_age(s.age_ms).name(),
+                "id": h.store_id, "address": h.client_addr, "peer_address": h.peer_addr, "state": StoreState::from_age(s.age_ms).name(),
                 "shards": h.shards, "regions": h.regions, "leaders": h.leaders, "used_bytes": h.used_bytes,
                 "available_bytes": h.available_bytes, "capacity_bytes": h.capacity_bytes,
                 "last_heartbeat_ms_ago": s.age_ms,

@@ -21,8 +21,13 @@ impl Drop for Playground {
 
 /// `corekv-playground CMD --node K --data-dir DIR`: (succeeded, what it printed).
 fn control(dir: &std::path::Path, cmd: &str, node: u64) -> (bool, String) {
+    control_args(dir, &[cmd, "--node", &node.to_string()])
+}
+
+fn control_args(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_corekv-playground"))
-        .args([cmd, "--node", &node.to_string(), "--data-dir"])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir)
         .output()
         .unwrap();
@@ -60,8 +65,9 @@ fn all_healthy(endpoints: &str) -> bool {
 
 // Proves the playground keeps the other nodes running when one is killed (through `kill` or
 // kill -9 from outside), reports it, refuses what makes no sense (killing a dead node,
-// restarting a live one, a node it does not have), restarts nodes on request, and still stops
-// cleanly on SIGTERM.
+// restarting a live one, a node it does not have), restarts nodes on request, adds a fourth node
+// that joins (`scale-out`: it shows up in `store list`), and still stops every node cleanly on
+// SIGTERM.
 #[test]
 fn the_playground_survives_a_killed_node_and_restarts_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,9 +116,22 @@ fn the_playground_survives_a_killed_node_and_restarts_it() {
     assert!(control(dir.path(), "restart", 3).0);
     assert!(all_healthy(&endpoints), "every node answers after the restarts");
 
+    let (ok, said) = control_args(dir.path(), &["scale-out"]);
+    assert!(ok && said.starts_with("node 4 joining"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stores = || {
+        let listed: serde_json::Value =
+            serde_json::from_str(&ctl(&endpoints, &["-w", "json", "store", "list"]).1).unwrap_or_default();
+        listed["stores"].as_array().map_or(0, Vec::len)
+    };
+    while stores() != 4 {
+        assert!(Instant::now() < deadline, "node 4 never showed up in store list");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // SAFETY: SIGTERM to the playground we started.
     assert_eq!(unsafe { libc::kill(playground.0.id() as i32, libc::SIGTERM) }, 0);
     assert!(playground.0.wait().unwrap().success());
     let tail: Vec<String> = lines.map(Result::unwrap).collect();
-    assert!(tail.iter().any(|l| l == "stopped 3 nodes"), "{tail:?}");
+    assert!(tail.iter().any(|l| l == "stopped 4 nodes"), "{tail:?}");
 }

@@ -181,6 +181,7 @@ impl Client {
                     views.push(info);
                 }
                 (addr, Ok(other)) => last_error = Some(format!("{addr}: unexpected answer {other:?}")),
+                (_, Err(Error::Unavailable(why))) => last_error = Some(why),
                 (_, Err(e)) => last_error = Some(e.to_string()),
             }
         }
@@ -514,6 +515,28 @@ impl Client {
             ms: cfg.request_timeout.as_millis() as u64,
             last,
         })
+    }
+
+    /// `count` new ids from the cluster's id allocator; returns the first.
+    pub async fn alloc_ids(&self, count: u32) -> Result<u64> {
+        match self.ask_placement(Op::AllocIds { count }).await? {
+            Reply::Ids { first, .. } => Ok(first),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Registers store `id` (from `alloc_ids`) with its shard 0's addresses: how a node joins.
+    pub async fn put_store(&self, id: u64, client_addr: &str, peer_addr: &str, shards: u32) -> Result<()> {
+        let op = Op::PutStore {
+            id,
+            client_addr: client_addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+            shards,
+        };
+        match self.ask_placement(op).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Regions from the placement service's directory: the one holding `key`.

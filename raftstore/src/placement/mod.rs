@@ -91,10 +91,22 @@ impl Which {
 }
 
 enum Own {
-    Load { term: u64 },
-    Save { which: Which, end: u64 },
-    Serve { client: RequestId, ask: Ask },
-    SaveStore { meta: StoreMeta },
+    Load {
+        term: u64,
+    },
+    Save {
+        which: Which,
+        end: u64,
+    },
+    Serve {
+        client: RequestId,
+        ask: Ask,
+    },
+    /// A store record's write, for a client's `put_store` or for a heartbeat (`None`).
+    SaveStore {
+        meta: StoreMeta,
+        client: Option<RequestId>,
+    },
 }
 
 enum State {
@@ -187,21 +199,62 @@ impl Placement {
         let meta = StoreMeta {
             id: heartbeat.store_id,
             client_addr: heartbeat.client_addr.clone(),
+            peer_addr: heartbeat.peer_addr.clone(),
             shards: heartbeat.shards,
         };
         l.directory.store_heartbeat(heartbeat, now_ms);
-        let old = l.stores.get(&meta.id);
-        if old == Some(&meta) || !l.saving_stores.insert(meta.id) {
-            return Ok(());
+        if l.stores.get(&meta.id) != Some(&meta) {
+            self.save_store(core, meta, None);
+        }
+        Ok(())
+    }
+
+    /// Registers a store that joins (PD's PutStore): its id must come from the allocator (or
+    /// be registered already) and its addresses must be no other store's. Answered `(id, 1)`
+    /// once the record is committed.
+    pub fn put_store(&mut self, core: &mut RaftCore, client: RequestId, meta: StoreMeta) -> Vec<Answer> {
+        let State::Leading(l) = &mut self.state else {
+            return vec![(client, Err(not_leader(core)))];
+        };
+        let known = l.stores.get(&meta.id);
+        let taken = (l.stores.values())
+            .find(|s| s.id != meta.id && (s.client_addr == meta.client_addr || s.peer_addr == meta.peer_addr));
+        let refused = if taken.is_some() {
+            Some(Error::InvalidArgument("another store has this client or peer address"))
+        } else if known.is_none() && meta.id < ids::IDS_FLOOR {
+            Some(Error::InvalidArgument(
+                "a joining store's id comes from the id allocator",
+            ))
+        } else {
+            None
+        };
+        match refused {
+            Some(e) => vec![(client, Err(e))],
+            None if known == Some(&meta) => vec![(client, Ok((meta.id, 1)))],
+            None if !self.save_store(core, meta, Some(client)) => {
+                vec![(client, Err(Error::ServerBusy("this store's record is being written")))]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Proposes `meta` as its store's record (compare-and-swap over the record this leader
+    /// knows); false when a write of that store's record is in flight already.
+    fn save_store(&mut self, core: &mut RaftCore, meta: StoreMeta, client: Option<RequestId>) -> bool {
+        let State::Leading(l) = &mut self.state else {
+            return false;
+        };
+        if !l.saving_stores.insert(meta.id) {
+            return false;
         }
         let cmd = Command::CompareAndSwap {
             key: keys::store_key(meta.id),
-            expected: old.map(StoreMeta::encode),
+            expected: l.stores.get(&meta.id).map(StoreMeta::encode),
             new: Some(meta.encode()),
         };
-        let id = self.own(Own::SaveStore { meta });
+        let id = self.own(Own::SaveStore { meta, client });
         core.propose(id, SYSTEM_REGION_ID, Self::epoch(core), cmd);
-        Ok(())
+        true
     }
 
     /// A client asks for timestamps or ids; the answer comes now or from a later call.
@@ -253,10 +306,16 @@ impl Placement {
                 self.saved(core, which, end, ok)
             }
             (Some(Own::Serve { client, ask }), Ok(_)) => self.take(core, client, ask, now_ms),
-            (Some(Own::SaveStore { meta }), result) => {
+            (Some(Own::SaveStore { meta, client }), result) => {
                 let ok = matches!(result, Ok(Some(Outcome::Cas { succeeded: true, .. })));
+                let id = meta.id;
                 self.store_saved(meta, ok, result.is_ok());
-                Vec::new()
+                let answer = match result {
+                    Ok(_) if ok => Ok((id, 1)),
+                    Ok(_) => Err(Error::ServerBusy("the placement leader changed; ask again")),
+                    Err(e) => Err(e),
+                };
+                client.map(|c| (c, answer)).into_iter().collect()
             }
             (Some(Own::Serve { client, .. }), Err(e)) => vec![(client, Err(e))],
             (Some(Own::Save { which, end }), Err(_)) => self.saved(core, which, end, false),

@@ -18,8 +18,9 @@ use crate::region::{Region, SYSTEM_REGION_ID};
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct StoreMeta {
     pub id: u64,
-    /// Client address of its shard 0.
+    /// Client and peer addresses of its shard 0 (shard i on those ports + i).
     pub client_addr: String,
+    pub peer_addr: String,
     pub shards: u32,
 }
 
@@ -70,6 +71,7 @@ mod tests {
         let meta = StoreMeta {
             id: 7,
             client_addr: "10.0.0.7:20160".into(),
+            peer_addr: "10.0.0.7:20200".into(),
             shards: 4,
         };
         assert_eq!(StoreMeta::decode(&meta.encode()).unwrap(), meta);

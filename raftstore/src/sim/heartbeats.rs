@@ -41,6 +41,7 @@ impl Sim {
             let store = (addr.1 == 0 && store_due).then(|| StoreHeartbeat {
                 store_id: addr.0,
                 client_addr: format!("node-{}:20160", addr.0),
+                peer_addr: format!("node-{}:20200", addr.0),
                 shards: self.cfg.shards,
                 capacity_bytes: 0,
                 available_bytes: 0,

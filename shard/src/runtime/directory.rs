@@ -9,9 +9,10 @@
 //! Must not: decide what the directory keeps (`placement::directory` does).
 
 use corekv_netio::frame::{self, Body, FrameKind};
-use corekv_netio::msg::{ArchivedHeartbeat, ArchivedOp, Heartbeat, Reply, WireError};
+use corekv_netio::msg::{self as wire, ArchivedHeartbeat, ArchivedOp, Heartbeat, Reply, WireError};
 use corekv_netio::FrameError;
 use corekv_raftstore::placement::directory::{Directory, Flow, RegionHeartbeat, StoreHeartbeat};
+use corekv_raftstore::placement::stores;
 use corekv_raftstore::placement::{report, Refused};
 use corekv_raftstore::{Command, SYSTEM_REGION_ID};
 
@@ -19,8 +20,26 @@ use std::rc::Rc;
 use std::sync::Mutex;
 
 use super::{wall_clock_ms, Shard};
+use crate::config::Member;
 use crate::convert;
 use crate::reads::Read;
+
+/// One heartbeat as frames of at most `REGIONS_PER_FRAME` regions each (the store's state in
+/// the last), with the count of regions in each.
+pub fn heartbeat_frames(regions: &[RegionHeartbeat], mut store: Option<wire::StoreHeartbeat>) -> Vec<(u64, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut parts = regions.chunks(REGIONS_PER_FRAME).peekable();
+    while parts.peek().is_some() || store.is_some() {
+        let part = parts.next().unwrap_or_default();
+        let last = parts.peek().is_none();
+        let heartbeat = Heartbeat {
+            regions: part.iter().map(convert::region_heartbeat).collect(),
+            store: if last { store.take() } else { None },
+        };
+        frames.push((part.len() as u64, frame::encode(FrameKind::Heartbeat, 0, &heartbeat)));
+    }
+    frames
+}
 
 /// Batches of heartbeats the inbox holds; more are dropped (the next interval's follow).
 const INBOX_BATCHES_MAX: usize = 64;
@@ -87,14 +106,20 @@ impl Shard {
     }
 
     /// Hands heartbeats to the placement leader: through the peer port, the node's inbox, or
-    /// straight to this shard's own placement service.
+    /// straight to this shard's own placement service. A node without a replica of the system
+    /// region does not see its leader: it sends to every node that has one (those that do not
+    /// lead count it refused).
     fn deliver(&self, regions: Vec<RegionHeartbeat>, store: Option<StoreHeartbeat>) {
         let count = regions.len() as u64;
-        let Some(leader) = self.routing.leader_node(SYSTEM_REGION_ID) else {
+        let targets = match self.routing.shard_of(SYSTEM_REGION_ID) {
+            Some(_) => self.routing.leader_node(SYSTEM_REGION_ID).into_iter().collect(),
+            None => self.routing.placement_nodes(),
+        };
+        if targets.is_empty() {
             self.metrics.heartbeats_dropped.inc_by(count);
             return;
-        };
-        if leader == self.routing.node_id() {
+        }
+        if targets == [self.routing.node_id()] {
             let sent = match self.index {
                 0 => {
                     self.take_heartbeats(regions, store);
@@ -110,23 +135,41 @@ impl Shard {
             counter.inc_by(count);
             return;
         }
-        let mut store = store.as_ref().map(convert::store_heartbeat);
-        for part in regions.chunks(REGIONS_PER_FRAME).map(Some).chain([None]) {
-            if part.is_none() && store.is_none() {
-                break;
+        let store = store.as_ref().map(convert::store_heartbeat);
+        let frames = heartbeat_frames(&regions, store);
+        for node in targets {
+            for (n, frame) in &frames {
+                let sent = self.transport.send_to_shard_0(node, frame.clone());
+                let counter = if sent {
+                    &self.metrics.heartbeats_sent
+                } else {
+                    &self.metrics.heartbeats_dropped
+                };
+                counter.inc_by(*n);
             }
-            let part = part.unwrap_or_default();
-            let heartbeat = Heartbeat {
-                regions: part.iter().map(convert::region_heartbeat).collect(),
-                store: store.take(),
-            };
-            let sent = (self.transport).send_to_shard_0(leader, frame::encode(FrameKind::Heartbeat, 0, &heartbeat));
-            let counter = if sent {
-                &self.metrics.heartbeats_sent
-            } else {
-                &self.metrics.heartbeats_dropped
-            };
-            counter.inc_by(part.len() as u64);
+        }
+    }
+
+    /// Shard 0 of a node with a replica of the system region: the stores registered in it
+    /// (as applied here) become members, so a node that joined is let in. Called every tick;
+    /// reads the registry only when the system region applied something since.
+    pub(super) fn admit_registered(&self) {
+        let core = self.engines.core.borrow();
+        let (Some(system), Some(applied)) = (core.region(SYSTEM_REGION_ID), core.applied(SYSTEM_REGION_ID)) else {
+            return;
+        };
+        if self.registry_read_at.replace(applied) == applied {
+            return;
+        }
+        match stores::load(&self.engines.kv, system) {
+            Ok(registered) => {
+                let members: Vec<Member> = registered
+                    .iter()
+                    .filter_map(|s| Member::of_store(s.id, &s.peer_addr))
+                    .collect();
+                self.routing.add_stores(&members);
+            }
+            Err(e) => tracing::warn!(error = %e, "the store registry could not be read"),
         }
     }
 
@@ -146,6 +189,7 @@ impl Shard {
         StoreHeartbeat {
             store_id: self.routing.node_id(),
             client_addr: self.routing.client_addr(),
+            peer_addr: self.routing.peer_addr().to_string(),
             shards: self.routing.shards(),
             capacity_bytes: space.as_ref().map_or(0, |s| s.capacity_bytes),
             available_bytes: space.as_ref().map_or(0, |s| s.available_bytes),

@@ -77,6 +77,9 @@ enum Cmd {
         #[arg(long)]
         node: u64,
     },
+    /// Start one more node, which joins the running cluster (`corekv-server --join`) on the
+    /// next block of ports; `corekv-ctl store list` shows it.
+    ScaleOut,
 }
 
 impl Cmd {
@@ -85,6 +88,7 @@ impl Cmd {
             Cmd::Stop { node } => Action::Stop(node),
             Cmd::Kill { node } => Action::Kill(node),
             Cmd::Restart { node } => Action::Restart(node),
+            Cmd::ScaleOut => Action::ScaleOut,
         }
     }
 }
@@ -177,7 +181,7 @@ fn run() -> Result<()> {
     let clean = cluster.stop()?;
     println!(
         "stopped {} nodes{}",
-        spec.nodes,
+        cluster.node_count(),
         if clean { "" } else { " (not all cleanly)" }
     );
     result
@@ -191,6 +195,7 @@ fn serve(cluster: &mut LocalCluster, control: &ControlSocket, no_wait: bool, sto
     }
     let dir = cluster.spec().data_dir.display().to_string();
     println!("press Ctrl-C to stop the cluster; from another terminal: corekv-playground stop|kill|restart --node K --data-dir {dir}");
+    println!("  (or `corekv-playground scale-out --data-dir {dir}`: one more node joins)");
     while !stop.load(Ordering::Relaxed) {
         for (k, status) in cluster.reap_exited()? {
             let log = cluster.spec().log(k);
@@ -236,11 +241,23 @@ fn action_name(action: Action) -> String {
 
 /// One control request against the cluster: what was done, in words.
 fn act(cluster: &mut LocalCluster, action: Action) -> Result<String> {
-    let (Action::Stop(k) | Action::Kill(k) | Action::Restart(k)) = action;
+    let k = match action {
+        Action::Stop(k) | Action::Kill(k) | Action::Restart(k) => k,
+        Action::ScaleOut => {
+            let k = cluster.scale_out()?;
+            let s = cluster.spec();
+            return Ok(format!(
+                "node {k} joining at {} (pid {}; log {}); `corekv-ctl store list` shows it in a few seconds",
+                s.endpoint(k),
+                cluster.pid(k).unwrap_or(0),
+                s.log(k).display()
+            ));
+        }
+    };
     anyhow::ensure!(
-        (1..=cluster.spec().nodes).contains(&k),
+        (1..=cluster.node_count()).contains(&k),
         "no node {k} (1..={})",
-        cluster.spec().nodes
+        cluster.node_count()
     );
     match action {
         Action::Stop(_) if cluster.is_running(k) => {
@@ -257,6 +274,7 @@ fn act(cluster: &mut LocalCluster, action: Action) -> Result<String> {
         }
         Action::Restart(_) => anyhow::bail!("node {k} is running; stop or kill it first"),
         Action::Stop(_) | Action::Kill(_) => anyhow::bail!("node {k} is not running"),
+        Action::ScaleOut => unreachable!("answered above"),
     }
 }
 

@@ -39,6 +39,11 @@ struct Args {
     /// replicas.
     #[arg(long)]
     initial_cluster: Option<String>,
+    /// Join a running cluster instead of bootstrapping one: client addresses (HOST:PORT) of
+    /// some of its nodes, comma-separated. The cluster gives this node its id; --peer-addr is
+    /// required. Give it on every start (it is how the node finds the cluster again).
+    #[arg(long, conflicts_with_all = ["initial_cluster", "node_id"])]
+    join: Option<String>,
     /// A name for the cluster, the same on every node: nodes and clients never mix two
     /// clusters with different tokens, even on the same addresses [default: corekv].
     #[arg(long)]
@@ -103,6 +108,9 @@ fn run() -> Result<()> {
     }
     if let Some(v) = args.initial_cluster {
         cfg.initial_cluster = v;
+    }
+    if let Some(v) = args.join {
+        cfg.join = v;
     }
     if let Some(v) = args.initial_cluster_token {
         cfg.initial_cluster_token = v;

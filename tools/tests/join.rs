@@ -1,0 +1,136 @@
+//! Stores that join a running cluster (`corekv-server --join`), through real processes.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+const CONFIG: &str = "[placement]\nheartbeat_interval_ms = 300\n";
+
+/// A server started with `--join endpoints` on the ports of `base` (client +0, peer +40,
+/// metrics +80), data in `dir`; killed when dropped.
+struct Joiner {
+    child: Child,
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn join_args(endpoints: &str, base: u16, dir: &std::path::Path) -> Vec<String> {
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    [
+        "--join".to_string(),
+        endpoints.to_string(),
+        "--addr".into(),
+        format!("127.0.0.1:{base}"),
+        "--peer-addr".into(),
+        format!("127.0.0.1:{}", base + 40),
+        "--status-addr".into(),
+        format!("127.0.0.1:{}", base + 80),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+    .to_vec()
+}
+
+fn server(args: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corekv-server"));
+    cmd.args(args).stdout(Stdio::null());
+    cmd
+}
+
+/// Starts a joining server and waits until the directory lists it; returns it and its id.
+fn join(t: &TestCluster, args: &[String], client_addr: &str) -> (Joiner, u64) {
+    let joiner = Joiner {
+        child: server(args).stderr(Stdio::null()).spawn().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, _) = t.ctl(&["-w", "json", "store", "list"]);
+        if code == 0 {
+            let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let me = listed["stores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["address"] == client_addr);
+            if let Some(id) = me.filter(|s| s["shards"] == 2).and_then(|s| s["id"].as_u64()) {
+                return (joiner, id);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the joined store never showed up in store list: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs a server that must fail at start: its stderr.
+fn refused(args: &[String]) -> String {
+    let out = server(args).stderr(Stdio::piped()).output().unwrap();
+    assert!(!out.status.success(), "it started");
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn store_ids(t: &TestCluster) -> Vec<u64> {
+    let (code, out, err) = t.ctl(&["-w", "json", "store", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    listed["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect()
+}
+
+// Proves a fourth node joins a running 3-node cluster with --join: it gets a store id from the
+// cluster's allocator (above every bootstrap id), shows up in `store list` with its address
+// and reports itself; restarted, it keeps its id (no second store appears); and the mistakes are
+// refused with one line: --join to an address that is not a corekv node, a data dir that is a
+// bootstrap member's, and another store's address.
+#[test]
+fn a_fourth_node_joins_and_keeps_its_store_id() {
+    let mut t = start_with(CONFIG);
+    let endpoints = t.endpoints().join(",");
+    let base = free_base_port();
+    let dir = t._dir.path().join("node-4");
+    let args = join_args(&endpoints, base, &dir);
+    let client_addr = format!("127.0.0.1:{base}");
+    let (joiner, id) = join(&t, &args, &client_addr);
+    assert!(id >= 1 << 32, "a joined store's id comes from the allocator: {id}");
+    assert_eq!(store_ids(&t), [1, 2, 3, id]);
+
+    drop(joiner);
+    let (_joiner, again) = join(&t, &args, &client_addr);
+    assert_eq!(again, id, "a restart keeps the store id");
+    assert_eq!(store_ids(&t), [1, 2, 3, id]);
+
+    // Not corekv: node 1's metrics port answers HTTP, not frames.
+    let other = t._dir.path().join("node-5");
+    let not_corekv = join_args(&t.cluster.spec().status_addr(1), base + 300, &other);
+    let why = refused(&not_corekv);
+    assert!(why.contains("--join") && why.contains("corekv"), "{why}");
+    // A bootstrap member's data dir.
+    assert!(t.cluster.stop_node(2).unwrap());
+    let members_dir = t.cluster.spec().node_dir(2);
+    let why = refused(&join_args(&endpoints, base + 300, &members_dir));
+    assert!(why.contains("node 2 of cluster"), "{why}");
+    t.cluster.restart(2).unwrap();
+    // Another store's addresses.
+    let why = refused(&join_args(&endpoints, base, &other));
+    assert!(why.contains("another store has this client or peer address"), "{why}");
+}
