@@ -5,7 +5,7 @@
 CARGO := scripts/cargo.sh
 DATA_DIR ?= /tmp/corekv-playground
 
-.PHONY: run storage-demo test build lint chaos fuzz bench-storage bench-raft bench-compare bench-tls bench-tso deps
+.PHONY: run storage-demo test build lint chaos fuzz bench-storage bench-raft bench-compare bench-tls bench-tso bench-heartbeats deps
 
 ## run: build, start a local 3-node x 2-shard cluster (corekv-playground), run a demo workload, stay up until Ctrl-C
 run:
@@ -58,6 +58,11 @@ bench-compare:
 bench-tso:
 	$(CARGO) build --release --locked -p corekv-tools -p corekv-perf
 	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- tso
+
+## bench-heartbeats: what the region directory costs the placement leader: CPU per 1000 regions per heartbeat interval (seconds)
+bench-heartbeats:
+	$(CARGO) build --release --locked -p corekv-perf
+	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- heartbeats
 
 ## bench-tls: what mutual TLS costs: a plain and a TLS 3-node cluster side by side, put and get on each, alternating (a few minutes)
 bench-tls:

@@ -10,6 +10,7 @@
 
 mod compare;
 mod floor;
+mod heartbeats;
 mod plot;
 mod raft;
 mod report;
@@ -48,6 +49,8 @@ enum Command {
     /// The TSO through a local cluster (started here): get_ts from 1 and from many callers
     /// (batched), beside a put.
     Tso(tso::TsoArgs),
+    /// What region heartbeats cost: CPU per 1000 regions per interval, framing and taking.
+    Heartbeats(heartbeats::HeartbeatArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +66,7 @@ fn run() -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(&args),
         Command::Tls(args) => tls::run(&args),
         Command::Tso(args) => tso::run(&args),
+        Command::Heartbeats(args) => heartbeats::run(&args),
     }
 }
 

@@ -1,5 +1,5 @@
 //! A hostile peer against live nodes: forged but well-formed frames of every kind a peer port
-//! accepts (hellos, raft batches, snapshot chunks; field values from proptest strategies),
+//! accepts (hellos, raft batches, snapshot chunks, heartbeats; field values from proptest strategies),
 //! sent to every node while clients run, then the clients' history checked.
 
 use std::io::Write;
@@ -7,7 +7,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use corekv_netio::frame::{self, FrameKind};
-use corekv_netio::msg::{PeerHello, RaftBatch, RaftEnvelope, SnapshotChunk, WirePeer};
+use corekv_netio::msg::{
+    Heartbeat, PeerHello, RaftBatch, RaftEnvelope, RegionHeartbeat, SnapshotChunk, StoreHeartbeat, WireEpoch, WireFlow,
+    WirePeer, WireRegion,
+};
 use corekv_raftstore::linearizability::{check, CheckResult, Op, OpKind};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -39,9 +42,18 @@ enum Forged {
         place: (u32, u64),
         bytes: Vec<u8>,
     },
+    /// Region heartbeats for (region, start, end, version, term, led by the sender?), and
+    /// a store heartbeat for a store id.
+    Heartbeat {
+        regions: Vec<ForgedRegion>,
+        store: Option<u64>,
+    },
     /// Any bytes in a frame of any kind.
     Junk { kind: u8, body: Vec<u8> },
 }
+
+/// (region, start, end, epoch version, term, led by the sender?).
+type ForgedRegion = (u64, Vec<u8>, Vec<u8>, u64, u64, bool);
 
 /// (region, real peer ids?, from, to, a raft message or bytes that are none).
 type ForgedRaft = (u64, bool, u64, u64, Result<Message, Vec<u8>>);
@@ -114,6 +126,21 @@ fn forged() -> impl Strategy<Value = Forged> {
                 place: (file, offset),
                 bytes
             }),
+        (
+            proptest::collection::vec(
+                (
+                    1..10u64,
+                    proptest::collection::vec(any::<u8>(), 0..3),
+                    proptest::collection::vec(any::<u8>(), 0..3),
+                    0..u64::MAX,
+                    0..u64::MAX,
+                    any::<bool>()
+                ),
+                0..6
+            ),
+            proptest::option::of(0..5u64)
+        )
+            .prop_map(|(regions, store)| Forged::Heartbeat { regions, store }),
         (0..=9u8, proptest::collection::vec(any::<u8>(), 0..128)).prop_map(|(kind, body)| Forged::Junk { kind, body }),
     ]
 }
@@ -198,6 +225,47 @@ fn encode(f: &Forged, cluster_id: u64, me: u64, (to_node, shard): (u64, u32)) ->
                 bytes: bytes.clone(),
             };
             frame::encode(FrameKind::SnapshotChunk, 0, &chunk)
+        }
+        Forged::Heartbeat { regions, store } => {
+            let regions = regions
+                .iter()
+                .map(|(region, start, end, version, term, mine)| {
+                    let leader = WirePeer {
+                        id: region * 1000 + me,
+                        node: if *mine { me } else { to_node },
+                        shard,
+                    };
+                    RegionHeartbeat {
+                        region: WireRegion {
+                            id: *region,
+                            start: start.clone(),
+                            end: end.clone(),
+                            epoch: WireEpoch {
+                                conf_ver: 1,
+                                version: *version,
+                            },
+                            peers: vec![leader],
+                        },
+                        leader,
+                        term: *term,
+                        approximate_bytes: 0,
+                        approximate_keys: 0,
+                        flow: WireFlow::default(),
+                    }
+                })
+                .collect();
+            let store = store.map(|id| StoreHeartbeat {
+                store_id: if id == 0 { me } else { id },
+                client_addr: "x:1".into(),
+                peer_addr: "x:2".into(),
+                shards: 2,
+                capacity_bytes: 0,
+                available_bytes: 0,
+                used_bytes: 0,
+                regions: 0,
+                leaders: 0,
+            });
+            frame::encode(FrameKind::Heartbeat, 0, &Heartbeat { regions, store })
         }
         Forged::Junk { kind, body } => {
             let mut bytes = frame::frame_of(FrameKind::Error, 0, body);
