@@ -215,23 +215,25 @@ pub enum Reply {
         first: u64,
         count: u32,
     },
-    /// Directory records. `complete`: every region's leader has had time to report to this
-    /// placement leader, so a region missing here does not exist; otherwise it may not have
-    /// reported yet (ask again, or ask the nodes).
+    Failed(WireError),
+    // Added after the first release's kinds: appended, so that their tags stay.
     /// `count` consecutive ids from `first`.
     Ids {
         first: u64,
         count: u32,
     },
+    /// Directory records. `complete`: every region's leader has had time to report to this
+    /// placement leader, so a region missing here does not exist; otherwise it may not have
+    /// reported yet (ask again, or ask the nodes).
     Regions {
         regions: Vec<DirectoryRegion>,
         complete: bool,
     },
+    /// Store records; `complete` as for `Regions`.
     Stores {
         stores: Vec<DirectoryStore>,
         complete: bool,
     },
-    Failed(WireError),
 }
 
 /// A region as its leader last reported it to the placement leader.
@@ -246,8 +248,9 @@ pub struct DirectoryRegion {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryStore {
     pub heartbeat: StoreHeartbeat,
-    /// Milliseconds since that report.
-    pub age_ms: u64,
+    /// Milliseconds since that report; None: registered, but not heard from since this
+    /// placement leader took over (its load fields are then zero).
+    pub age_ms: Option<u64>,
 }
 
 /// Shard -> the placement leader's shard 0, on the peer port, every heartbeat interval: the
@@ -322,12 +325,12 @@ pub struct ClusterInfo {
     /// (node id, client address of its shard 0; shard i listens on that port + i), for the
     /// nodes whose client address this node knows (its own, and every peer it has talked to).
     pub nodes: Vec<(u64, String)>,
-    /// The nodes holding a replica of the system region: one of them runs the placement
-    /// service (clients ask any node; a node that joins sends its heartbeats to these).
-    pub placement_nodes: Vec<u64>,
     pub regions: Vec<RegionInfo>,
     /// Regions whose replica on this node is stopped (corrupt data), with why.
     pub stopped: Vec<(u64, String)>,
+    /// The nodes holding a replica of the system region: one of them runs the placement
+    /// service (clients ask any node; a node that joins sends its heartbeats to these).
+    pub placement_nodes: Vec<u64>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

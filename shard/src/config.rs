@@ -22,7 +22,8 @@ pub const SHARDS_MAX: usize = 64;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This node's id (1..=999), one of `initial_cluster`'s.
+    /// This node's id (1..=999), one of `initial_cluster`'s; a node that joins (`join`) gets
+    /// its id from the cluster (2^32 and up) instead.
     pub node_id: u64,
     /// Client address of shard 0 (`host:port`); shard i serves clients on this port + i.
     pub addr: String,

@@ -132,7 +132,7 @@ pub fn directory_region(r: &RegionRecord, now_ms: u64) -> wire::DirectoryRegion 
 pub fn directory_store(s: &StoreRecord, now_ms: u64) -> wire::DirectoryStore {
     wire::DirectoryStore {
         heartbeat: store_heartbeat(&s.heartbeat),
-        age_ms: now_ms.saturating_sub(s.last_heartbeat_ms),
+        age_ms: s.last_heartbeat_ms.map(|at| now_ms.saturating_sub(at)),
     }
 }
 

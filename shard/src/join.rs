@@ -20,7 +20,7 @@ use crate::config::{resolve, Member, NodeConfig};
 use crate::error::{Error, Result};
 use crate::node::{self, DirIdentity};
 
-/// How long joining may take, every retry included.
+/// How long each step of joining may take, its retries included.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a join in progress looks whether the node was told to stop.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -70,6 +70,12 @@ async fn converse(cfg: &NodeConfig, endpoints: Vec<String>, tls: Option<Tls>) ->
     let client = Client::connect(client_cfg).await.map_err(net)?;
     let views = client.refresh().await.map_err(net)?;
     let view = views.first().ok_or_else(|| Error::Config("no node answered".into()))?;
+    if !(1..=crate::config::SHARDS_MAX as u32).contains(&view.shards) {
+        return Err(Error::Config(format!(
+            "the cluster reports {} shards per node: not corekv's",
+            view.shards
+        )));
+    }
     let shards = match cfg.shards as u32 {
         0 => view.shards,
         n if n == view.shards => n,

@@ -683,6 +683,10 @@ impl Shard {
             return Ok(());
         }
         if let Some(call) = placement_call(&req.op) {
+            if let Some(reason) = foreign_join(&call, out.remote) {
+                reply_now(Reply::Failed(WireError::InvalidArgument { reason }));
+                return Ok(());
+            }
             let id = self.track(out, (client_id, op, started), None, false, 0);
             let mut core = self.engines.core.borrow_mut();
             let mut placement = self.placement.borrow_mut();
@@ -1008,6 +1012,18 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
 enum PlacementCall {
     Ask(Ask),
     PutStore(StoreMeta),
+}
+
+/// Why a store's registration is refused here: it must come from the IP of the peer address
+/// it registers (the IP its peer connections will be accepted from afterwards).
+fn foreign_join(call: &PlacementCall, remote: Option<std::net::IpAddr>) -> Option<String> {
+    let PlacementCall::PutStore(meta) = call else {
+        return None;
+    };
+    let peer_ip = meta.peer_addr.parse::<std::net::SocketAddr>().ok()?.ip();
+    remote
+        .filter(|ip| *ip != peer_ip)
+        .map(|ip| format!("a store registers from its own peer address's IP ({peer_ip}); this request came from {ip}"))
 }
 
 fn placement_call(op: &ArchivedOp) -> Option<PlacementCall> {

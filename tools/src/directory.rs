@@ -13,7 +13,12 @@ use crate::bytes::Encoding;
 pub const INCOMPLETE: &str =
     "note: the placement leader took over less than two heartbeat intervals ago; regions that have not reported yet are missing\n";
 
-pub fn stores_text(stores: &[DirectoryStore]) -> String {
+/// A store's state as `store list` shows it.
+fn state(s: &DirectoryStore, complete: bool) -> &'static str {
+    StoreState::from_age(s.age_ms, complete).map_or("Unknown", StoreState::name)
+}
+
+pub fn stores_text(stores: &[DirectoryStore], complete: bool) -> String {
     let mut t = format!(
         "{:<11} {:<22} {:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
         "STORE", "ADDRESS", "STATE", "SHARDS", "REGIONS", "LEADERS", "USED", "AVAILABLE", "CAPACITY", "HEARTBEAT"
@@ -24,14 +29,14 @@ pub fn stores_text(stores: &[DirectoryStore]) -> String {
             "{:<11} {:<22} {:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}\n",
             h.store_id,
             h.client_addr,
-            StoreState::from_age(s.age_ms).name(),
+            state(s, complete),
             h.shards,
             h.regions,
             h.leaders,
             size(h.used_bytes),
             size(h.available_bytes),
             size(h.capacity_bytes),
-            age(s.age_ms),
+            s.age_ms.map_or("never".into(), age),
         ));
     }
     t
@@ -43,7 +48,7 @@ pub fn stores_json(stores: &[DirectoryStore], complete: bool) -> Value {
         .map(|s| {
             let h = &s.heartbeat;
             json!({
-                "id": h.store_id, "address": h.client_addr, "peer_address": h.peer_addr, "state": StoreState::from_age(s.age_ms).name(),
+                "id": h.store_id, "address": h.client_addr, "peer_address": h.peer_addr, "state": state(s, complete),
                 "shards": h.shards, "regions": h.regions, "leaders": h.leaders, "used_bytes": h.used_bytes,
                 "available_bytes": h.available_bytes, "capacity_bytes": h.capacity_bytes,
                 "last_heartbeat_ms_ago": s.age_ms,

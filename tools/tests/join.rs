@@ -101,7 +101,9 @@ fn store_ids(t: &TestCluster) -> Vec<u64> {
 // cluster's allocator (above every bootstrap id), shows up in `store list` with its address
 // and reports itself; restarted, it keeps its id (no second store appears); and the mistakes are
 // refused with one line: --join to an address that is not a corekv node, a data dir that is a
-// bootstrap member's, and another store's address.
+// bootstrap member's, and another store's address; as are registrations a client makes up (an
+// id the allocator never gave, a registered store's id with other addresses, a peer address of
+// another host, a name instead of an IP).
 #[test]
 fn a_fourth_node_joins_and_keeps_its_store_id() {
     let mut t = start_with(CONFIG);
@@ -133,4 +135,25 @@ fn a_fourth_node_joins_and_keeps_its_store_id() {
     // Another store's addresses.
     let why = refused(&join_args(&endpoints, base, &other));
     assert!(why.contains("another store has this client or peer address"), "{why}");
+    // Registrations a client makes up: each refused, in words.
+    let put = |id: u64, peer: &'static str| {
+        let client_addr = format!("127.0.0.1:{}", base + 600 + (id % 50) as u16);
+        t.with_client(move |c| async move {
+            Ok(c.put_store(id, &client_addr, peer, 2)
+                .await
+                .err()
+                .map(|e| e.to_string()))
+        })
+    };
+    let cases = [
+        (1 << 40, "127.0.0.1:1", "comes from the id allocator"),
+        (1, "127.0.0.1:2", "registered with other addresses"),
+        (id + 1, "10.9.9.9:1", "from its own peer address's IP"),
+        (id + 1, "localhost:1", "as IP:port"),
+    ];
+    for (id, peer, expected) in cases {
+        let why = put(id, peer).unwrap_or_else(|| panic!("store {id} at {peer} was registered"));
+        assert!(why.contains(expected), "store {id} at {peer}: {why}");
+    }
+    assert_eq!(store_ids(&t), [1, 2, 3, id]);
 }

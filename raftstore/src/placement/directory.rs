@@ -2,7 +2,8 @@
 //! of every region (from its leader's heartbeats) and of every store (from each node's).
 //! Soft state, as in PD: a new placement leader starts empty and is filled by the next round
 //! of heartbeats; until a full interval has passed, a lookup that misses says "not yet known"
-//! rather than "no such region".
+//! rather than "no such region". Times (`now_ms`) are a monotonic clock's: a wall clock
+//! stepped back must not stop the ages.
 //!
 //! Stale heartbeats are refused (PD's rule): a region's heartbeat with a lower epoch `version`
 //! or `conf_ver` than the directory holds, or the same epoch from an older term; and one that
@@ -79,11 +80,14 @@ impl StoreState {
     pub const DISCONNECTED_MS: u64 = 20_000;
     pub const DOWN_MS: u64 = 30 * 60_000;
 
-    pub fn from_age(age_ms: u64) -> StoreState {
+    /// From the age of its last heartbeat (None: none since the placement leader took over,
+    /// which is `Disconnected` once the directory is complete, else not known yet).
+    pub fn from_age(age_ms: Option<u64>, complete: bool) -> Option<StoreState> {
         match age_ms {
-            a if a >= Self::DOWN_MS => StoreState::Down,
-            a if a >= Self::DISCONNECTED_MS => StoreState::Disconnected,
-            _ => StoreState::Up,
+            Some(a) if a >= Self::DOWN_MS => Some(StoreState::Down),
+            Some(a) if a >= Self::DISCONNECTED_MS => Some(StoreState::Disconnected),
+            Some(_) => Some(StoreState::Up),
+            None => complete.then_some(StoreState::Disconnected),
         }
     }
 
@@ -107,7 +111,8 @@ pub struct RegionRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreRecord {
     pub heartbeat: StoreHeartbeat,
-    pub last_heartbeat_ms: u64,
+    /// None: registered, but not heard from since this placement leader took over.
+    pub last_heartbeat_ms: Option<u64>,
 }
 
 /// Why a heartbeat was not taken.
@@ -123,10 +128,19 @@ pub enum Stale {
     Term { region_id: u64, got: u64, have: u64 },
     #[error("region {region_id} overlaps region {other}, which is newer")]
     Overlap { region_id: u64, other: u64 },
-    /// Not a region at all (its end is not above its start): a forgery or a bug.
-    #[error("region {region_id}: its range is empty")]
-    EmptyRange { region_id: u64 },
+    /// Not a region this cluster can have (an empty range, keys or peers past their limits):
+    /// a forgery or a bug.
+    #[error("region {region_id}: {why}")]
+    Invalid { region_id: u64, why: &'static str },
+    /// A region the directory does not know, and it holds `REGIONS_MAX` already.
+    #[error("region {region_id}: the directory holds {REGIONS_MAX} regions already")]
+    Full { region_id: u64 },
 }
+
+/// Regions the directory holds at most (about 1 KiB each: 1 GiB at most).
+pub const REGIONS_MAX: usize = 1 << 20;
+/// Replicas a region has at most (a heartbeat claiming more is refused).
+pub const PEERS_MAX: usize = 7;
 
 #[derive(Debug, Default)]
 pub struct Directory {
@@ -140,23 +154,15 @@ impl Directory {
     /// Takes a region's heartbeat, or says why it is stale (the directory is left unchanged).
     pub fn region_heartbeat(&mut self, heartbeat: RegionHeartbeat, now_ms: u64) -> Result<(), Stale> {
         let id = heartbeat.region.id;
-        let region = &heartbeat.region;
-        if !region.end.is_empty() && region.start >= region.end {
-            return Err(Stale::EmptyRange { region_id: id });
-        }
+        check_region(&heartbeat.region)?;
         if let Some(have) = self.regions.get(&id) {
             check_same(&have.heartbeat, &heartbeat)?;
         }
-        let overlapped = self.overlapping(&heartbeat.region);
-        for other in overlapped.iter().filter(|r| r.id != id) {
-            if other.epoch.version >= heartbeat.region.epoch.version {
-                return Err(Stale::Overlap {
-                    region_id: id,
-                    other: other.id,
-                });
-            }
+        let overlapped = self.overlapping(&heartbeat.region)?;
+        if overlapped.is_empty() && !self.regions.contains_key(&id) && self.regions.len() >= REGIONS_MAX {
+            return Err(Stale::Full { region_id: id });
         }
-        for other in overlapped.iter().map(|r| r.id).chain([id]) {
+        for other in overlapped.into_iter().chain([id]) {
             self.remove(other);
         }
         self.by_start.insert(heartbeat.region.start.clone(), id);
@@ -165,20 +171,21 @@ impl Directory {
             last_heartbeat_ms: now_ms,
         };
         self.regions.insert(id, record);
+        debug_assert_eq!(self.by_start.len(), self.regions.len(), "one start key per region");
         Ok(())
     }
 
     pub fn store_heartbeat(&mut self, heartbeat: StoreHeartbeat, now_ms: u64) {
         let record = StoreRecord {
             heartbeat,
-            last_heartbeat_ms: now_ms,
+            last_heartbeat_ms: Some(now_ms),
         };
         self.stores.insert(record.heartbeat.store_id, record);
     }
 
     /// A store the registry holds but that has not reported to this placement leader yet:
-    /// listed with no load, its age counted from `now_ms` (when this leader took over).
-    pub fn registered_store(&mut self, meta: &super::stores::StoreMeta, now_ms: u64) {
+    /// listed with no load and no heartbeat.
+    pub fn registered_store(&mut self, meta: &super::stores::StoreMeta) {
         let heartbeat = StoreHeartbeat {
             store_id: meta.id,
             client_addr: meta.client_addr.clone(),
@@ -190,7 +197,11 @@ impl Directory {
             regions: 0,
             leaders: 0,
         };
-        self.store_heartbeat(heartbeat, now_ms);
+        let record = StoreRecord {
+            heartbeat,
+            last_heartbeat_ms: None,
+        };
+        self.stores.insert(meta.id, record);
     }
 
     /// The region holding `key`, if its leader has reported it.
@@ -234,17 +245,26 @@ impl Directory {
     }
 
     /// The regions whose ranges share a key with `region`'s.
-    fn overlapping(&self, region: &Region) -> Vec<Region> {
+    /// The ids of the regions sharing a key with `region`; `Err` at the first other one whose
+    /// version is not below `region`'s (it is newer: `region`'s heartbeat is stale).
+    fn overlapping(&self, region: &Region) -> Result<Vec<u64>, Stale> {
         let below_end = |s: &Vec<u8>| region.end.is_empty() || s.as_slice() < region.end.as_slice();
         let first = self
             .region_by_key(&region.start)
             .map(|r| r.heartbeat.region.start.clone());
         let from = first.unwrap_or_else(|| region.start.clone());
-        self.by_start
-            .range(from..)
-            .take_while(|(s, _)| below_end(s))
-            .map(|(_, id)| self.regions[id].heartbeat.region.clone())
-            .collect()
+        let mut ids = Vec::new();
+        for (_, &id) in self.by_start.range(from..).take_while(|(s, _)| below_end(s)) {
+            let other = &self.regions[&id].heartbeat.region;
+            if id != region.id && other.epoch.version >= region.epoch.version {
+                return Err(Stale::Overlap {
+                    region_id: region.id,
+                    other: id,
+                });
+            }
+            ids.push(id);
+        }
+        Ok(ids)
     }
 
     fn remove(&mut self, id: u64) {
@@ -252,6 +272,23 @@ impl Directory {
             self.by_start.remove(&old.heartbeat.region.start);
         }
     }
+}
+
+/// A region's shape as this cluster allows it.
+fn check_region(region: &Region) -> Result<(), Stale> {
+    let why = if !region.end.is_empty() && region.start >= region.end {
+        "its range is empty"
+    } else if region.start.len().max(region.end.len()) > crate::cmd::KEY_BYTES_MAX {
+        "a bound is longer than a key may be"
+    } else if region.peers.is_empty() || region.peers.len() > PEERS_MAX {
+        "it has no peers, or more than a region has"
+    } else {
+        return Ok(());
+    };
+    Err(Stale::Invalid {
+        region_id: region.id,
+        why,
+    })
 }
 
 /// PD's staleness rule for two heartbeats of one region.
@@ -357,7 +394,7 @@ mod tests {
         for range in [(&b"q"[..], &b"q"[..]), (b"z", b"a")] {
             assert!(matches!(
                 d.region_heartbeat(heartbeat(4, range, (9, 9), 1), 0),
-                Err(Stale::EmptyRange { .. })
+                Err(Stale::Invalid { .. })
             ));
         }
         assert_eq!(ids(d.scan(b"", b"", 10)), [2]);

@@ -22,6 +22,11 @@ pub struct Ids {
 impl Ids {
     /// A leader that read `saved_end` as the durable end (0: none yet): it starts there, as
     /// its predecessor may have handed out everything below.
+    /// Whether `id` may have been handed out (by this leader or a predecessor).
+    pub fn issued(&self, id: u64) -> bool {
+        (IDS_FLOOR..self.next).contains(&id)
+    }
+
     pub fn load(saved_end: u64) -> Ids {
         Ids {
             next: saved_end.max(IDS_FLOOR),

@@ -121,7 +121,9 @@ struct Leading {
     tso: Tso,
     ids: Ids,
     directory: Directory,
-    since_ms: u64,
+    /// When the first heartbeat came after this replica took over (the directory's clock,
+    /// monotonic): the directory counts as complete two heartbeat intervals later.
+    since_ms: Option<u64>,
     /// The durable store registry, and the stores whose record is being written.
     stores: BTreeMap<u64, StoreMeta>,
     saving_stores: BTreeSet<u64>,
@@ -174,7 +176,9 @@ impl Placement {
         let State::Leading(l) = &self.state else {
             return None;
         };
-        let complete = now_ms.saturating_sub(l.since_ms) >= 2 * self.cfg.heartbeat_interval_ms;
+        let complete = l
+            .since_ms
+            .is_some_and(|s| now_ms.saturating_sub(s) >= 2 * self.cfg.heartbeat_interval_ms);
         Some((&l.directory, complete))
     }
 
@@ -182,6 +186,7 @@ impl Placement {
         let State::Leading(l) = &mut self.state else {
             return Err(Refused::NotLeading);
         };
+        l.since_ms.get_or_insert(now_ms);
         Ok(l.directory.region_heartbeat(heartbeat, now_ms)?)
     }
 
@@ -196,6 +201,7 @@ impl Placement {
         let State::Leading(l) = &mut self.state else {
             return Err(Refused::NotLeading);
         };
+        l.since_ms.get_or_insert(now_ms);
         let meta = StoreMeta {
             id: heartbeat.store_id,
             client_addr: heartbeat.client_addr.clone(),
@@ -209,27 +215,31 @@ impl Placement {
         Ok(())
     }
 
-    /// Registers a store that joins (PD's PutStore): its id must come from the allocator (or
-    /// be registered already) and its addresses must be no other store's. Answered `(id, 1)`
+    /// Registers a store that joins (PD's PutStore): its id must have been handed out by the
+    /// allocator, its addresses (`IP:port`) no other store's, and a registered store keeps
+    /// its addresses (they change only through its own heartbeats, on the peer port). The
+    /// caller checked that the request came from the peer address's IP. Answered `(id, 1)`
     /// once the record is committed.
     pub fn put_store(&mut self, core: &mut RaftCore, client: RequestId, meta: StoreMeta) -> Vec<Answer> {
         let State::Leading(l) = &mut self.state else {
             return vec![(client, Err(not_leader(core)))];
         };
         let known = l.stores.get(&meta.id);
-        let taken = (l.stores.values())
-            .find(|s| s.id != meta.id && (s.client_addr == meta.client_addr || s.peer_addr == meta.peer_addr));
-        let refused = if taken.is_some() {
-            Some(Error::InvalidArgument("another store has this client or peer address"))
-        } else if known.is_none() && meta.id < ids::IDS_FLOOR {
-            Some(Error::InvalidArgument(
-                "a joining store's id comes from the id allocator",
-            ))
+        let refused = if !meta.has_ip_addresses() {
+            Some("a joining store gives its client and peer addresses as IP:port")
+        } else if known.is_some_and(|k| k != &meta) {
+            Some("this store is registered with other addresses")
+        } else if known.is_none() && !l.ids.issued(meta.id) {
+            Some("a joining store's id comes from the id allocator")
+        } else if known.is_none() && l.stores.len() + l.saving_stores.len() >= stores::STORES_MAX {
+            Some("the cluster has the most stores it takes")
+        } else if l.stores.values().any(|s| s.id != meta.id && s.shares_an_address(&meta)) {
+            Some("another store has this client or peer address")
         } else {
             None
         };
         match refused {
-            Some(e) => vec![(client, Err(e))],
+            Some(why) => vec![(client, Err(Error::InvalidArgument(why)))],
             None if known == Some(&meta) => vec![(client, Ok((meta.id, 1)))],
             None if !self.save_store(core, meta, Some(client)) => {
                 vec![(client, Err(Error::ServerBusy("this store's record is being written")))]
@@ -374,7 +384,7 @@ impl Placement {
         };
         let mut directory = Directory::default();
         for meta in &registered {
-            directory.registered_store(meta, now_ms);
+            directory.registered_store(meta);
         }
         tracing::info!(
             term,
@@ -388,7 +398,7 @@ impl Placement {
             tso: Tso::load(tso_end, now_ms, self.cfg.tso_save_interval_ms),
             ids: Ids::load(ids_end),
             directory,
-            since_ms: now_ms,
+            since_ms: None,
             stores: registered.into_iter().map(|m| (m.id, m)).collect(),
             saving_stores: BTreeSet::new(),
         }));
@@ -448,6 +458,9 @@ impl Placement {
         };
         l.saving_stores.remove(&meta.id);
         if ok {
+            if l.directory.store(meta.id).is_none() {
+                l.directory.registered_store(&meta); // listed before its first heartbeat
+            }
             l.stores.insert(meta.id, meta);
         } else if applied {
             self.state = State::Follower;

@@ -7,7 +7,7 @@
 //! Owns: when each region is reported next, and the traffic counted meanwhile. Must not: read
 //! a clock (`now_ms` comes in), or keep anything for a region this shard does not lead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use corekv_storage::kv::{Cf, KvEngine};
 
@@ -47,7 +47,7 @@ impl Reporter {
     /// the directory maps.
     /// Their sizes are left at 0 for `measure`.
     pub fn due(&mut self, core: &RaftCore, now_ms: u64) -> Vec<RegionHeartbeat> {
-        let led: Vec<u64> = (core.region_ids().into_iter())
+        let led: BTreeSet<u64> = (core.region_ids().into_iter())
             .filter(|&id| core.is_leader(id) && id != crate::region::SYSTEM_REGION_ID)
             .collect();
         self.sent.retain(|id, _| led.contains(id));

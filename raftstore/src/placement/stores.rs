@@ -6,6 +6,8 @@
 //! Owns: the record and its encoding (rkyv, validated on load). Must not: write the system
 //! region but through `Placement`'s compare-and-swap.
 
+use std::net::SocketAddr;
+
 use corekv_storage::kv::KvEngine;
 use rkyv::rancor;
 
@@ -28,6 +30,23 @@ pub struct StoreMeta {
 pub const STORES_MAX: usize = 10_000;
 
 impl StoreMeta {
+    /// Whether both addresses are `IP:port` (a joining store's must be: they become its
+    /// peers' idea of where it connects from).
+    pub fn has_ip_addresses(&self) -> bool {
+        [&self.client_addr, &self.peer_addr]
+            .iter()
+            .all(|a| a.parse::<SocketAddr>().is_ok())
+    }
+
+    /// Whether `other` uses one of this store's addresses (the same text, or the same IP and
+    /// port written another way).
+    pub fn shares_an_address(&self, other: &StoreMeta) -> bool {
+        let same = |a: &str, b: &str| a == b || a.parse::<SocketAddr>().is_ok_and(|a| b.parse() == Ok(a));
+        let mine = [&self.client_addr, &self.peer_addr];
+        let theirs = [&other.client_addr, &other.peer_addr];
+        mine.iter().any(|a| theirs.iter().any(|b| same(a, b)))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         rkyv::to_bytes::<rancor::Error>(self)
             .expect("serializing into memory cannot fail")
@@ -47,7 +66,13 @@ impl StoreMeta {
 /// Every store record the system region holds (as applied on this replica).
 pub fn load(kv: &KvEngine, system: &Region) -> Result<Vec<StoreMeta>> {
     let end = keys::store_key(u64::MAX);
-    let (rows, _) = apply::scan(kv, system, (STORES_PREFIX, &end), STORES_MAX, false, usize::MAX)?;
+    let (rows, more) = apply::scan(kv, system, (STORES_PREFIX, &end), STORES_MAX + 1, false, usize::MAX)?;
+    if more || rows.len() > STORES_MAX {
+        return Err(Error::Corruption {
+            region_id: SYSTEM_REGION_ID,
+            reason: format!("more than {STORES_MAX} store records"),
+        });
+    }
     let mut stores = Vec::with_capacity(rows.len());
     for (key, value) in rows {
         let meta = StoreMeta::decode(&value)?;

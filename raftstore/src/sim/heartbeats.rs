@@ -26,6 +26,11 @@ impl Sim {
         Reporter::new(PlacementConfig::default().heartbeat_interval_ms)
     }
 
+    /// The heartbeats' and the directory's clock, as a node's: monotonic (simulated time).
+    fn mono_ms(&self) -> u64 {
+        self.now * TICK_MS
+    }
+
     /// Every live shard's heartbeats due now, delivered.
     pub(super) fn heartbeat(&mut self) {
         let store_due = self
@@ -34,9 +39,9 @@ impl Sim {
         let addrs: Vec<ShardAddr> = self.shards.keys().copied().collect();
         for addr in addrs {
             let shard = &self.shards[&addr];
-            let wall_ms = self.wall_ms(addr.0);
+            let now_ms = self.mono_ms();
             let reporter = self.reporters.get_mut(&addr).expect("every live shard has one");
-            let mut due = reporter.due(&shard.core.borrow(), wall_ms);
+            let mut due = reporter.due(&shard.core.borrow(), now_ms);
             report::measure(&shard.kv, &mut due);
             let store = (addr.1 == 0 && store_due).then(|| StoreHeartbeat {
                 store_id: addr.0,
@@ -55,7 +60,6 @@ impl Sim {
             if leader != addr.0 && self.lost(addr.0, leader) {
                 continue;
             }
-            let now_ms = self.wall_ms(leader);
             let (Some(placement), Some(target)) =
                 (self.placements.get_mut(&(leader, 0)), self.shards.get(&(leader, 0)))
             else {
@@ -73,7 +77,7 @@ impl Sim {
     /// The directory of the placement service that leads now, if one does.
     pub fn directory(&self) -> Option<DirectoryView> {
         let ((node, _), placement) = self.placements.iter().find(|(_, p)| p.is_leading())?;
-        let (directory, _) = placement.directory(self.wall_ms(*node))?;
+        let (directory, _) = placement.directory(self.mono_ms())?;
         let regions = directory.scan(&[], &[], usize::MAX).into_iter().cloned().collect();
         Some(DirectoryView {
             node: *node,

@@ -19,7 +19,7 @@ use corekv_raftstore::{Command, SYSTEM_REGION_ID};
 use std::rc::Rc;
 use std::sync::Mutex;
 
-use super::{wall_clock_ms, Shard};
+use super::Shard;
 use crate::config::Member;
 use crate::convert;
 use crate::reads::Read;
@@ -79,7 +79,7 @@ impl Shard {
         if self.measuring.get() {
             return;
         }
-        let now_ms = wall_clock_ms();
+        let now_ms = self.mono_ms();
         let regions = (self.reporter.borrow_mut()).due(&self.engines.core.borrow(), now_ms);
         let interval = self.cfg.placement.heartbeat_interval_ms;
         let store = (self.index == 0 && now_ms >= self.store_reported_ms.get() + interval).then(|| {
@@ -163,9 +163,18 @@ impl Shard {
         }
         match stores::load(&self.engines.kv, system) {
             Ok(registered) => {
-                let members: Vec<Member> = registered
-                    .iter()
-                    .filter_map(|s| Member::of_store(s.id, &s.peer_addr))
+                // Only stores new here, and only addresses that are IP:port (no name lookup on
+                // the shard's thread; a joining store registers with IP:port).
+                let new = registered.iter().filter(|s| !self.routing.is_member(s.id));
+                let members: Vec<Member> = new
+                    .filter_map(|s| {
+                        let peer = s.peer_addr.parse().ok()?;
+                        Some(Member {
+                            id: s.id,
+                            addr: s.peer_addr.clone(),
+                            peer,
+                        })
+                    })
                     .collect();
                 self.routing.add_stores(&members);
             }
@@ -180,6 +189,12 @@ impl Shard {
                 self.take_heartbeats(batch, None);
             }
         }
+    }
+
+    /// The directory's and the heartbeats' clock: monotonic milliseconds since the shard
+    /// started (a wall clock stepped back must not stall heartbeats or ages).
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// This node as its store record shows it.
@@ -224,7 +239,7 @@ impl Shard {
     }
 
     fn take_heartbeats(&self, regions: Vec<RegionHeartbeat>, store: Option<StoreHeartbeat>) {
-        let now_ms = wall_clock_ms();
+        let now_ms = self.mono_ms();
         let mut placement = self.placement.borrow_mut();
         for heartbeat in regions {
             match placement.region_heartbeat(heartbeat, now_ms) {
@@ -248,18 +263,21 @@ impl Shard {
 
     /// The answer to a directory request (`op` is one), or `None` for any other request.
     pub(super) fn directory_reply(&self, op: &ArchivedOp) -> Option<Result<Reply, WireError>> {
-        let now_ms = wall_clock_ms();
+        let is_directory = matches!(
+            op,
+            ArchivedOp::GetRegion { .. }
+                | ArchivedOp::GetRegionById { .. }
+                | ArchivedOp::ScanRegions { .. }
+                | ArchivedOp::GetStore { .. }
+                | ArchivedOp::GetAllStores
+        );
+        if !is_directory {
+            return None;
+        }
+        let now_ms = self.mono_ms();
         let placement = self.placement.borrow();
         let Some((directory, complete)) = placement.directory(now_ms) else {
-            let is_directory = matches!(
-                op,
-                ArchivedOp::GetRegion { .. }
-                    | ArchivedOp::GetRegionById { .. }
-                    | ArchivedOp::ScanRegions { .. }
-                    | ArchivedOp::GetStore { .. }
-                    | ArchivedOp::GetAllStores
-            );
-            return is_directory.then(|| Err(self.not_placement_leader()));
+            return Some(Err(self.not_placement_leader()));
         };
         let regions = |records: Vec<_>| Reply::Regions {
             regions: records

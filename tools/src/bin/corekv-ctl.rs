@@ -173,7 +173,7 @@ enum Cluster {
 
 #[derive(Subcommand)]
 enum Store {
-    /// Every store: address, state (Up, Disconnected after 20 s without a heartbeat, Down after 30 min), load, disk.
+    /// Every store: address, state (Up; Disconnected after 20 s without a heartbeat; Down after 30 min; Unknown when a new placement leader has not heard from it yet), load, disk.
     List,
 }
 
@@ -252,7 +252,7 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
             let stores = Client::with_view(cfg, Vec::new()).get_all_stores().await?;
             Ok(with_note(
                 json.then(|| directory::stores_json(&stores.records, stores.complete)),
-                directory::stores_text(&stores.records),
+                directory::stores_text(&stores.records, stores.complete),
                 stores.complete,
             ))
         }
