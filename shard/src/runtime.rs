@@ -27,7 +27,7 @@ use corekv_netio::frame::{self, Body, FrameKind};
 use corekv_netio::io::Frame;
 use corekv_netio::msg::{
     ArchivedOp, ArchivedPeerHello, ArchivedRaftBatch, ArchivedRequest, ArchivedSnapshotChunk, NodeStatus, PeerHello,
-    Reply, SnapshotAck, WireError, OP_NAMES,
+    Reply, SnapshotAck, WireError,
 };
 use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
@@ -35,7 +35,7 @@ use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
 use corekv_raftstore::placement::report::Reporter;
 use corekv_raftstore::placement::stores::StoreMeta;
-use corekv_raftstore::placement::{self, Ask, Placement, PlacementConfig};
+use corekv_raftstore::placement::{self, Ask, Given, Placement, PlacementConfig};
 use corekv_raftstore::snapshot;
 use corekv_raftstore::snapshot_chunks::{Accepted, Receiver, SnapshotChunk};
 use corekv_raftstore::{
@@ -790,20 +790,19 @@ impl Shard {
     /// Answers what the placement service settled.
     fn placement_answers(&self, answers: Vec<placement::Answer>) {
         for (id, result) in answers {
-            let op = self.pending.borrow().get(&id).map_or("", |p| OP_NAMES[p.op]);
             let reply = match result {
-                Ok((first, count)) if op == "get_ts" => {
+                Ok(Given::Timestamps { first, count }) => {
                     self.metrics.tso_request_timestamps.observe(count as f64);
                     Ok(Reply::Timestamps {
                         first,
                         count: count as u32,
                     })
                 }
-                Ok((first, count)) if op == "alloc_ids" => Ok(Reply::Ids {
+                Ok(Given::Ids { first, count }) => Ok(Reply::Ids {
                     first,
                     count: count as u32,
                 }),
-                Ok(_) => Ok(Reply::Done),
+                Ok(Given::Stored { .. }) => Ok(Reply::Done),
                 Err(corekv_raftstore::Error::NotLeader { .. }) => Err(self.not_placement_leader()),
                 Err(e) => Err(crate::convert::error(e)),
             };

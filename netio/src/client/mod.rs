@@ -549,7 +549,7 @@ impl Client {
     }
 
     /// Up to `limit` regions holding keys of `[start, end)` (empty `end`: to the end), in
-    /// key order (the service caps `limit` at 1024: page from the last region's end).
+    /// key order (the service caps `limit` at 256: page from the last region's end).
     pub async fn scan_regions(&self, start: &[u8], end: &[u8], limit: u32) -> Result<Directory<DirectoryRegion>> {
         let op = Op::ScanRegions {
             start: start.to_vec(),

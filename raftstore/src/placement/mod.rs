@@ -72,7 +72,18 @@ pub enum Ask {
 }
 
 /// The answer to a client's request: (the first of its timestamps or ids, how many), or why not.
-pub type Answer = (RequestId, Result<(u64, u64)>);
+pub type Answer = (RequestId, Result<Given>);
+
+/// What the service gave a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Given {
+    /// `count` consecutive timestamps from `first`.
+    Timestamps { first: u64, count: u64 },
+    /// `count` consecutive ids from `first`.
+    Ids { first: u64, count: u64 },
+    /// Store `id` is registered.
+    Stored { id: u64 },
+}
 
 /// Which durable end a save is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +251,7 @@ impl Placement {
         };
         match refused {
             Some(why) => vec![(client, Err(Error::InvalidArgument(why)))],
-            None if known == Some(&meta) => vec![(client, Ok((meta.id, 1)))],
+            None if known == Some(&meta) => vec![(client, Ok(Given::Stored { id: meta.id }))],
             None if !self.save_store(core, meta, Some(client)) => {
                 vec![(client, Err(Error::ServerBusy("this store's record is being written")))]
             }
@@ -321,7 +332,7 @@ impl Placement {
                 let id = meta.id;
                 self.store_saved(meta, ok, result.is_ok());
                 let answer = match result {
-                    Ok(_) if ok => Ok((id, 1)),
+                    Ok(_) if ok => Ok(Given::Stored { id }),
                     Ok(_) => Err(Error::ServerBusy("the placement leader changed; ask again")),
                     Err(e) => Err(e),
                 };
@@ -483,7 +494,13 @@ impl Placement {
             Ask::Ids(n) => (l.ids.take(n), n),
         };
         match taken {
-            Ok(first) => vec![(client, Ok((first, count)))],
+            Ok(first) => {
+                let given = match ask {
+                    Ask::Timestamps(_) => Given::Timestamps { first, count },
+                    Ask::Ids(_) => Given::Ids { first, count },
+                };
+                vec![(client, Ok(given))]
+            }
             Err(Wait::TooMany) => vec![(client, Err(Error::InvalidArgument("too many asked at once")))],
             Err(Wait::Window) => {
                 self.save_ahead(core, now_ms);

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::placement::history::TsOp;
-use crate::placement::{Answer, Ask, Placement, PlacementConfig};
+use crate::placement::{Answer, Ask, Given, Placement, PlacementConfig};
 use crate::raft_core::{RequestId, Response};
 use crate::region::SYSTEM_REGION_ID;
 
@@ -177,21 +177,24 @@ impl Sim {
         }
     }
 
-    fn ts_answer(&mut self, id: RequestId, result: Result<(u64, u64)>) {
+    fn ts_answer(&mut self, id: RequestId, result: Result<Given>) {
         let Some(i) = self.ts_by_request.remove(&id) else {
             return;
         };
         self.ts_ops[i].attempt = None;
         match result {
-            Ok((first, count)) => {
+            Ok(Given::Timestamps { first, count } | Given::Ids { first, count }) => {
                 assert_eq!(count, self.ts_ops[i].op.count, "seed {}", self.cfg.seed);
                 let now = self.time_ns();
                 let op = &mut self.ts_ops[i];
                 (op.op.first, op.op.return_ns, op.done) = (Some(first), Some(now), true);
             }
             // Asking for timestamps changes nothing a client sees: ask again next tick.
-            Err(Error::InvalidArgument(_) | Error::Corruption { .. }) => {
-                panic!("seed {}: timestamp request failed for good: {result:?}", self.cfg.seed)
+            Ok(Given::Stored { .. }) | Err(Error::InvalidArgument(_) | Error::Corruption { .. }) => {
+                panic!(
+                    "seed {}: a placement request failed for good or got another kind of answer: {result:?}",
+                    self.cfg.seed
+                )
             }
             Err(_) => {}
         }

@@ -23,6 +23,7 @@ use super::Shard;
 use crate::config::Member;
 use crate::convert;
 use crate::reads::Read;
+use crate::routing::CLIENT_ADDR_BYTES_MAX;
 
 /// One heartbeat as frames of at most `REGIONS_PER_FRAME` regions each (the store's state in
 /// the last), with the count of regions in each.
@@ -69,8 +70,8 @@ impl HeartbeatInbox {
 
 /// Region heartbeats in one frame (each well under 10 KiB: keys are at most 4 KiB).
 const REGIONS_PER_FRAME: usize = 256;
-/// Directory records in one reply.
-pub const DIRECTORY_SCAN_LIMIT_MAX: u32 = 1024;
+/// Directory records in one reply (each under 9 KiB: a page stays far below a frame's limit).
+pub const DIRECTORY_SCAN_LIMIT_MAX: u32 = 256;
 
 impl Shard {
     /// Sends the heartbeats due now to the placement leader (called every tick). Their
@@ -127,12 +128,7 @@ impl Shard {
                 }
                 _ => self.inbox.push(regions),
             };
-            let counter = if sent {
-                &self.metrics.heartbeats_sent
-            } else {
-                &self.metrics.heartbeats_dropped
-            };
-            counter.inc_by(count);
+            self.count_sent(sent, count);
             return;
         }
         let store = store.as_ref().map(convert::store_heartbeat);
@@ -140,14 +136,18 @@ impl Shard {
         for node in targets {
             for (n, frame) in &frames {
                 let sent = self.transport.send_to_shard_0(node, frame.clone());
-                let counter = if sent {
-                    &self.metrics.heartbeats_sent
-                } else {
-                    &self.metrics.heartbeats_dropped
-                };
-                counter.inc_by(*n);
+                self.count_sent(sent, *n);
             }
         }
+    }
+
+    fn count_sent(&self, sent: bool, regions: u64) {
+        let counter = if sent {
+            &self.metrics.heartbeats_sent
+        } else {
+            &self.metrics.heartbeats_dropped
+        };
+        counter.inc_by(regions);
     }
 
     /// Shard 0 of a node with a replica of the system region: the stores registered in it
@@ -231,6 +231,15 @@ impl Shard {
         if let Some(s) = store.as_ref().filter(|s| s.store_id != node) {
             return Err(FrameError::Invalid {
                 reason: format!("node {node} reported store {}", s.store_id),
+            });
+        }
+        let long = |a: &String| a.len() > CLIENT_ADDR_BYTES_MAX;
+        if store
+            .as_ref()
+            .is_some_and(|s| long(&s.client_addr) || long(&s.peer_addr))
+        {
+            return Err(FrameError::Invalid {
+                reason: format!("node {node} reported an address over {CLIENT_ADDR_BYTES_MAX} bytes"),
             });
         }
         self.take_heartbeats(regions, store);
