@@ -89,7 +89,11 @@ pub fn run_node(mut cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
             check_identity(&cfg.data_dir, &identity)?;
             start
         }
-        None => join_start(&mut cfg, cpus[0], tls.clone(), Arc::clone(&stop))?,
+        None => match join_start(&mut cfg, cpus[0], tls.clone(), Arc::clone(&stop)) {
+            // Told to stop while joining: a stop as asked, not a failure.
+            Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
+            joined => joined?,
+        },
     };
     let Start {
         cluster_id,

@@ -58,6 +58,10 @@ pub fn stores_json(stores: &[DirectoryStore], complete: bool) -> Value {
     json!({ "stores": stores, "complete": complete })
 }
 
+/// Under every region table: what SIZE and KEYS count.
+const SIZE_NOTE: &str =
+    "SIZE and KEYS: RocksDB's estimate of flushed data (writes still in a memtable count from its flush)\n";
+
 pub fn regions_text(regions: &[DirectoryRegion], enc: Encoding) -> String {
     let mut t = format!(
         "{:<7} {:<14} {:<14} {:<6} {:<8} {:>5} {:>9} {:>8} {:>10} {:>10} {:>9}\n",
@@ -80,6 +84,7 @@ pub fn regions_text(regions: &[DirectoryRegion], enc: Encoding) -> String {
             age(r.age_ms),
         ));
     }
+    t.push_str(SIZE_NOTE);
     t
 }
 
@@ -94,7 +99,7 @@ pub fn region_detail(r: &DirectoryRegion, enc: Encoding) -> String {
         .collect();
     let f = &h.flow;
     format!(
-        "region {}\n  range [{}, {})\n  epoch conf_ver {} version {}\n  term {}\n  peers:\n{}  size ~{} in ~{} keys\n  \
+        "region {}\n  range [{}, {})\n  epoch conf_ver {} version {}\n  term {}\n  peers:\n{}  size ~{} in ~{} keys (flushed data)\n  \
          last interval: written {} in {} keys, read {} in {} keys, {} requests\n  reported {}\n",
         h.region.id,
         quoted(&h.region.start, enc),

@@ -61,7 +61,8 @@ fn join(t: &TestCluster, args: &[String], client_addr: &str) -> (Joiner, u64) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|s| s["address"] == client_addr);
+                // Reported, not only registered: the node runs.
+                .find(|s| s["address"] == client_addr && !s["last_heartbeat_ms_ago"].is_null());
             if let Some(id) = me.filter(|s| s["shards"] == 2).and_then(|s| s["id"].as_u64()) {
                 return (joiner, id);
             }
