@@ -116,6 +116,13 @@ fn a_fourth_node_joins_and_keeps_its_store_id() {
     let (joiner, id) = join(&t, &args, &client_addr);
     assert!(id >= 1 << 32, "a joined store's id comes from the allocator: {id}");
     assert_eq!(store_ids(&t), [1, 2, 3, id]);
+    let (code, out, err) = t.ctl(&["endpoint", "health", "--cluster"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.matches("is healthy").count(),
+        4,
+        "the joined node is checked too: {out}"
+    );
 
     drop(joiner);
     let (_joiner, again) = join(&t, &args, &client_addr);

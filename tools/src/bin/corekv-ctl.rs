@@ -571,12 +571,11 @@ async fn endpoints(cfg: ClientConfig, op: Endpoint, json: bool) -> Result<Printe
     let client = Client::with_view(cfg.clone(), Vec::new());
     let (Endpoint::Health { cluster } | Endpoint::Status { cluster }) = op;
     let addrs = match cluster {
-        true => client
-            .refresh()
-            .await?
-            .iter()
-            .flat_map(|v| v.nodes.iter().map(|(_, a)| a.clone()))
-            .collect(),
+        true => {
+            let views = client.refresh().await?;
+            let known = views.iter().flat_map(|v| v.nodes.iter().map(|(_, a)| a.clone()));
+            known.chain(registered_stores(&cfg).await).collect()
+        }
         false => cfg.endpoints.clone(),
     };
     let addrs: std::collections::BTreeSet<String> = addrs.into_iter().collect();
@@ -596,6 +595,20 @@ async fn endpoints(cfg: ClientConfig, op: Endpoint, json: bool) -> Result<Printe
     }
     Ok(printed)
 }
+
+/// Client addresses of the stores the placement service knows (nodes that joined included,
+/// which no node may have talked to yet); none when it does not answer within 2 s (the nodes'
+/// own views still name the others).
+async fn registered_stores(cfg: &ClientConfig) -> Vec<String> {
+    let mut cfg = cfg.clone();
+    cfg.request_timeout = cfg.request_timeout.min(DIRECTORY_WAIT);
+    let stores = Client::with_view(cfg, Vec::new()).get_all_stores().await;
+    let records = stores.map(|s| s.records).unwrap_or_default();
+    records.into_iter().map(|s| s.heartbeat.client_addr).collect()
+}
+
+/// How long `endpoint ... --cluster` waits for the placement service's store list.
+const DIRECTORY_WAIT: Duration = Duration::from_secs(2);
 
 type Asked = (String, Duration, corekv_netio::Result<NodeStatus>);
 
