@@ -123,6 +123,13 @@ fn a_fourth_node_joins_and_keeps_its_store_id() {
         4,
         "the joined node is checked too: {out}"
     );
+    let (code, out, err) = t.ctl(&["cluster", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&id.to_string()) && l.contains(" Up ")),
+        "{out}"
+    );
 
     drop(joiner);
     let (_joiner, again) = join(&t, &args, &client_addr);

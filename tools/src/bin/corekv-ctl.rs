@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use corekv_netio::client::Directory;
-use corekv_netio::msg::DirectoryRegion;
 use corekv_netio::msg::{ClusterInfo, NodeStatus, RegionInfo};
+use corekv_netio::msg::{DirectoryRegion, DirectoryStore};
 use corekv_netio::{Client, ClientConfig};
 use corekv_tools::bytes::{decode_arg, escape, Encoding};
 use corekv_tools::directory;
@@ -243,9 +243,10 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
     match command {
         Command::Raw { op } => raw(Client::connect(cfg).await?, op, enc, json).await,
         Command::Cluster { op: Cluster::Status } => {
+            let stores = directory_stores(&cfg).await;
             let client = Client::connect(cfg).await?;
             let views = client.refresh().await?;
-            Ok(status(&views, &client.regions(), enc, json))
+            Ok(status(&views, &client.regions(), stores.as_ref(), enc, json))
         }
         Command::Endpoint { op } => endpoints(cfg, op, json).await,
         Command::Store { op: Store::List } => {
@@ -494,7 +495,13 @@ fn pairs<'a>(rows: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>, enc: Enco
     Printed::ok(text)
 }
 
-fn status(views: &[ClusterInfo], regions: &[RegionInfo], enc: Encoding, json: bool) -> Printed {
+fn status(
+    views: &[ClusterInfo],
+    regions: &[RegionInfo],
+    stores: Option<&Directory<DirectoryStore>>,
+    enc: Encoding,
+    json: bool,
+) -> Printed {
     let first = &views[0];
     let up = |id: u64| views.iter().any(|v| v.node_id == id);
     let stopped: Vec<(u64, u64, &str)> = views
@@ -508,6 +515,7 @@ fn status(views: &[ClusterInfo], regions: &[RegionInfo], enc: Encoding, json: bo
             "nodes": first.nodes.iter().map(|(id, addr)| json!({"id": id, "addr": addr, "up": up(*id)})).collect::<Vec<_>>(),
             "regions": regions.iter().map(|r| region_json(r, enc)).collect::<Vec<_>>(),
             "stopped": stopped.iter().map(|(n, r, why)| json!({"node": n, "region": r, "reason": why})).collect::<Vec<_>>(),
+            "stores": stores.map(|s| directory::stores_json(&s.records, s.complete)),
         }));
     }
     let mut t = format!(
@@ -526,6 +534,13 @@ fn status(views: &[ClusterInfo], regions: &[RegionInfo], enc: Encoding, json: bo
     }
     for (node, region, why) in stopped {
         t.push_str(&format!("  STOPPED on node {node}: region {region} ({why})\n"));
+    }
+    match stores {
+        Some(s) => t.push_str(&format!(
+            "stores (the placement service's registry and heartbeats):\n{}",
+            directory::stores_text(&s.records, s.complete)
+        )),
+        None => t.push_str("stores: the placement service did not answer within 2 s\n"),
     }
     Printed::ok(t)
 }
@@ -574,7 +589,10 @@ async fn endpoints(cfg: ClientConfig, op: Endpoint, json: bool) -> Result<Printe
         true => {
             let views = client.refresh().await?;
             let known = views.iter().flat_map(|v| v.nodes.iter().map(|(_, a)| a.clone()));
-            known.chain(registered_stores(&cfg).await).collect()
+            let stores = directory_stores(&cfg).await.map(|s| s.records).unwrap_or_default();
+            known
+                .chain(stores.into_iter().map(|s| s.heartbeat.client_addr))
+                .collect()
         }
         false => cfg.endpoints.clone(),
     };
@@ -596,15 +614,13 @@ async fn endpoints(cfg: ClientConfig, op: Endpoint, json: bool) -> Result<Printe
     Ok(printed)
 }
 
-/// Client addresses of the stores the placement service knows (nodes that joined included,
-/// which no node may have talked to yet); none when it does not answer within 2 s (the nodes'
-/// own views still name the others).
-async fn registered_stores(cfg: &ClientConfig) -> Vec<String> {
+/// The stores the placement service knows (nodes that joined included, which no node may have
+/// talked to yet); None when it does not answer within `DIRECTORY_WAIT` (the nodes' own views
+/// still name the others).
+async fn directory_stores(cfg: &ClientConfig) -> Option<Directory<DirectoryStore>> {
     let mut cfg = cfg.clone();
     cfg.request_timeout = cfg.request_timeout.min(DIRECTORY_WAIT);
-    let stores = Client::with_view(cfg, Vec::new()).get_all_stores().await;
-    let records = stores.map(|s| s.records).unwrap_or_default();
-    records.into_iter().map(|s| s.heartbeat.client_addr).collect()
+    Client::with_view(cfg, Vec::new()).get_all_stores().await.ok()
 }
 
 /// How long `endpoint ... --cluster` waits for the placement service's store list.
