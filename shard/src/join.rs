@@ -66,8 +66,7 @@ async fn converse(cfg: &NodeConfig, endpoints: Vec<String>, tls: Option<Tls>) ->
     let mut client_cfg = ClientConfig::new(endpoints);
     client_cfg.tls = tls;
     client_cfg.request_timeout = JOIN_TIMEOUT;
-    let net = |e: corekv_netio::Error| Error::Config(e.to_string());
-    let client = Client::connect(client_cfg).await.map_err(net)?;
+    let client = Client::with_view(client_cfg, Vec::new());
     let views = client.refresh().await.map_err(net)?;
     let view = views.first().ok_or_else(|| Error::Config("no node answered".into()))?;
     if !(1..=crate::config::SHARDS_MAX as u32).contains(&view.shards) {
@@ -110,6 +109,11 @@ async fn converse(cfg: &NodeConfig, endpoints: Vec<String>, tls: Option<Tls>) ->
     })
 }
 
+/// A client failure while joining, said as it is.
+fn net(e: corekv_netio::Error) -> Error {
+    Error::Config(e.to_string())
+}
+
 /// This node's store id: the one its data dir records, or a new one from the allocator,
 /// recorded before it is used.
 async fn store_id(cfg: &NodeConfig, client: &Client, cluster_id: u64, shards: u32) -> Result<u64> {
@@ -123,7 +127,7 @@ async fn store_id(cfg: &NodeConfig, client: &Client, cluster_id: u64, shards: u3
         }
         return Ok(found.node_id);
     }
-    let id = (client.alloc_ids(1).await).map_err(|e| Error::Config(e.to_string()))?;
+    let id = client.alloc_ids(1).await.map_err(net)?;
     node::write_identity(&cfg.data_dir, &expected(id))?;
     Ok(id)
 }
@@ -132,7 +136,7 @@ async fn store_id(cfg: &NodeConfig, client: &Client, cluster_id: u64, shards: u3
 async fn members(client: &Client, node_id: u64, cfg: &NodeConfig) -> Result<Vec<Member>> {
     let deadline = Instant::now() + JOIN_TIMEOUT;
     let stores = loop {
-        let listed = (client.get_all_stores().await).map_err(|e| Error::Config(e.to_string()))?;
+        let listed = client.get_all_stores().await.map_err(net)?;
         if listed.complete || Instant::now() > deadline {
             break listed.records;
         }

@@ -33,6 +33,7 @@ use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
+use corekv_raftstore::placement::directory::Flow;
 use corekv_raftstore::placement::report::Reporter;
 use corekv_raftstore::placement::stores::StoreMeta;
 use corekv_raftstore::placement::{self, Ask, Given, Placement, PlacementConfig};
@@ -742,7 +743,7 @@ impl Shard {
             }
             Ok(Action::Write(cmd)) => {
                 self.metrics.proposals.inc();
-                self.count_write(region_id, &cmd);
+                self.count(region_id, Flow::write(cmd.written()));
                 self.engines.core.borrow_mut().propose(id, region_id, epoch, cmd);
                 None
             }
@@ -898,7 +899,7 @@ impl Shard {
         if read.is_small() {
             let result = read.run(&self.engines.kv, region, room);
             drop(core);
-            self.count_read(region_id, &result);
+            self.count(region_id, Flow::read(result.as_ref().map_or((0, 0), Read::served)));
             return self.answer(id, result);
         }
         let region = region.clone();
@@ -907,7 +908,7 @@ impl Shard {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             let result = shard.engines.kv.offload(move |kv| read.run(kv, &region, room)).await;
-            shard.count_read(region_id, &result);
+            shard.count(region_id, Flow::read(result.as_ref().map_or((0, 0), Read::served)));
             shard.answer(id, result);
         })
         .detach();

@@ -41,6 +41,25 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// One write request of `(bytes, keys)`.
+    pub fn write((bytes, keys): (u64, u64)) -> Flow {
+        Flow {
+            written_bytes: bytes,
+            written_keys: keys,
+            queries: 1,
+            ..Flow::default()
+        }
+    }
+
+    /// One read request that returned `(bytes, keys)`.
+    pub fn read((bytes, keys): (u64, u64)) -> Flow {
+        Flow {
+            read_bytes: bytes,
+            read_keys: keys,
+            queries: 1,
+            ..Flow::default()
+        }
+    }
     pub fn add(&mut self, other: &Flow) {
         self.written_bytes += other.written_bytes;
         self.written_keys += other.written_keys;

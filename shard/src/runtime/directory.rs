@@ -14,7 +14,7 @@ use corekv_netio::FrameError;
 use corekv_raftstore::placement::directory::{Directory, Flow, RegionHeartbeat, StoreHeartbeat};
 use corekv_raftstore::placement::stores;
 use corekv_raftstore::placement::{report, Refused};
-use corekv_raftstore::{Command, SYSTEM_REGION_ID};
+use corekv_raftstore::SYSTEM_REGION_ID;
 
 use std::rc::Rc;
 use std::sync::Mutex;
@@ -22,7 +22,6 @@ use std::sync::Mutex;
 use super::Shard;
 use crate::config::Member;
 use crate::convert;
-use crate::reads::Read;
 use crate::routing::CLIENT_ADDR_BYTES_MAX;
 
 /// One heartbeat as frames of at most `REGIONS_PER_FRAME` regions each (the store's state in
@@ -315,30 +314,9 @@ impl Shard {
         }))
     }
 
-    /// Traffic a write brings its region (counted when proposed).
-    pub(super) fn count_write(&self, region_id: u64, cmd: &Command) {
-        let (bytes, keys) = cmd.written();
-        let flow = Flow {
-            written_bytes: bytes,
-            written_keys: keys,
-            queries: 1,
-            ..Flow::default()
-        };
-        self.reporter.borrow_mut().record(region_id, flow);
-    }
-
-    /// Traffic a read brought its region (counted when answered).
-    pub(super) fn count_read(&self, region_id: u64, reply: &Result<Reply, WireError>) {
-        let (bytes, keys) = match reply {
-            Ok(r) => Read::served(r),
-            Err(_) => (0, 0),
-        };
-        let flow = Flow {
-            read_bytes: bytes,
-            read_keys: keys,
-            queries: 1,
-            ..Flow::default()
-        };
+    /// Counts traffic a request brought `region_id` (a write when proposed, a read when
+    /// answered), for its next heartbeat.
+    pub(super) fn count(&self, region_id: u64, flow: Flow) {
         self.reporter.borrow_mut().record(region_id, flow);
     }
 }
