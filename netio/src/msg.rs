@@ -122,6 +122,12 @@ pub enum Op {
         peer_addr: String,
         shards: u32,
     },
+    /// Hands the region's leadership to its replica on store `to_store` (the region's leader
+    /// answers `Done` once the handover has started; raft completes it within an election
+    /// timeout, or abandons it).
+    TransferLeader {
+        to_store: u64,
+    },
 }
 
 impl Op {
@@ -141,12 +147,13 @@ impl Op {
                 | Op::GetStore { .. }
                 | Op::GetAllStores
                 | Op::AllocIds { .. }
+                | Op::TransferLeader { .. }
         )
     }
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 18] = [
+pub const OP_NAMES: [&str; 19] = [
     "get",
     "batch_get",
     "scan",
@@ -165,6 +172,7 @@ pub const OP_NAMES: [&str; 18] = [
     "get_all_stores",
     "alloc_ids",
     "put_store",
+    "transfer_leader",
 ];
 
 impl ArchivedOp {
@@ -189,6 +197,7 @@ impl ArchivedOp {
             ArchivedOp::GetAllStores => 15,
             ArchivedOp::AllocIds { .. } => 16,
             ArchivedOp::PutStore { .. } => 17,
+            ArchivedOp::TransferLeader { .. } => 18,
         }
     }
 }
@@ -389,6 +398,9 @@ pub enum WireError {
     /// when known) is believed to.
     #[error("not the placement leader (leader hint: node {leader:?} at {addr:?})")]
     NotPlacementLeader { leader: Option<u64>, addr: Option<String> },
+    /// The region's leader refused an admin command (a leader transfer) for the reason given.
+    #[error("region {region_id}: refused: {reason}")]
+    AdminRefused { region_id: u64, reason: String },
 }
 
 impl WireError {
@@ -411,6 +423,7 @@ impl WireError {
             WireError::RegionUnavailable { .. } => 213,
             WireError::PeerRefused { .. } => 322,
             WireError::NotPlacementLeader { .. } => 214,
+            WireError::AdminRefused { .. } => 215,
         }
     }
 
@@ -433,6 +446,7 @@ impl WireError {
             WireError::RegionUnavailable { .. } => "region_unavailable",
             WireError::PeerRefused { .. } => "peer_refused",
             WireError::NotPlacementLeader { .. } => "not_placement_leader",
+            WireError::AdminRefused { .. } => "admin_refused",
         }
     }
 
@@ -446,6 +460,7 @@ impl WireError {
                 | WireError::OutcomeUnknown { .. }
                 | WireError::InvalidArgument { .. }
                 | WireError::PeerRefused { .. }
+                | WireError::AdminRefused { .. }
         )
     }
 }

@@ -1,6 +1,6 @@
 //! The raftstore's one error type: what a request can be told, and whether to retry.
 //!
-//! Owns: the variants, their stable codes (200..=213, never reused) and `is_retryable`.
+//! Owns: the variants, their stable codes (200..=213 and 215; 214 is netio's; never reused) and `is_retryable`.
 //! Must not: depend on netio: `shard::convert` says what a client is told for each variant.
 
 /// Result alias of `corekv-raftstore`.
@@ -69,6 +69,10 @@ pub enum Error {
         from: u64,
         reason: &'static str,
     },
+    /// The region's leader refused an admin command (a leader transfer; later membership
+    /// changes, splits, merges) for the reason given: retrying as it is would be refused again.
+    #[error("region {region_id}: refused: {reason}")]
+    AdminRefused { region_id: u64, reason: String },
 }
 
 impl Error {
@@ -89,6 +93,7 @@ impl Error {
             Error::Refused { .. } => 211,
             Error::Corruption { .. } => 212,
             Error::RegionUnavailable { .. } => 213,
+            Error::AdminRefused { .. } => 215,
         }
     }
 
@@ -103,6 +108,7 @@ impl Error {
                 | Error::InvalidArgument(_)
                 | Error::Refused { .. }
                 | Error::Corruption { .. }
+                | Error::AdminRefused { .. }
         )
     }
 }

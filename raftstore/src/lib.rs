@@ -47,6 +47,7 @@ pub use cmd::{Command, Outcome};
 pub use error::{Error, Result};
 pub use raft_core::{
     batch_by_destination, Destination, RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady,
+    TRANSFER_LAG_ENTRIES_MAX,
 };
 pub use region::{Epoch, PeerMeta, Region, FIRST_USER_REGION_ID, SYSTEM_REGION_ID};
 pub use storage::{Fetch, PeerStorage, RestoredLog};

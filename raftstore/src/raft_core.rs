@@ -37,6 +37,11 @@ pub fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
     out
 }
 
+/// How far a leader transfer's target may be behind the leader's log (TiKV's warm transfer):
+/// a target this close takes over at once, while one further behind would keep the region
+/// from taking writes until it caught up.
+pub const TRANSFER_LAG_ENTRIES_MAX: u64 = 128;
+
 /// Identifies a client request within the shard; chosen by the driver.
 pub type RequestId = u64;
 
@@ -203,6 +208,10 @@ struct Peer {
     /// The leader lease: valid while `now < lease_until` in term `lease_term`.
     lease_until: u64,
     lease_term: u64,
+    /// A term in which this leader started handing over its leadership: the transferee
+    /// campaigns without waiting out anyone's lease, so no lease holds for the rest of that
+    /// term (reads take the ReadIndex path).
+    lease_void_term: u64,
     applied: u64,
     /// (term, role, leader) when the election timeout was last drawn.
     timeout_key: Option<(u64, StateRole, u64)>,
@@ -252,6 +261,7 @@ impl Peer {
         raft.state == StateRole::Leader
             && self.lease_term == raft.term
             && now < self.lease_until
+            && self.lease_void_term != raft.term
             // Its commit index is only known to be current once it committed in its term.
             && raft.commit_to_current_term()
     }
@@ -336,6 +346,28 @@ impl Peer {
 }
 
 /// The Multi-Raft state machine of one shard.
+/// Why the leader `raft` must not hand its leadership to peer `to` now, if it must not.
+fn transfer_refusal(raft: &raft::Raft<PeerStorage>, to: u64) -> Option<String> {
+    if raft.has_pending_conf() {
+        return Some("a membership change is pending".into());
+    }
+    if raft.prs().conf().learners().contains(&to) {
+        return Some("the target is a learner".into());
+    }
+    let Some(progress) = raft.prs().get(to) else {
+        return Some("the target is not a voter of this region".into());
+    };
+    if !progress.recent_active {
+        return Some("the target has not answered the leader within an election timeout".into());
+    }
+    if progress.state == raft::ProgressState::Snapshot {
+        return Some("the target is being sent a snapshot".into());
+    }
+    let lag = raft.raft_log.last_index().saturating_sub(progress.matched);
+    (lag > TRANSFER_LAG_ENTRIES_MAX)
+        .then(|| format!("the target is {lag} entries behind the leader (at most {TRANSFER_LAG_ENTRIES_MAX})"))
+}
+
 pub struct RaftCore {
     node: u64,
     shard: u32,
@@ -444,6 +476,7 @@ impl RaftCore {
             reads_in_flight: BTreeMap::new(),
             lease_until: 0,
             lease_term: 0,
+            lease_void_term: 0,
             applied,
             timeout_key: None,
         };
@@ -524,6 +557,28 @@ impl RaftCore {
         peer.raw.campaign().map_err(|e| Error::Storage(e.to_string()))?;
         self.rearm(region_id);
         Ok(())
+    }
+
+    /// Hands `region_id`'s leadership to its replica on `to_node` (TiKV's warm transfer): only
+    /// a leader, at the request's epoch, to a voter that answered within an election timeout,
+    /// whose log is within `TRANSFER_LAG_ENTRIES_MAX` of the leader's and which is not being
+    /// sent a snapshot, with no membership change pending. Returns the target; raft-rs then
+    /// completes the transfer, or abandons it after an election timeout.
+    pub fn transfer_leader(&mut self, region_id: u64, epoch: Epoch, to_node: u64) -> Result<PeerMeta> {
+        let peer = (self.peers.get_mut(&region_id)).ok_or_else(|| missing(&self.stopped, region_id))?;
+        peer.check_leader()?;
+        peer.region.check_epoch(epoch)?;
+        let refused = |reason: String| Error::AdminRefused { region_id, reason };
+        let target = *(peer.region.peers.iter().find(|p| p.node == to_node))
+            .ok_or_else(|| refused(format!("store {to_node} holds no replica of this region")))?;
+        if target.id == peer.me.id {
+            return Ok(target);
+        }
+        transfer_refusal(&peer.raw.raft, target.id).map_or(Ok(()), |why| Err(refused(why)))?;
+        peer.lease_void_term = peer.raw.raft.term;
+        peer.raw.transfer_leader(target.id);
+        self.rearm(region_id);
+        Ok(target)
     }
 
     /// One logical clock tick for every peer.

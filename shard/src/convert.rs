@@ -165,6 +165,7 @@ pub fn error(e: Error) -> WireError {
             reason: reason.to_string(),
         },
         Error::RegionUnavailable { region_id, reason } => WireError::RegionUnavailable { region_id, reason },
+        Error::AdminRefused { region_id, reason } => WireError::AdminRefused { region_id, reason },
         e @ Error::Corruption { .. } => WireError::Storage { reason: e.to_string() },
         // Raft traffic's, never a request's: said as it is.
         e @ Error::Refused { .. } => WireError::Malformed {

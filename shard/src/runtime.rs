@@ -104,6 +104,10 @@ enum Action {
     Write(Command),
     Read(Read),
     Answer(Reply),
+    /// Hand the region's leadership to its replica on this store.
+    Transfer {
+        to_store: u64,
+    },
 }
 
 pub struct Shard {
@@ -741,6 +745,24 @@ impl Shard {
                 reply_now(reply);
                 return Ok(());
             }
+            Ok(Action::Transfer { to_store }) => {
+                let started = self
+                    .engines
+                    .core
+                    .borrow_mut()
+                    .transfer_leader(region_id, epoch, to_store);
+                if let Ok(target) = started {
+                    tracing::info!(
+                        region = region_id,
+                        to_store,
+                        to_peer = target.id,
+                        "leader transfer started"
+                    );
+                }
+                reply_now(started.map_or_else(|e| Reply::Failed(crate::convert::error(e)), |_| Reply::Done));
+                self.kick();
+                return Ok(());
+            }
             Ok(Action::Write(cmd)) => {
                 self.metrics.proposals.inc();
                 self.count(region_id, Flow::write(cmd.written()));
@@ -990,6 +1012,9 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
             expected: expected.as_ref().map(|v| v.to_vec()),
             new: new.as_ref().map(|v| v.to_vec()),
         }),
+        ArchivedOp::TransferLeader { to_store } => Action::Transfer {
+            to_store: to_store.to_native(),
+        },
         ArchivedOp::ClusterInfo
         | ArchivedOp::NodeStatus
         | ArchivedOp::GetTs { .. }

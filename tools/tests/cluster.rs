@@ -137,6 +137,51 @@ fn ctl_and_client_serve_every_region() {
     assert!(t.cluster.stop().unwrap(), "every node exits cleanly on SIGTERM");
 }
 
+// Proves `corekv-ctl region transfer-leader` moves a region's leadership to the store it
+// names while writes to the region keep succeeding (the client retries what the handover
+// drops), and refuses, with why, a store without a replica and a region no node knows.
+#[test]
+fn ctl_hands_a_region_leadership_over_while_writes_go_on() {
+    let t = start();
+    let info = t.info();
+    let r = info.regions[0].clone();
+    let from = r.leader.unwrap().node;
+    let to = r.region.peers.iter().map(|p| p.node).find(|&n| n != from).unwrap();
+    let key = String::from_utf8(key_in(&r.region, "handover")).unwrap();
+    let endpoints = t.endpoints().join(",");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut written = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || written < 5 {
+                let (code, _, err) = ctl(&endpoints, &["raw", "put", &key, &written.to_string()]);
+                assert_eq!(code, 0, "a write during the handover failed: {err}");
+                written += 1;
+            }
+            written
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (id, store) = (r.region.id.to_string(), to.to_string());
+    let (code, out, err) = t.ctl(&["region", "transfer-leader", "--id", &id, "--to-store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("region {id}: led by store {to} (term ")),
+        "{out}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    let key = String::from_utf8(key_in(&r.region, "handover")).unwrap();
+    assert_eq!(t.ctl(&["raw", "get", &key]).1, format!("{}\n", written - 1));
+    let (code, _, err) = t.ctl(&["region", "transfer-leader", "--id", &id, "--to-store", "9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("store 9 holds no replica of this region"), "{err}");
+    let (code, _, err) = t.ctl(&["region", "transfer-leader", "--id", "999", "--to-store", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no node knows region 999"), "{err}");
+}
+
 /// Puts one key in every region, retrying what fails, until all succeed; returns how long.
 fn write_every_region(t: &TestCluster, regions: &[WireRegion], tag: &str, budget: Duration) -> Duration {
     let keys: Vec<Vec<u8>> = regions.iter().map(|r| key_in(r, tag)).collect();

@@ -603,6 +603,14 @@ impl Client {
         }
     }
 
+    /// Hands region `region_id`'s leadership to its replica on store `to_store`. Returns once
+    /// the leader started the handover; `refresh` then shows whether it completed (raft
+    /// completes it within an election timeout, or abandons it).
+    pub async fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
+        let op = |_: &WireRegion| Op::TransferLeader { to_store };
+        self.done(self.call(Locate::Id(region_id), op).await?.1)
+    }
+
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.call(Locate::Key(key), |_| Op::Get { key: key.to_vec() }).await? {
             (_, Reply::Value(v)) => Ok(v),

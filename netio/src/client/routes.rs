@@ -15,6 +15,8 @@ pub(crate) enum Locate<'a> {
     Key(&'a [u8]),
     /// The region holding the keys just below this bound (empty: the last region).
     Below(&'a [u8]),
+    /// The region with this id.
+    Id(u64),
 }
 
 #[derive(Default)]
@@ -77,6 +79,7 @@ impl Routes {
             Locate::Key(key) => self.regions.range(..=key.to_vec()).next_back(),
             Locate::Below([]) => self.regions.iter().next_back(),
             Locate::Below(bound) => self.regions.range(..bound.to_vec()).next_back(),
+            Locate::Id(id) => return self.regions.values().find(|r| r.region.id == id),
         };
         let (_, info) = found?;
         let ok = match at {
@@ -88,6 +91,7 @@ impl Routes {
                 info.region.start.as_slice() < bound
                     && (info.region.end.is_empty() || info.region.end.as_slice() >= bound)
             }
+            Locate::Id(_) => unreachable!("answered above"),
         };
         ok.then_some(info)
     }

@@ -424,6 +424,16 @@ impl Sim {
             .map(|(addr, _)| *addr)
     }
 
+    /// Asks `region_id`'s current leader to hand its leadership to the replica on `to_node`
+    /// (as `corekv-ctl region transfer-leader` does); the handover runs in later ticks.
+    pub fn transfer_leader(&mut self, region_id: u64, to_node: u64) -> Result<(), Error> {
+        let addr = self.leader_addr(region_id).ok_or(Error::RegionNotFound(region_id))?;
+        let shard = &self.shards[&addr];
+        let mut core = shard.core.borrow_mut();
+        let epoch = core.region(region_id).ok_or(Error::RegionNotFound(region_id))?.epoch;
+        core.transfer_leader(region_id, epoch, to_node).map(|_| ())
+    }
+
     fn region_of(&self, key: &[u8]) -> &Region {
         self.regions
             .iter()

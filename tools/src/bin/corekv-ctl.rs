@@ -68,7 +68,7 @@ enum Command {
         #[command(subcommand)]
         op: Store,
     },
-    /// Regions as the placement service's directory knows them (from their leaders' heartbeats).
+    /// Regions: as the placement service's directory knows them (from their leaders' heartbeats), and handing over their leadership.
     Region {
         #[command(subcommand)]
         op: RegionCmd,
@@ -194,6 +194,16 @@ enum RegionCmd {
         #[arg(long)]
         id: Option<u64>,
     },
+    /// Hands a region's leadership to its replica on another store, and waits until that
+    /// replica leads. Refused, with why, while the replica lags or is being sent a snapshot.
+    TransferLeader {
+        /// The region's id (`region list` shows them).
+        #[arg(long)]
+        id: u64,
+        /// The store (node id) whose replica should lead.
+        #[arg(long)]
+        to_store: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +267,9 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
                 stores.complete,
             ))
         }
+        Command::Region {
+            op: RegionCmd::TransferLeader { id, to_store },
+        } => transfer_leader(cfg, id, to_store, json).await,
         Command::Region { op } => regions(Client::with_view(cfg, Vec::new()), op, enc, json).await,
         Command::Tso { count } => {
             let client = Client::with_view(cfg, Vec::new());
@@ -272,6 +285,7 @@ async fn regions(client: Client, op: RegionCmd, enc: Encoding, json: bool) -> Re
         RegionCmd::List { limit } => (all_regions(&client, limit).await?, false),
         RegionCmd::Show { key: Some(k), .. } => (client.get_region(&decode_arg(&k, enc)?).await?, true),
         RegionCmd::Show { id, .. } => (client.get_region_by_id(id.unwrap_or_default()).await?, true),
+        RegionCmd::TransferLeader { .. } => unreachable!("executed by transfer_leader"),
     };
     if detail && found.records.is_empty() {
         let why = if found.complete {
@@ -290,6 +304,52 @@ async fn regions(client: Client, op: RegionCmd, enc: Encoding, json: bool) -> Re
         json!({"regions": regions, "complete": found.complete})
     });
     Ok(with_note(value, text, found.complete))
+}
+
+/// Starts a leader transfer, then follows the nodes' views (within the command's timeout)
+/// until the target store's replica leads.
+async fn transfer_leader(cfg: ClientConfig, id: u64, to_store: u64, json: bool) -> Result<Printed> {
+    if id == corekv_raftstore::SYSTEM_REGION_ID {
+        bail!("region {id} is the system region (the placement service's): its leadership moves by election only, for now");
+    }
+    let wait = cfg.request_timeout;
+    let client = Client::connect(cfg).await?;
+    let leader = |client: &Client| {
+        let info = client.regions().into_iter().find(|r| r.region.id == id)?;
+        Some((info.leader.map(|l| l.node), info.term))
+    };
+    let Some((from, _)) = leader(&client) else {
+        bail!("no node knows region {id} (`corekv-ctl region list` lists the regions)");
+    };
+    let started = Instant::now();
+    client.transfer_leader(id, to_store).await?;
+    loop {
+        client.refresh().await?;
+        let (now, term) = leader(&client).unwrap_or((None, 0));
+        let ms = started.elapsed().as_millis() as u64;
+        if now == Some(to_store) {
+            let value = json!({"region": id, "leader_store": to_store, "term": term, "ms": ms});
+            return Ok(match json {
+                true => Printed::json(value),
+                false => Printed::ok(handover_text(&value, from)),
+            });
+        }
+        if started.elapsed() > wait {
+            let now = now.map_or("no known leader".to_string(), |n| format!("led by store {n}"));
+            bail!("region {id}: the handover to store {to_store} started, but after {ms} ms the region is {now} (the target fell behind or lost touch): try again");
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One line on a finished handover (`done` as `-w json` prints it), from the store that led.
+fn handover_text(done: &Value, from: Option<u64>) -> String {
+    let (id, to, term, ms) = (&done["region"], &done["leader_store"], &done["term"], &done["ms"]);
+    match from {
+        Some(n) if Some(n) == to.as_u64() => format!("region {id}: already led by store {to} (term {term})\n"),
+        Some(n) => format!("region {id}: led by store {to} (term {term}; before: store {n}), {ms} ms\n"),
+        None => format!("region {id}: led by store {to} (term {term}), {ms} ms\n"),
+    }
 }
 
 /// Up to `limit` regions from the start of the key space, page by page.
