@@ -172,10 +172,12 @@ pub fn applied_index_in(view: &impl KvRead, region_id: u64) -> Result<u64> {
     }
 }
 
-/// Records that `region_id` has applied up to `index` (a snapshot installed), synced.
-pub fn record_applied(kv: &KvEngine, region_id: u64, index: u64) -> Result<()> {
+/// Records that `region` (its state as a snapshot carried it) has applied up to `index` (the
+/// snapshot installed), in one synced batch.
+pub fn record_installed(kv: &KvEngine, region: &Region, index: u64) -> Result<()> {
     let mut batch = kv.write_batch();
-    batch.put(Cf::Meta, &keys::applied_key(region_id), &index.to_be_bytes())?;
+    batch.put(Cf::Meta, &keys::applied_key(region.id), &index.to_be_bytes())?;
+    batch.put(Cf::Meta, &keys::region_state_key(region.id), &encode_region(region))?;
     kv.write(batch, true)?;
     Ok(())
 }
@@ -230,6 +232,12 @@ pub fn save_region(kv: &KvEngine, region: &Region) -> Result<()> {
     batch.put(Cf::Meta, &keys::region_state_key(region.id), &encode_region(region))?;
     kv.write(batch, true)?;
     Ok(())
+}
+
+/// `region_id`'s stored state as `view` holds it (encoded; `Corruption` if there is none).
+pub fn region_state_in(view: &impl KvRead, region_id: u64) -> Result<Vec<u8>> {
+    view.get(Cf::Meta, &keys::region_state_key(region_id))?
+        .ok_or_else(|| corrupt(region_id, "no stored region state"))
 }
 
 /// A region's data read back is not what was written: the region (only) must stop.
@@ -351,7 +359,8 @@ struct StoredRegion {
     peers: Vec<(u64, u64, u32)>,
 }
 
-fn encode_region(r: &Region) -> Vec<u8> {
+/// `r` as its stored state (the `meta` CF's value, and what a snapshot carries).
+pub fn encode_region(r: &Region) -> Vec<u8> {
     let stored = StoredRegion {
         id: r.id,
         start: r.start.clone(),
@@ -366,7 +375,7 @@ fn encode_region(r: &Region) -> Vec<u8> {
 }
 
 /// Region `id`'s stored state (`Corruption` of that region if it is not one corekv wrote).
-fn decode_region(id: u64, bytes: &[u8]) -> Result<Region> {
+pub fn decode_region(id: u64, bytes: &[u8]) -> Result<Region> {
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
     let s = rkyv::from_bytes::<StoredRegion, rkyv::rancor::Error>(&aligned)

@@ -106,7 +106,7 @@ impl<D: Disk> Engines<D> {
         let applied = apply::applied_index(kv, region.id)?;
         let storage = apply::restore_storage(log, &region, applied).await?;
         let truncated = storage.truncated().0;
-        let applied = snapshot::finish_staged(kv, &region, truncated, snap_dir)?;
+        let (applied, region) = snapshot::finish_staged(kv, region, truncated, snap_dir)?;
         core.add_peer(region, storage, applied)
     }
 
@@ -183,8 +183,8 @@ impl<D: Disk> Engines<D> {
         for (region, snap) in rd.install_snapshots.iter().filter(|(r, _)| staged.contains(&r.id)) {
             let index = snap.get_metadata().index;
             let installed = until_space(&self.kv, &mut stats, "installing a snapshot", || {
-                let (target, dir) = (region.clone(), self.snap_dir.clone());
-                self.kv.offload(move |kv| snapshot::install(kv, &target, index, &dir))
+                let (id, dir) = (region.id, self.snap_dir.clone());
+                self.kv.offload(move |kv| snapshot::install(kv, id, index, &dir))
             })
             .await;
             match installed {

@@ -346,6 +346,13 @@ impl Peer {
 }
 
 /// The Multi-Raft state machine of one shard.
+/// Whether `next` is `current` or a later state of the same region (epochs never go back).
+fn succeeds(current: &Region, next: &Region) -> bool {
+    next.id == current.id
+        && next.epoch.version >= current.epoch.version
+        && next.epoch.conf_ver >= current.epoch.conf_ver
+}
+
 /// Why the leader `raft` must not hand its leadership to peer `to` now, if it must not.
 fn transfer_refusal(raft: &raft::Raft<PeerStorage>, to: u64) -> Option<String> {
     if raft.has_pending_conf() {
@@ -612,8 +619,14 @@ impl RaftCore {
         guard::check(&peer.raw.raft, &peer.region, &msg).map_err(refused)?;
         if msg.msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
             let snap = msg.msg.get_snapshot();
-            SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
+            let region = SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
+                .and_then(|meta| meta.region(msg.region_id))
                 .map_err(|_| refused("snapshot data that is not a snapshot of this index"))?;
+            if !succeeds(&peer.region, &region) || region.peer(peer.me.id) != Some(&peer.me) {
+                return Err(refused(
+                    "a snapshot of an older region state, or of one without this replica",
+                ));
+            }
         }
         // raft-rs rejects messages from stale terms itself; an error here is not the
         // sender's business.
@@ -721,6 +734,11 @@ impl RaftCore {
                 let snap = rd.snapshot().clone();
                 let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
                 let region_id = peer.region.id;
+                // The region as of the snapshot (checked when it was stepped): installed with it.
+                if let Ok(region) = SnapshotMeta::decode(region_id, index, &snap.data).and_then(|m| m.region(region_id))
+                {
+                    peer.region = region;
+                }
                 out.log_batch.clean(region_id);
                 out.log_batch.compact_to(region_id, index + 1);
                 out.log_batch

@@ -4,7 +4,8 @@
 //! only then hands raft the snapshot; the install stages those files durably and ingests them.
 //!
 //! Owns: the snapshot's format (`SnapshotMeta`, what raft's `MsgSnapshot` carries: the applied
-//! index and, per file, its CF, size, checksum, key count and key-value digest), where its files
+//! index, the region's state at it (adopted by the install), and, per file, its CF, size,
+//! checksum, key count and key-value digest), where its files
 //! live in a shard's snapshot dir (`gen-R-I/`, `recv-R-I/`, `staged-R/`, `install-R-I/`, files
 //! `N.sst`), and the blocking file work (the shard runs it off its thread; the simulator inline).
 //! Must not: hold more of a snapshot in memory than one chunk, or ingest a file whose bytes,
@@ -48,6 +49,9 @@ pub struct SnapshotFile {
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotMeta {
     pub applied: u64,
+    /// The region's state at `applied` (as `apply` stores it): the installing replica adopts
+    /// it, so one that missed a split in the log learns its region's new range and epoch.
+    pub region: Vec<u8>,
     pub files: Vec<SnapshotFile>,
 }
 
@@ -71,6 +75,7 @@ impl SnapshotMeta {
                 format!("snapshot data at {} announced at {index}", meta.applied),
             ));
         }
+        meta.region(region_id)?;
         // Files come one per CF, in CF order, none empty: what `generate` makes, and what
         // `install`'s per-CF check after each ingest relies on.
         let cfs_ascend = meta.files.windows(2).all(|w| w[0].cf < w[1].cf);
@@ -86,6 +91,11 @@ impl SnapshotMeta {
             ));
         }
         Ok(meta)
+    }
+
+    /// The region's state the snapshot carries (`Corruption` of `region_id` if it is not one).
+    pub fn region(&self, region_id: u64) -> Result<Region> {
+        apply::decode_region(region_id, &self.region)
     }
 
     /// The files' sizes, in order.
@@ -162,6 +172,8 @@ pub fn clear_unfinished(snap_dir: &Path) {
 pub fn generate(kv: &KvEngine, region: &Region, snap_dir: &Path) -> Result<(u64, Vec<u8>)> {
     let view = kv.snapshot();
     let applied = apply::applied_index_in(&view, region.id)?;
+    let state = apply::region_state_in(&view, region.id)?;
+    let region = &apply::decode_region(region.id, &state)?;
     clear_older(snap_dir, "gen", region.id, applied.saturating_add(1));
     let dir = gen_dir(snap_dir, region.id, applied);
     let exports = view.export_ssts(&dir, &SNAPSHOT_CFS, &data_range(region)?)?;
@@ -179,7 +191,12 @@ pub fn generate(kv: &KvEngine, region: &Region, snap_dir: &Path) -> Result<(u64,
             digest: e.digest.crc32c,
         });
     }
-    Ok((applied, SnapshotMeta { applied, files }.encode()))
+    let meta = SnapshotMeta {
+        applied,
+        region: state,
+        files,
+    };
+    Ok((applied, meta.encode()))
 }
 
 /// A file's size and crc32c, read a chunk at a time.
@@ -267,23 +284,25 @@ pub fn stage(snap_dir: &Path, region_id: u64, index: u64, meta: &[u8]) -> Result
     Ok(())
 }
 
-/// Installs the staged snapshot of `region` at `index`: clears the region's data, ingests the
-/// files (hard links: the staged copy stays until the install is complete), checks every CF
-/// against the sender's key count and digest, records `index` as applied (synced), and drops
-/// the staged copy. A mismatch is an error: a region must never run on half a snapshot.
-pub fn install(kv: &KvEngine, region: &Region, index: u64, snap_dir: &Path) -> Result<()> {
-    let staged = staged_dir(snap_dir, region.id);
+/// Installs the staged snapshot of `region_id` at `index`: clears the data of the region as the
+/// snapshot carries it, ingests the files (hard links: the staged copy stays until the install
+/// is complete), checks every CF against the sender's key count and digest, records `index` as
+/// applied with that region state (one synced batch), and drops the staged copy. Returns the
+/// region. A mismatch is an error: a region must never run on half a snapshot.
+pub fn install(kv: &KvEngine, region_id: u64, index: u64, snap_dir: &Path) -> Result<Region> {
+    let staged = staged_dir(snap_dir, region_id);
     let meta =
-        std::fs::read(staged.join(META_FILE)).map_err(|e| corrupt(region.id, format!("no staged snapshot: {e}")))?;
-    let meta = SnapshotMeta::decode(region.id, index, &meta)?;
-    let range = data_range(region)?;
+        std::fs::read(staged.join(META_FILE)).map_err(|e| corrupt(region_id, format!("no staged snapshot: {e}")))?;
+    let meta = SnapshotMeta::decode(region_id, index, &meta)?;
+    let region = meta.region(region_id)?;
+    let range = data_range(&region)?;
     let end = range.end().expect("a region's data range is bounded").to_vec();
     let mut clear_batch = kv.write_batch();
     for cf in SNAPSHOT_CFS {
         clear_batch.delete_range(cf, range.start(), &end)?;
     }
     kv.write(clear_batch, false)?;
-    let work = snap_dir.join(format!("install-{}-{index}", region.id));
+    let work = snap_dir.join(format!("install-{region_id}-{index}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io("creating a snapshot dir"))?;
     for (n, file) in meta.files.iter().enumerate() {
@@ -295,23 +314,23 @@ pub fn install(kv: &KvEngine, region: &Region, index: u64, snap_dir: &Path) -> R
         kv.ingest(cf, std::slice::from_ref(&to))?;
         let got = kv.snapshot().digest(cf, &range)?;
         if (got.keys, got.crc32c) != (file.keys, file.digest) {
-            return Err(corrupt(region.id, format!("snapshot CF {cf:?} fails its checksum")));
+            return Err(corrupt(region_id, format!("snapshot CF {cf:?} fails its checksum")));
         }
     }
     let _ = std::fs::remove_dir_all(&work);
-    apply::record_applied(kv, region.id, index)?;
+    apply::record_installed(kv, &region, index)?;
     let _ = std::fs::remove_dir_all(&staged);
-    Ok(())
+    Ok(region)
 }
 
 /// On restart: if the log says the region was truncated at `truncated` (by a snapshot) but the
 /// KV engine has applied less, the install was cut short: finish it from the staged copy.
-/// Returns the applied index to start from.
-pub fn finish_staged(kv: &KvEngine, region: &Region, truncated: u64, snap_dir: &Path) -> Result<u64> {
+/// Returns the applied index to start from and the region (the snapshot's, if installed now).
+pub fn finish_staged(kv: &KvEngine, region: Region, truncated: u64, snap_dir: &Path) -> Result<(u64, Region)> {
     let applied = apply::applied_index(kv, region.id)?;
     if applied >= truncated {
         let _ = std::fs::remove_dir_all(staged_dir(snap_dir, region.id));
-        return Ok(applied);
+        return Ok((applied, region));
     }
     if !staged_dir(snap_dir, region.id).is_dir() {
         return Err(corrupt(
@@ -319,6 +338,6 @@ pub fn finish_staged(kv: &KvEngine, region: &Region, truncated: u64, snap_dir: &
             format!("applied {applied} is behind the log's truncation at {truncated} and no staged snapshot remains"),
         ));
     }
-    install(kv, region, truncated, snap_dir)?;
-    Ok(truncated)
+    let region = install(kv, region.id, truncated, snap_dir)?;
+    Ok((truncated, region))
 }

@@ -265,10 +265,19 @@ mod tests {
     use crate::region::PeerMeta;
     use crate::snapshot::{SnapshotFile, SnapshotMeta};
 
-    /// A `MsgSnapshot` of region 7 at `index` whose files hold `files`.
-    fn snapshot_msg(index: u64, files: &[Vec<u8>]) -> RaftMessage {
+    /// A `MsgSnapshot` of `region_id` at `index` whose files hold `files`.
+    fn snapshot_msg(region_id: u64, index: u64, files: &[Vec<u8>]) -> RaftMessage {
+        let peer = |id| PeerMeta { id, node: id, shard: 0 };
+        let region = crate::region::Region {
+            id: region_id,
+            start: Vec::new(),
+            end: Vec::new(),
+            epoch: crate::region::Epoch::default(),
+            peers: vec![peer(1), peer(2)],
+        };
         let meta = SnapshotMeta {
             applied: index,
+            region: crate::apply::encode_region(&region),
             files: files
                 .iter()
                 .enumerate()
@@ -285,9 +294,8 @@ mod tests {
         msg.set_msg_type(MessageType::MsgSnapshot);
         msg.mut_snapshot().mut_metadata().index = index;
         msg.mut_snapshot().data = meta.encode().into();
-        let peer = |id| PeerMeta { id, node: id, shard: 0 };
         RaftMessage {
-            region_id: 7,
+            region_id,
             from: peer(1),
             to: peer(2),
             msg,
@@ -298,9 +306,13 @@ mod tests {
         (0..n).map(|i| ((i + salt) * 31 % 251) as u8).collect()
     }
 
-    /// The stream of `files` at `index`, in chunks of at most 1000 bytes.
+    /// The stream of region 7's `files` at `index`, in chunks of at most 1000 bytes.
     fn stream(index: u64, files: &[Vec<u8>]) -> Vec<SnapshotChunk> {
-        let header = snapshot_msg(index, files);
+        stream_of(7, index, files)
+    }
+
+    fn stream_of(region_id: u64, index: u64, files: &[Vec<u8>]) -> Vec<SnapshotChunk> {
+        let header = snapshot_msg(region_id, index, files);
         let sizes: Vec<u64> = files.iter().map(|f| f.len() as u64).collect();
         chunks(&header, &plan(&sizes, 1000), |p| {
             files[p.file as usize][p.offset as usize..p.offset as usize + p.len].to_vec()
@@ -358,9 +370,7 @@ mod tests {
         r.push(&corrupt[0]).unwrap();
         assert_eq!(r.push(&corrupt[1]).unwrap_err(), ChunkError::Checksum { file: 0 });
         let other = |region: u64| {
-            let mut c = stream(4, &[data(2000, 4)]); // two chunks: stays open
-            c[0].header.region_id = region;
-            c.remove(0)
+            stream_of(region, 4, &[data(2000, 4)]).remove(0) // two chunks: stays open
         };
         let mut r = Receiver::new(2);
         assert!(r.push(&chunks[0]).is_ok() && r.push(&other(1)).is_ok());

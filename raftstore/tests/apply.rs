@@ -145,7 +145,9 @@ fn apply_commands_and_read_them_back() {
 }
 
 // Proves a snapshot staged but never installed (a crash between the log recording it and the
-// KV engine holding it) is installed on restart, and that a missing staged copy is an error.
+// KV engine holding it) is installed on restart, that a missing staged copy is an error, and
+// that the install adopts the region state the snapshot carries (a replica that missed a
+// change of its region's range learns it there).
 #[test]
 fn staged_snapshot_is_finished_on_restart() {
     let cache = SharedBlockCache::new(8 << 20);
@@ -156,6 +158,9 @@ fn staged_snapshot_is_finished_on_restart() {
     );
     let a = KvEngine::open(a_dir.path(), &KvConfig::default(), &cache).unwrap();
     let r = region();
+    let mut newer = r.clone();
+    (newer.end, newer.epoch.version) = (b"h".to_vec(), 2);
+    apply::save_region(&a, &newer).unwrap();
     let entries: Vec<Entry> = (1..=3)
         .map(|i| {
             entry(
@@ -177,7 +182,7 @@ fn staged_snapshot_is_finished_on_restart() {
 
     let b = KvEngine::open(b_dir.path(), &KvConfig::default(), &cache).unwrap();
     assert!(
-        snapshot::finish_staged(&b, &r, 3, &b_snaps).is_err(),
+        snapshot::finish_staged(&b, r.clone(), 3, &b_snaps).is_err(),
         "nothing staged: a clear error"
     );
     assert!(
@@ -192,13 +197,20 @@ fn staged_snapshot_is_finished_on_restart() {
     }
     snapshot::seal(&b_snaps, (r.id, 3), meta.files.len() as u32).unwrap();
     snapshot::stage(&b_snaps, r.id, 3, &data).unwrap();
-    assert_eq!(snapshot::finish_staged(&b, &r, 3, &b_snaps).unwrap(), 3);
+    assert_eq!(
+        snapshot::finish_staged(&b, r.clone(), 3, &b_snaps).unwrap(),
+        (3, newer.clone())
+    );
     assert_eq!(apply::applied_index(&b, r.id).unwrap(), 3);
+    assert_eq!(apply::load_regions(&b).unwrap(), vec![Ok(newer.clone())]);
     for i in 1..=3u8 {
         assert_eq!(apply::read(&b, &region(), &[b'c', i]).unwrap(), Some(vec![i; 10]));
     }
     // Once installed, a restart finds nothing to finish.
-    assert_eq!(snapshot::finish_staged(&b, &r, 3, &b_snaps).unwrap(), 3);
+    assert_eq!(
+        snapshot::finish_staged(&b, newer.clone(), 3, &b_snaps).unwrap(),
+        (3, newer)
+    );
 }
 
 // Proves an apply stopped by a full disk says exactly how far the KV engine got: its outcomes

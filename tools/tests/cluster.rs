@@ -872,7 +872,7 @@ fn chunk_frame(region: u64, seq: u32) -> Vec<u8> {
             region_id: region,
             from: peer(2),
             to: peer(1),
-            message: snapshot_message(peer(2).id, peer(1).id, 5, &[4096]),
+            message: snapshot_message(region, (peer(2).id, peer(1).id), 5, &[4096]),
         },
         seq,
         file: 0,

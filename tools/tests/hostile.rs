@@ -206,7 +206,7 @@ fn encode(f: &Forged, cluster_id: u64, me: u64, (to_node, shard): (u64, u32)) ->
             let to = region * 1000 + to_node;
             let message = sizes
                 .as_ref()
-                .map_or_else(Vec::new, |sizes| snapshot_message(*from, to, 9, sizes));
+                .map_or_else(Vec::new, |sizes| snapshot_message(*region, (*from, to), 9, sizes));
             let header = RaftEnvelope {
                 region_id: *region,
                 from: peer(*from),

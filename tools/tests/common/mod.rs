@@ -230,10 +230,23 @@ pub fn hello(cluster_id: u64, node_id: u64) -> Vec<u8> {
     frame::encode(FrameKind::PeerHello, 0, &hello)
 }
 
-/// A raft `MsgSnapshot` from peer `from` to peer `to` at `index` whose metadata announces one
-/// file of each size of `sizes` (a CF each, in order), in its protobuf encoding.
-pub fn snapshot_message(from: u64, to: u64, index: u64, sizes: &[u64]) -> Vec<u8> {
+/// A raft `MsgSnapshot` of `region` (ids `region * 1000 + node`) from peer `from` to peer `to`
+/// at `index` whose metadata announces one file of each size of `sizes` (a CF each, in order),
+/// in its protobuf encoding.
+pub fn snapshot_message(region: u64, (from, to): (u64, u64), index: u64, sizes: &[u64]) -> Vec<u8> {
     use protobuf::Message as _;
+    let peer = |id: u64| corekv_raftstore::PeerMeta {
+        id,
+        node: id % 1000,
+        shard: 0,
+    };
+    let state = corekv_raftstore::Region {
+        id: region,
+        start: Vec::new(),
+        end: Vec::new(),
+        epoch: corekv_raftstore::Epoch::default(),
+        peers: vec![peer(from), peer(to)],
+    };
     let files = sizes
         .iter()
         .enumerate()
@@ -250,7 +263,14 @@ pub fn snapshot_message(from: u64, to: u64, index: u64, sizes: &[u64]) -> Vec<u8
     (msg.from, msg.to, msg.term) = (from, to, 1);
     msg.mut_snapshot().mut_metadata().index = index;
     msg.mut_snapshot().mut_metadata().term = 1;
-    msg.mut_snapshot().data = SnapshotMeta { applied: index, files }.encode().into();
+    let region = corekv_raftstore::apply::encode_region(&state);
+    msg.mut_snapshot().data = SnapshotMeta {
+        applied: index,
+        region,
+        files,
+    }
+    .encode()
+    .into();
     msg.write_to_bytes().expect("in memory")
 }
 
