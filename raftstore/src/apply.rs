@@ -22,7 +22,7 @@ use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::keys::{self, data_key, MetaKind, HARD_STATE_KEY, TRUNCATED_KEY};
 use crate::region::{Epoch, PeerMeta, Region};
-use crate::storage::{PeerStorage, RestoredLog};
+use crate::storage::{PeerStorage, RestoredLog, SPLIT_INIT_INDEX};
 
 /// One applied entry: its index, term and (for commands) what it produced.
 pub type Applied = (u64, u64, Option<Result<Outcome>>);
@@ -43,6 +43,11 @@ pub fn apply(
 ) -> std::result::Result<(u64, Vec<Applied>), ApplyFailure> {
     let mut results = Vec::with_capacity(entries.len());
     let mut batch = kv.write_batch();
+    // Entries after a split are checked against (and write into) the region it left.
+    let mut region = std::borrow::Cow::Borrowed(region);
+    // A batch that changes a region's state is synced: a split must never be undone by a
+    // crash (its new region may have logged entries of its own by then).
+    let mut sync = false;
     // The first `written.0` results are in the KV engine, which has applied up to `written.1`.
     let mut written = (0, 0);
     let mut last = 0;
@@ -73,22 +78,26 @@ pub fn apply(
         let current = match &cmd {
             Command::CompareAndSwap { key, .. } => {
                 let done = std::mem::replace(&mut batch, kv.write_batch());
-                if let Err(error) = finish(kv, done, region.id, entry.index - 1) {
+                if let Err(error) = finish(kv, done, (region.id, entry.index - 1), sync) {
                     return Err(ApplyFailure::new(results, written, error));
                 }
                 written = (results.len(), entry.index - 1);
-                match kv.get(Cf::Default, &data_key(region, key)) {
+                match kv.get(Cf::Default, &data_key(&region, key)) {
                     Ok(value) => value,
                     Err(error) => return Err(ApplyFailure::new(results, written, error.into())),
                 }
             }
             _ => None,
         };
-        let outcome = execute(&mut batch, region, cmd, current);
+        let outcome = execute(&mut batch, &region, cmd, current);
+        if let Ok(Outcome::Split { left, .. }) = &outcome {
+            region = std::borrow::Cow::Owned(left.clone());
+            sync = true;
+        }
         results.push((entry.index, entry.term, Some(outcome)));
     }
     if last > 0 {
-        if let Err(error) = finish(kv, batch, region.id, last) {
+        if let Err(error) = finish(kv, batch, (region.id, last), sync) {
             return Err(ApplyFailure::new(results, written, error));
         }
     }
@@ -144,14 +153,25 @@ fn execute(batch: &mut WriteBatch, region: &Region, cmd: Command, current: Optio
                 previous: current,
             });
         }
+        Command::Split {
+            split_key,
+            new_region_id,
+            new_peer_ids,
+        } => {
+            let (left, right) = region.split(&split_key, new_region_id, &new_peer_ids)?;
+            batch.put(Cf::Meta, &keys::region_state_key(left.id), &encode_region(&left))?;
+            batch.put(Cf::Meta, &keys::region_state_key(right.id), &encode_region(&right))?;
+            batch.put(Cf::Meta, &keys::applied_key(right.id), &SPLIT_INIT_INDEX.to_be_bytes())?;
+            return Ok(Outcome::Split { left, right });
+        }
     }
     Ok(Outcome::Done)
 }
 
-/// Writes `batch` with the applied index it brings the region to.
-fn finish(kv: &KvEngine, mut batch: WriteBatch, region_id: u64, applied: u64) -> Result<()> {
+/// Writes `batch` with the applied index it brings the region to (synced if `sync`).
+fn finish(kv: &KvEngine, mut batch: WriteBatch, (region_id, applied): (u64, u64), sync: bool) -> Result<()> {
     batch.put(Cf::Meta, &keys::applied_key(region_id), &applied.to_be_bytes())?;
-    kv.write(batch, false)?;
+    kv.write(batch, sync)?;
     Ok(())
 }
 
@@ -286,7 +306,12 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region, appli
         entries: Vec::new(),
     };
     let Some((first, last)) = log.span(region.id) else {
-        return Ok(PeerStorage::restore(voters, empty((0, 0))));
+        // Nothing ever logged: a bootstrap region, or one a split made (applied at the split's
+        // start, `SPLIT_INIT_INDEX`) before its first log write.
+        return Ok(match applied {
+            SPLIT_INIT_INDEX => PeerStorage::split_born(voters),
+            _ => PeerStorage::restore(voters, empty((0, 0))),
+        });
     };
     let truncated = match log.state(region.id, TRUNCATED_KEY) {
         Some(v) if v.len() == 16 => {

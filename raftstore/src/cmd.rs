@@ -40,13 +40,28 @@ pub enum Command {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     },
+    /// Admin: splits the region at `split_key` (`Region::split`); applied with both regions'
+    /// states in one synced write.
+    Split {
+        split_key: Vec<u8>,
+        new_region_id: u64,
+        new_peer_ids: Vec<u64>,
+    },
 }
 
 /// What applying a command produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Done,
-    Cas { succeeded: bool, previous: Option<Vec<u8>> },
+    Cas {
+        succeeded: bool,
+        previous: Option<Vec<u8>>,
+    },
+    /// The region now is `left`; `right` is the region the split made.
+    Split {
+        left: Region,
+        right: Region,
+    },
 }
 
 /// A command as a raft entry carries it: with the epoch its proposer checked it against, so
@@ -91,6 +106,7 @@ impl Command {
             Command::DeleteRange { start, end } => (start.len() + end.len(), 1),
             Command::BatchPut { pairs } => (pairs.iter().map(|(k, v)| k.len() + v.len()).sum(), pairs.len()),
             Command::CompareAndSwap { key, new, .. } => (key.len() + new.as_ref().map_or(0, Vec::len), 1),
+            Command::Split { .. } => (0, 0),
         };
         (bytes as u64, keys as u64)
     }
@@ -138,6 +154,14 @@ impl Command {
             Command::CompareAndSwap { key: k, expected, new } => {
                 key(k)?;
                 expected.iter().chain(new.iter()).try_for_each(|v| value(v))
+            }
+            Command::Split {
+                split_key,
+                new_region_id,
+                new_peer_ids,
+            } => {
+                check_bound(split_key)?;
+                region.split(split_key, *new_region_id, new_peer_ids).map(|_| ())
             }
         }
     }
@@ -210,6 +234,11 @@ mod tests {
                 key: b"k".to_vec(),
                 expected: None,
                 new: Some(b"n".to_vec()),
+            },
+            Command::Split {
+                split_key: b"g".to_vec(),
+                new_region_id: 12,
+                new_peer_ids: vec![13, 14, 15],
             },
         ] {
             assert_eq!(Command::decode(&cmd.encode(epoch)).unwrap(), (epoch, cmd));

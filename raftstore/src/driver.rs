@@ -253,9 +253,11 @@ impl<D: Disk> Engines<D> {
             let mut entries = &task.entries[..];
             // Since when the disk has had room while the engine still refused (see above).
             let mut roomy_since: Option<Instant> = None;
+            // The region as the applied entries left it (a split changes it).
+            let mut region = std::borrow::Cow::Borrowed(&task.region);
             while !entries.is_empty() {
                 let t0 = Instant::now();
-                let result = apply::apply(&self.kv, &task.region, entries);
+                let result = apply::apply(&self.kv, &region, entries);
                 let t1 = Instant::now();
                 stats.apply += t1 - t0;
                 let (applied, outcomes, failure) = match result {
@@ -266,7 +268,11 @@ impl<D: Disk> Engines<D> {
                 stats.entries_applied += done as u64;
                 if done > 0 {
                     debug_assert_eq!(applied, entries[done - 1].index);
-                    self.core.borrow_mut().on_applied(task.region.id, applied, outcomes);
+                    let mut core = self.core.borrow_mut();
+                    core.on_applied(task.region.id, applied, outcomes);
+                    if let Some(now) = core.region(task.region.id).filter(|r| r.epoch != region.epoch) {
+                        region = std::borrow::Cow::Owned(now.clone());
+                    }
                 }
                 stats.core += t1.elapsed();
                 entries = &entries[done..];

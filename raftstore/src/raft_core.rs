@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use corekv_storage::raftlog::LogBatch;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, Message, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, Message, MessageType, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 
 use crate::cmd::{Command, Outcome};
@@ -27,7 +27,7 @@ use crate::guard;
 use crate::keys::{HARD_STATE_KEY, TRUNCATED_KEY};
 use crate::region::{Epoch, PeerMeta, Region};
 use crate::snapshot::SnapshotMeta;
-use crate::storage::{Fetch, PeerStorage};
+use crate::storage::{Fetch, PeerStorage, SPLIT_INIT_INDEX, SPLIT_INIT_TERM};
 
 /// Encodes a truncation point for `TRUNCATED_KEY`.
 pub fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
@@ -41,6 +41,12 @@ pub fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
 /// a target this close takes over at once, while one further behind would keep the region
 /// from taking writes until it caught up.
 pub const TRANSFER_LAG_ENTRIES_MAX: u64 = 128;
+
+/// Uninitialized replicas (started by a leader's message, waiting for its snapshot) a shard
+/// holds at once; more leaders' messages for unknown regions are dropped until some install.
+pub const UNINITIALIZED_PEERS_MAX: usize = 256;
+/// Senders an uninitialized replica remembers (to answer them) until its snapshot arrives.
+const UNINITIALIZED_SENDERS_MAX: usize = 8;
 
 /// Identifies a client request within the shard; chosen by the driver.
 pub type RequestId = u64;
@@ -293,6 +299,19 @@ impl Peer {
         }
     }
 
+    /// The region changed under the reads waiting here (a split): their keys may belong to
+    /// another region now, whose replica here may lag. They fail, to be sent again.
+    fn fail_reads(&mut self, responses: &mut Vec<Response>) {
+        let ids = (self.reads.drain(..).map(|r| r.1)).chain(std::mem::take(&mut self.reads_in_flight).into_keys());
+        for id in ids.collect::<Vec<_>>() {
+            let error = Error::EpochNotMatch {
+                request: Epoch::default(),
+                current: Box::new(self.region.clone()),
+            };
+            responses.push(Response::Failed { id, error });
+        }
+    }
+
     /// A confirmed ReadIndex: the read it answers waits for apply to reach `index`. Only reads
     /// this replica asked for count (raft-rs echoes the context it was given), and never past
     /// the commit index: anything else would hold every read behind it forever.
@@ -345,7 +364,18 @@ impl Peer {
     }
 }
 
-/// The Multi-Raft state machine of one shard.
+/// Writes the starting log state of a region a split made (`PeerStorage::split_born`).
+fn log_split_born(batch: &mut LogBatch, region_id: u64) {
+    let hs = PeerStorage::split_born_hard_state();
+    batch.compact_to(region_id, SPLIT_INIT_INDEX + 1);
+    batch.put_state(
+        region_id,
+        TRUNCATED_KEY,
+        &encode_truncated(SPLIT_INIT_INDEX, SPLIT_INIT_TERM),
+    );
+    batch.put_state(region_id, HARD_STATE_KEY, &hs.write_to_bytes().expect("in memory"));
+}
+
 /// Whether `next` is `current` or a later state of the same region (epochs never go back).
 fn succeeds(current: &Region, next: &Region) -> bool {
     next.id == current.id
@@ -375,6 +405,7 @@ fn transfer_refusal(raft: &raft::Raft<PeerStorage>, to: u64) -> Option<String> {
         .then(|| format!("the target is {lag} entries behind the leader (at most {TRANSFER_LAG_ENTRIES_MAX})"))
 }
 
+/// The Multi-Raft state machine of one shard.
 pub struct RaftCore {
     node: u64,
     shard: u32,
@@ -601,14 +632,17 @@ impl RaftCore {
         }
     }
 
-    /// A raft message from another shard. Messages for regions not here are dropped; messages
-    /// that fail the edge checks (`guard`) are refused before raft-rs sees them.
+    /// A raft message from another shard. A leader's message for a region not here starts an
+    /// uninitialized replica of it (`start_uninitialized`); other messages for regions not here
+    /// are dropped; messages that fail the edge checks (`guard`) are refused before raft-rs
+    /// sees them.
     pub fn step(&mut self, msg: RaftMessage) -> Result<()> {
-        let peer = self
-            .peers
-            .get_mut(&msg.region_id)
-            .ok_or(Error::RegionNotFound(msg.region_id))?;
-        if msg.to.id != peer.me.id || peer.region.peer(msg.from.id) != Some(&msg.from) {
+        if !self.peers.contains_key(&msg.region_id) {
+            self.start_uninitialized(&msg)?;
+        }
+        let peer = (self.peers.get_mut(&msg.region_id)).ok_or(Error::RegionNotFound(msg.region_id))?;
+        let known_sender = !peer.region.is_initialized() || peer.region.peer(msg.from.id) == Some(&msg.from);
+        if msg.to.id != peer.me.id || !known_sender {
             return Err(Error::RegionNotFound(msg.region_id));
         }
         let refused = |reason| Error::Refused {
@@ -616,16 +650,32 @@ impl RaftCore {
             from: msg.from.id,
             reason,
         };
-        guard::check(&peer.raw.raft, &peer.region, &msg).map_err(refused)?;
-        if msg.msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-            let snap = msg.msg.get_snapshot();
-            let region = SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
-                .and_then(|meta| meta.region(msg.region_id))
-                .map_err(|_| refused("snapshot data that is not a snapshot of this index"))?;
-            if !succeeds(&peer.region, &region) || region.peer(peer.me.id) != Some(&peer.me) {
-                return Err(refused(
-                    "a snapshot of an older region state, or of one without this replica",
-                ));
+        let kind = msg.msg.get_msg_type();
+        // A snapshot is checked against the region state it carries, which must succeed this
+        // replica's and hold it.
+        let carried = match kind {
+            MessageType::MsgSnapshot => {
+                let snap = msg.msg.get_snapshot();
+                let region = SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
+                    .and_then(|meta| meta.region(msg.region_id))
+                    .map_err(|_| refused("snapshot data that is not a snapshot of this index"))?;
+                if !succeeds(&peer.region, &region) || region.peer(peer.me.id) != Some(&peer.me) {
+                    return Err(refused(
+                        "a snapshot of an older region state, or of one without this replica",
+                    ));
+                }
+                Some(region)
+            }
+            _ => None,
+        };
+        guard::check(&peer.raw.raft, carried.as_ref().unwrap_or(&peer.region), &msg).map_err(refused)?;
+        if !peer.region.is_initialized() {
+            if matches!(kind, MessageType::MsgRequestVote | MessageType::MsgRequestPreVote) {
+                return Ok(()); // it knows neither the region nor its log: it votes for no one
+            }
+            // Its answers go to the peers it heard from (a few: a forger cannot grow it).
+            if peer.region.peer(msg.from.id).is_none() && peer.region.peers.len() < UNINITIALIZED_SENDERS_MAX {
+                peer.region.peers.push(msg.from);
             }
         }
         // raft-rs rejects messages from stale terms itself; an error here is not the
@@ -635,6 +685,42 @@ impl RaftCore {
         }
         self.rearm(msg.region_id);
         Ok(())
+    }
+
+    /// Starts an uninitialized replica of `msg`'s region on this shard, as TiKV does, when the
+    /// message is a leader's to a replica here of a region this shard does not have: a
+    /// replica that missed the split which made the region (its parent caught up by a
+    /// snapshot instead). It knows no range, no log and no voters until the leader's snapshot
+    /// installs the region; it votes for no one and serves nothing. At most
+    /// `UNINITIALIZED_PEERS_MAX` at once; never persisted (a restart forgets it, and the
+    /// leader's next message starts it again).
+    fn start_uninitialized(&mut self, msg: &RaftMessage) -> Result<()> {
+        let region_id = msg.region_id;
+        let leader_kind = matches!(
+            msg.msg.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        );
+        let uninitialized = self.peers.values().filter(|p| !p.region.is_initialized()).count();
+        if !leader_kind
+            || (msg.to.node, msg.to.shard) != (self.node, self.shard)
+            || self.stopped.contains_key(&region_id)
+            || uninitialized >= UNINITIALIZED_PEERS_MAX
+        {
+            return Err(Error::RegionNotFound(region_id));
+        }
+        let region = Region {
+            id: region_id,
+            start: Vec::new(),
+            end: Vec::new(),
+            epoch: Epoch::default(),
+            peers: vec![msg.to],
+        };
+        tracing::info!(
+            region = region_id,
+            from = msg.from.id,
+            "a replica of a region new to this shard starts"
+        );
+        self.add_peer(region, PeerStorage::new(Vec::new()), 0)
     }
 
     /// Proposes a write; the answer comes as a `Response` once it is applied (or dropped).
@@ -722,8 +808,13 @@ impl RaftCore {
     pub fn ready(&mut self) -> ShardReady {
         let mut out = ShardReady::default();
         for peer in self.peers.values_mut() {
-            if peer.raw.store().take_snapshot_request() {
+            // One snapshot per applied index: another made at the same index would be other
+            // files under the same name, under streams still reading the first.
+            if peer.raw.store().take_snapshot_request() && peer.raw.store().snapshot_index() != Some(peer.applied) {
                 out.generate_snapshots.push(peer.region.clone());
+            }
+            if peer.raw.mut_store().take_unlogged() {
+                log_split_born(&mut out.log_batch, peer.region.id);
             }
             if !peer.raw.has_ready() {
                 continue;
@@ -808,6 +899,12 @@ impl RaftCore {
             applied <= peer.raw.raft.raft_log.persisted.max(peer.raw.store().truncated().0),
             "applied <= persisted"
         );
+        let splits: Vec<(Region, Region)> = (outcomes.iter())
+            .filter_map(|(_, _, o)| match o {
+                Some(Ok(Outcome::Split { left, right })) => Some((left.clone(), right.clone())),
+                _ => None,
+            })
+            .collect();
         for (index, term, outcome) in outcomes {
             while let Some(w) = peer.writes.front() {
                 if w.index > index {
@@ -854,7 +951,42 @@ impl RaftCore {
         peer.applied = applied;
         peer.raw.advance_apply_to(applied);
         peer.raw.mut_store().evict(applied);
-        peer.serve_reads(&mut self.responses);
+        if splits.is_empty() {
+            peer.serve_reads(&mut self.responses);
+        }
+        // (A split fails the reads waiting instead: see `Peer::fail_reads`.)
+        for (left, right) in splits {
+            self.on_split(left, right);
+        }
+    }
+
+    /// A split applied here: this replica's region is now `left`, and `right`'s replica on this
+    /// shard starts, campaigning at once where `left`'s leader is (as TiKV does), so that the
+    /// new region has a leader without waiting out an election timeout.
+    fn on_split(&mut self, left: Region, right: Region) {
+        let Some(peer) = self.peers.get_mut(&left.id) else {
+            return;
+        };
+        debug_assert!(succeeds(&peer.region, &left), "epochs only grow");
+        peer.region = left;
+        peer.fail_reads(&mut self.responses);
+        let leads = peer.raw.raft.state == StateRole::Leader;
+        let id = right.id;
+        match self.peers.get(&id).map(|p| p.region.is_initialized()) {
+            // Installed from a snapshot already: ahead of this split.
+            Some(true) => return,
+            // Started by its leader's message before the split applied here: the split's
+            // state replaces it (it never voted, so no promise is lost).
+            Some(false) => {
+                self.peers.remove(&id);
+            }
+            None => {}
+        }
+        let voters = right.peers.iter().map(|p| p.id).collect();
+        let started = self.add_peer(right, PeerStorage::split_born(voters), SPLIT_INIT_INDEX);
+        if let Err(e) = started.and_then(|()| if leads { self.campaign(id) } else { Ok(()) }) {
+            tracing::error!(region = id, error = %e, "the region a split made did not start here");
+        }
     }
 
     /// A snapshot of `region_id` generated from the KV engine at `applied` (its data as the

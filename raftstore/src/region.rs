@@ -42,6 +42,12 @@ impl Region {
         self.id == SYSTEM_REGION_ID
     }
 
+    /// Whether this is a region's real state, not a replica's placeholder while it waits for
+    /// its first snapshot (every real state has a version: bootstrap starts at 1).
+    pub fn is_initialized(&self) -> bool {
+        self.epoch.version > 0
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }
@@ -94,6 +100,49 @@ impl Region {
     /// The replica of this region on (node, shard), if any.
     pub fn peer_on(&self, node: u64, shard: u32) -> Option<&PeerMeta> {
         self.peers.iter().find(|p| p.node == node && p.shard == shard)
+    }
+
+    /// The two regions a split at `key` makes: this one keeps `[start, key)`; region `new_id`
+    /// takes `[key, end)`, with a replica on each (node, shard) of this one's (raft ids
+    /// `new_peer_ids`, in this region's peer order). Both at this epoch's version + 1, so a
+    /// request made against the old range is refused (`EpochNotMatch`) by either.
+    pub fn split(&self, key: &[u8], new_id: u64, new_peer_ids: &[u64]) -> Result<(Region, Region)> {
+        let bad = |why| Err(Error::InvalidArgument(why));
+        if self.is_system() {
+            return bad("the system region does not split");
+        }
+        if key.is_empty() || !self.contains(key) || key == self.start.as_slice() {
+            return bad("a split key must lie strictly inside the region");
+        }
+        if [0, SYSTEM_REGION_ID, self.id].contains(&new_id) {
+            return bad("a split needs a new region id");
+        }
+        let mut ids: Vec<u64> = new_peer_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let fresh = |id: &u64| *id != 0 && self.peer(*id).is_none();
+        if new_peer_ids.len() != self.peers.len() || ids.len() != self.peers.len() || !ids.iter().all(fresh) {
+            return bad("a split needs one new, distinct peer id per replica");
+        }
+        let epoch = Epoch {
+            conf_ver: self.epoch.conf_ver,
+            version: self.epoch.version + 1,
+        };
+        let right = Region {
+            id: new_id,
+            start: key.to_vec(),
+            end: self.end.clone(),
+            epoch,
+            peers: (self.peers.iter().zip(new_peer_ids))
+                .map(|(p, &id)| PeerMeta { id, ..*p })
+                .collect(),
+        };
+        let left = Region {
+            end: key.to_vec(),
+            epoch,
+            ..self.clone()
+        };
+        Ok((left, right))
     }
 }
 

@@ -183,9 +183,16 @@ impl Receiver {
     pub fn push(&mut self, chunk: &SnapshotChunk) -> Result<Option<Accepted>, ChunkError> {
         let key = (chunk.header.region_id, chunk.header.from.id);
         let index = snapshot_index(&chunk.header);
-        match self.streams.get(&key).map(|s| snapshot_index(&s.header)) {
-            Some(current) if index < current => return Ok(None),
-            Some(current) if index == current => {}
+        // Two snapshots generated at one index are not the same files (an SST records when it
+        // was made): a stream is its index and its metadata.
+        let of_stream = |s: &Incoming| s.header.msg.get_snapshot().data == chunk.header.msg.get_snapshot().data;
+        match self
+            .streams
+            .get(&key)
+            .map(|s| (snapshot_index(&s.header), of_stream(s)))
+        {
+            Some((current, _)) if index < current => return Ok(None),
+            Some((current, true)) if index == current => {}
             _ if chunk.seq != 0 => return Ok(None), // a stream's middle without its start
             current => self.start(key, chunk, current.is_some())?,
         }
@@ -388,5 +395,21 @@ mod tests {
         let done = r.push(&new[0]).unwrap().expect("accepted").done;
         assert_eq!(done.map(|(files, m)| (files, snapshot_index(&m))), Some((1, 8)));
         assert!(r.push(&old[1]).unwrap().is_none(), "an older snapshot's chunk");
+    }
+
+    // Proves another snapshot made at the same index (other files: the sender restarted) is
+    // another stream: its first chunk replaces the unfinished one, whose later chunks are
+    // ignored instead of being mixed into the new stream's files.
+    #[test]
+    fn another_snapshot_at_the_same_index_is_another_stream() {
+        let first = stream(5, &[data(2000, 5)]);
+        let second = stream(5, &[data(2000, 9)]);
+        let mut r = Receiver::new(1);
+        assert!(r.push(&first[0]).unwrap().is_some());
+        assert!(r.push(&second[1]).unwrap().is_none(), "the middle of another stream");
+        assert!(r.push(&second[0]).unwrap().is_some());
+        assert!(r.push(&first[1]).unwrap().is_none(), "the replaced stream's chunk");
+        let done = r.push(&second[1]).unwrap().expect("accepted").done;
+        assert_eq!(done.map(|(files, _)| files), Some(1));
     }
 }

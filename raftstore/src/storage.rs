@@ -34,6 +34,12 @@ pub struct Fetch {
     pub context: GetEntriesContext,
 }
 
+/// Where the log of a region a split made starts (TiKV's `RAFT_INIT_LOG_INDEX` and term):
+/// above any index a replica without the region has, so the region's first entries never
+/// reach a replica that has not applied the split; it is caught up by a snapshot instead.
+pub const SPLIT_INIT_INDEX: u64 = 5;
+pub const SPLIT_INIT_TERM: u64 = 5;
+
 /// What the log engine held for a peer at restart: its hard state, truncation point, the
 /// terms of the entries not loaded, and the entries loaded (the tail).
 pub struct RestoredLog {
@@ -69,6 +75,8 @@ pub struct PeerStorage {
     snapshot_wanted: Cell<bool>,
     /// The latest snapshot the shard generated for this region, served to raft-rs.
     snapshot: RefCell<Option<Snapshot>>,
+    /// A region a split made, whose starting state is not in the log engine yet.
+    unlogged: bool,
 }
 
 impl PeerStorage {
@@ -82,6 +90,37 @@ impl PeerStorage {
             entries: Vec::new(),
         };
         PeerStorage::restore(voters, log)
+    }
+
+    /// The storage of a replica a split made (or restarted before its first log write): an
+    /// empty log truncated and committed at `SPLIT_INIT_INDEX`, which the split's apply
+    /// recorded as the region's applied index. Its state goes to the log engine with the
+    /// shard's next log batch (`take_unlogged`).
+    pub fn split_born(voters: Vec<u64>) -> PeerStorage {
+        let log = RestoredLog {
+            hard_state: Self::split_born_hard_state(),
+            truncated: (SPLIT_INIT_INDEX, SPLIT_INIT_TERM),
+            older_terms: Vec::new(),
+            last_unloaded: SPLIT_INIT_INDEX,
+            entries: Vec::new(),
+        };
+        PeerStorage {
+            unlogged: true,
+            ..PeerStorage::restore(voters, log)
+        }
+    }
+
+    pub fn split_born_hard_state() -> HardState {
+        HardState {
+            term: SPLIT_INIT_TERM,
+            commit: SPLIT_INIT_INDEX,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this storage's starting state still has to be written to the log engine (once).
+    pub fn take_unlogged(&mut self) -> bool {
+        std::mem::take(&mut self.unlogged)
     }
 
     /// The storage of a restarted replica, from what the log engine holds. Its cache has no
@@ -104,6 +143,7 @@ impl PeerStorage {
             fetched: RefCell::new(Vec::new()),
             snapshot_wanted: Cell::new(false),
             snapshot: RefCell::new(None),
+            unlogged: false,
         };
         s.check();
         s
@@ -211,6 +251,11 @@ impl PeerStorage {
     }
 
     /// A snapshot the shard generated: served to raft-rs from now on.
+    /// The index of the snapshot generated for this region, if one is held.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.snapshot.borrow().as_ref().map(|s| s.get_metadata().index)
+    }
+
     pub fn set_snapshot(&mut self, snapshot: Snapshot) {
         assert!(
             snapshot.get_metadata().index >= self.truncated.0,

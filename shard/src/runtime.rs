@@ -884,7 +884,7 @@ impl Shard {
                 Response::Written { id, outcome } => (
                     id,
                     Ok(match outcome {
-                        Outcome::Done => Reply::Done,
+                        Outcome::Done | Outcome::Split { .. } => Reply::Done,
                         Outcome::Cas { succeeded, previous } => Reply::Cas { succeeded, previous },
                     }),
                 ),

@@ -424,6 +424,44 @@ impl Sim {
             .map(|(addr, _)| *addr)
     }
 
+    /// Asks `region_id`'s leader to split it at `key`, the new region's id being `first_id` and
+    /// its peers' the ids after it (as `corekv-ctl region split` takes them from the id
+    /// allocator). The split applies in later ticks; `regions()` shows it from then on.
+    pub fn split(&mut self, region_id: u64, key: &[u8], first_id: u64) -> Result<(), Error> {
+        let addr = self.leader_addr(region_id).ok_or(Error::RegionNotFound(region_id))?;
+        let id = self.next_request;
+        self.next_request += 1;
+        let mut core = self.shards[&addr].core.borrow_mut();
+        let region = core.region(region_id).ok_or(Error::RegionNotFound(region_id))?.clone();
+        let split = Command::Split {
+            split_key: key.to_vec(),
+            new_region_id: first_id,
+            new_peer_ids: (1..=region.peers.len() as u64).map(|k| first_id + k).collect(),
+        };
+        split.check(&region)?;
+        core.propose(id, region_id, region.epoch, split);
+        Ok(())
+    }
+
+    /// Takes the newest state of every user region some live replica has (a split's two
+    /// regions once one replica applied it), as a client's region cache would learn it.
+    fn learn_regions(&mut self) {
+        let mut newest: BTreeMap<u64, Region> = self.regions.iter().map(|r| (r.id, r.clone())).collect();
+        for shard in self.shards.values() {
+            let core = shard.core.borrow();
+            for id in core.region_ids() {
+                let Some(r) = core.region(id).filter(|r| !r.is_system() && r.is_initialized()) else {
+                    continue;
+                };
+                if newest.get(&id).is_none_or(|have| have.epoch.version < r.epoch.version) {
+                    newest.insert(id, r.clone());
+                }
+            }
+        }
+        self.regions = newest.into_values().collect();
+        self.regions.sort_by(|a, b| a.start.cmp(&b.start));
+    }
+
     /// Asks `region_id`'s current leader to hand its leadership to the replica on `to_node`
     /// (as `corekv-ctl region transfer-leader` does); the handover runs in later ticks.
     pub fn transfer_leader(&mut self, region_id: u64, to_node: u64) -> Result<(), Error> {
@@ -478,6 +516,7 @@ impl Sim {
                 moved |= self.run_ready(addr).await;
             }
             if !moved {
+                self.learn_regions();
                 return;
             }
         }
