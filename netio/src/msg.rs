@@ -128,6 +128,11 @@ pub enum Op {
     TransferLeader {
         to_store: u64,
     },
+    /// Splits the region at `split_key` (strictly inside it): the region keeps the keys below,
+    /// a new region (its ids from the placement service) takes the rest. `Done` once applied.
+    Split {
+        split_key: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -153,7 +158,7 @@ impl Op {
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 19] = [
+pub const OP_NAMES: [&str; 20] = [
     "get",
     "batch_get",
     "scan",
@@ -173,6 +178,7 @@ pub const OP_NAMES: [&str; 19] = [
     "alloc_ids",
     "put_store",
     "transfer_leader",
+    "split",
 ];
 
 impl ArchivedOp {
@@ -198,6 +204,7 @@ impl ArchivedOp {
             ArchivedOp::AllocIds { .. } => 16,
             ArchivedOp::PutStore { .. } => 17,
             ArchivedOp::TransferLeader { .. } => 18,
+            ArchivedOp::Split { .. } => 19,
         }
     }
 }

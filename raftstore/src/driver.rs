@@ -70,6 +70,9 @@ pub struct LoopStats {
     pub snapshots_installed: u64,
     /// Entries read back from the log engine for followers behind the caches.
     pub entries_fetched: u64,
+    /// Region states this iteration changed (splits applied, snapshots installed): the node's
+    /// routing learns them now rather than at its next tick.
+    pub region_changes: u64,
 }
 
 impl<D: Disk> Engines<D> {
@@ -194,6 +197,7 @@ impl<D: Disk> Engines<D> {
                 other => {
                     other?;
                     stats.snapshots_installed += 1;
+                    stats.region_changes += 1;
                 }
             }
         }
@@ -272,6 +276,7 @@ impl<D: Disk> Engines<D> {
                     core.on_applied(task.region.id, applied, outcomes);
                     if let Some(now) = core.region(task.region.id).filter(|r| r.epoch != region.epoch) {
                         region = std::borrow::Cow::Owned(now.clone());
+                        stats.region_changes += 1;
                     }
                 }
                 stats.core += t1.elapsed();

@@ -102,18 +102,27 @@ impl Region {
         self.peers.iter().find(|p| p.node == node && p.shard == shard)
     }
 
+    /// Whether this region can split at `key`: it is not the system region, and the key lies
+    /// strictly inside it (not at its start: both sides must hold keys).
+    pub fn check_split_key(&self, key: &[u8]) -> Result<()> {
+        if self.is_system() {
+            return Err(Error::InvalidArgument("the system region does not split"));
+        }
+        if key.is_empty() || !self.contains(key) || key == self.start.as_slice() {
+            return Err(Error::InvalidArgument(
+                "a split key must lie strictly inside the region",
+            ));
+        }
+        Ok(())
+    }
+
     /// The two regions a split at `key` makes: this one keeps `[start, key)`; region `new_id`
     /// takes `[key, end)`, with a replica on each (node, shard) of this one's (raft ids
     /// `new_peer_ids`, in this region's peer order). Both at this epoch's version + 1, so a
     /// request made against the old range is refused (`EpochNotMatch`) by either.
     pub fn split(&self, key: &[u8], new_id: u64, new_peer_ids: &[u64]) -> Result<(Region, Region)> {
         let bad = |why| Err(Error::InvalidArgument(why));
-        if self.is_system() {
-            return bad("the system region does not split");
-        }
-        if key.is_empty() || !self.contains(key) || key == self.start.as_slice() {
-            return bad("a split key must lie strictly inside the region");
-        }
+        self.check_split_key(key)?;
         if [0, SYSTEM_REGION_ID, self.id].contains(&new_id) {
             return bad("a split needs a new region id");
         }

@@ -1,6 +1,7 @@
 //! The node's routing table: every region, where its replicas live, and the leader this
 //! node last saw; and the client address of every node it has talked to. Shared by the
-//! node's shards; written only when a leader changes or a peer introduces itself (rare),
+//! node's shards; written only when a leader or a region changes (a split, a snapshot) or a
+//! peer introduces itself (rare),
 //! read to answer `ClusterInfo` and to redirect misrouted requests (`WrongShard`).
 //!
 //! Owns: the region table (with the leader last seen and its term), members' peer IPs, the
@@ -172,6 +173,28 @@ impl Routing {
 
     pub fn set_placement_nodes(&self, nodes: Vec<u64>) {
         *self.placement_nodes.write().expect("routing lock") = nodes;
+    }
+
+    /// A shard's replica holds this state of its region (a split made it or changed it, or a
+    /// snapshot did): taken unless the table has a newer one (epochs never go back).
+    pub fn upsert_region(&self, region: &Region) {
+        let mut table = self.table.write().expect("routing lock");
+        match table.get_mut(&region.id) {
+            Some(route) => {
+                let (have, new) = (route.region.epoch, region.epoch);
+                if new.version >= have.version && new.conf_ver >= have.conf_ver {
+                    route.region = region.clone();
+                }
+            }
+            None => {
+                let route = Route {
+                    region: region.clone(),
+                    leader: None,
+                    term: 0,
+                };
+                table.insert(region.id, route);
+            }
+        }
     }
 
     /// A shard's replica saw `leader` at `term`.

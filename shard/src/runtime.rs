@@ -31,6 +31,7 @@ use corekv_netio::msg::{
 };
 use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
+use corekv_netio::{Client, ClientConfig};
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
 use corekv_raftstore::placement::directory::Flow;
@@ -60,6 +61,8 @@ pub mod directory;
 /// Ticks replayed at most after the executor was stopped for a while: enough to expire any
 /// lease and time out any election, few enough not to stall the shard.
 const CATCH_UP_TICKS_MAX: u64 = 64;
+/// How long a node's own call to the placement service (ids for a split) may take.
+const PLACEMENT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Ticks after start before a fresh region's first leader campaigns (its peers start too).
 const CAMPAIGN_AFTER_TICKS: u64 = 2;
 /// How often the engines' disk use is measured for the metrics (200 ticks: 10 s by default).
@@ -108,6 +111,16 @@ enum Action {
     Transfer {
         to_store: u64,
     },
+    /// Split the region at this key (ids from the placement service first).
+    Split(Vec<u8>),
+}
+
+/// What a shard last told the node's routing about one of its regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Published {
+    leader: Option<u64>,
+    term: u64,
+    epoch: Epoch,
 }
 
 pub struct Shard {
@@ -128,8 +141,8 @@ pub struct Shard {
     ticks: Cell<u64>,
     stop: Arc<AtomicBool>,
     stopping: Cell<bool>,
-    /// Leader (peer id) and term last published per region.
-    published: RefCell<HashMap<u64, (Option<u64>, u64)>>,
+    /// What was last published to the routing table per region (leader, term, epoch).
+    published: RefCell<HashMap<u64, Published>>,
     /// Regions this shard's replica should campaign for once the cluster had time to start.
     campaign: RefCell<Vec<u64>>,
     gc_running: Cell<bool>,
@@ -146,6 +159,8 @@ pub struct Shard {
     measuring: Cell<bool>,
     /// The system region's applied index when its store registry was last read here.
     registry_read_at: Cell<u64>,
+    /// Asks the placement service for ids (`placement_client`).
+    placement_client: RefCell<Option<Client>>,
 }
 
 impl Shard {
@@ -249,6 +264,7 @@ impl Shard {
                 inbox: args.inbox,
                 measuring: Cell::new(false),
                 registry_read_at: Cell::new(0),
+                placement_client: RefCell::new(None),
             }
         });
         tracing::info!(
@@ -344,6 +360,9 @@ impl Shard {
             m.applied_entries.inc_by(s.entries_applied);
             m.apply_seconds.observe(s.apply.as_secs_f64());
         }
+        if s.region_changes > 0 {
+            self.publish();
+        }
     }
 
     async fn tick_loop(self: Rc<Self>) {
@@ -429,28 +448,42 @@ impl Shard {
         self.ticks.set(due);
     }
 
-    /// Publishes leader changes to the node's routing table and refreshes the gauges.
+    /// Publishes region changes (a split, a snapshot that changed a range) and leader changes
+    /// to the node's routing table, and refreshes the gauges.
     fn publish(&self) {
         let core = self.engines.core.borrow();
         let mut published = self.published.borrow_mut();
         let mut leaders = 0;
         let ids = core.region_ids();
         for &id in &ids {
+            // An uninitialized replica (waiting for its first snapshot) has nothing to say.
+            let Some(region) = core.region(id).filter(|r| r.is_initialized()) else {
+                continue;
+            };
             let leader = core.leader_of(id);
             let term = core.term(id).unwrap_or(0);
             let leads = core.is_leader(id);
             leaders += i64::from(leads);
-            let now = (leader.map(|l| l.id), term);
-            if published.get(&id) != Some(&now) {
-                if leads {
-                    tracing::info!(region = id, term, "became leader");
-                }
-                if published.get(&id).is_some_and(|(was, _)| *was != now.0) {
-                    self.metrics.leader_changes.inc();
-                }
-                published.insert(id, now);
-                self.routing.set_leader(id, leader, term);
+            let now = Published {
+                leader: leader.map(|l| l.id),
+                term,
+                epoch: region.epoch,
+            };
+            let was = published.get(&id).copied();
+            if was == Some(now) {
+                continue;
             }
+            if leads && was.is_none_or(|w| (w.leader, w.term) != (now.leader, now.term)) {
+                tracing::info!(region = id, term, "became leader");
+            }
+            if was.is_some_and(|w| w.leader != now.leader) {
+                self.metrics.leader_changes.inc();
+            }
+            if was.is_none_or(|w| w.epoch != now.epoch) {
+                self.routing.upsert_region(region);
+            }
+            published.insert(id, now);
+            self.routing.set_leader(id, leader, term);
         }
         let stopped = core.stopped_regions();
         if stopped.len() as i64 != self.metrics.stopped_regions.get() {
@@ -474,7 +507,7 @@ impl Shard {
     /// A frame from a client or a peer shard. `Err`: what the other end is told before the
     /// connection closes (a malformed frame, one that does not belong on this port, a refused
     /// handshake).
-    pub async fn handle_frame(&self, out: &Rc<Connection>, f: Frame) -> std::result::Result<(), WireError> {
+    pub async fn handle_frame(self: &Rc<Self>, out: &Rc<Connection>, f: Frame) -> std::result::Result<(), WireError> {
         let kind = f.header.kind;
         let result = match (out.port, kind, out.peer_node.get()) {
             (Port::Client, FrameKind::Request, _) => self.handle_request(out, f.header.request_id, &f.body),
@@ -655,7 +688,12 @@ impl Shard {
             .set(self.snapshot_streams.get().saturating_sub(streams));
     }
 
-    fn handle_request(&self, out: &Rc<Connection>, client_id: u64, body: &Body) -> std::result::Result<(), FrameError> {
+    fn handle_request(
+        self: &Rc<Self>,
+        out: &Rc<Connection>,
+        client_id: u64,
+        body: &Body,
+    ) -> std::result::Result<(), FrameError> {
         let req = frame::access::<ArchivedRequest>(body)?;
         let op = req.op.index();
         self.metrics.requests[op].inc();
@@ -763,6 +801,11 @@ impl Shard {
                 self.kick();
                 return Ok(());
             }
+            Ok(Action::Split(key)) => {
+                let id = self.track(out, (client_id, op, started), None, true, 0);
+                glommio::spawn_local(Rc::clone(self).split(id, (region_id, epoch), key)).detach();
+                return Ok(());
+            }
             Ok(Action::Write(cmd)) => {
                 self.metrics.proposals.inc();
                 self.count(region_id, Flow::write(cmd.written()));
@@ -782,6 +825,53 @@ impl Shard {
         out.reserve(hold);
         self.kick();
         Ok(())
+    }
+
+    /// Splits `region_id` at `key` for request `id` (tracked): one new region id and one peer id
+    /// per replica from the placement service, then the split proposed at the request's epoch
+    /// (answered once applied, or refused by the core).
+    async fn split(self: Rc<Self>, id: RequestId, (region_id, epoch): (u64, Epoch), key: Vec<u8>) {
+        let replicas = self
+            .engines
+            .core
+            .borrow()
+            .region(region_id)
+            .map(|r| r.peers.len() as u64);
+        let Some(replicas) = replicas else {
+            return self.answer(id, Err(self.not_here(region_id)));
+        };
+        let first = match self.placement_client().alloc_ids(replicas as u32 + 1).await {
+            Ok(first) => first,
+            Err(e) => {
+                let reason = format!("no ids for the split from the placement service: {e}");
+                return self.answer(id, Err(WireError::ServerBusy { reason }));
+            }
+        };
+        let split = Command::Split {
+            split_key: key,
+            new_region_id: first,
+            new_peer_ids: (1..=replicas).map(|k| first + k).collect(),
+        };
+        self.metrics.proposals.inc();
+        self.engines.core.borrow_mut().propose(id, region_id, epoch, split);
+        self.kick();
+    }
+
+    /// A client of the cluster's placement service (ids for splits), made on first use.
+    fn placement_client(&self) -> Client {
+        let mut slot = self.placement_client.borrow_mut();
+        let client = slot.get_or_insert_with(|| {
+            let routing = &self.routing;
+            let others = routing
+                .placement_nodes()
+                .into_iter()
+                .filter_map(|n| routing.client_addr_of(n));
+            let mut cfg = ClientConfig::new(std::iter::once(routing.client_addr()).chain(others).collect());
+            cfg.tls = self.tls.clone();
+            cfg.request_timeout = PLACEMENT_CALL_TIMEOUT;
+            Client::with_view(cfg, Vec::new())
+        });
+        client.clone()
     }
 
     /// Registers a request in flight on `out` under the next request id, holding `reserved`
@@ -1015,6 +1105,11 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
         ArchivedOp::TransferLeader { to_store } => Action::Transfer {
             to_store: to_store.to_native(),
         },
+        ArchivedOp::Split { split_key } => {
+            let checked = cmd::check_bound(split_key).and_then(|()| region.check_split_key(split_key));
+            checked.map_err(crate::convert::error)?;
+            Action::Split(split_key.to_vec())
+        }
         ArchivedOp::ClusterInfo
         | ArchivedOp::NodeStatus
         | ArchivedOp::GetTs { .. }

@@ -137,7 +137,7 @@ pub fn region_json(r: &DirectoryRegion, enc: Encoding) -> Value {
     })
 }
 
-fn quoted(key: &[u8], enc: Encoding) -> String {
+pub fn quoted(key: &[u8], enc: Encoding) -> String {
     format!("\"{}\"", enc.show(key))
 }
 

@@ -182,6 +182,69 @@ fn ctl_hands_a_region_leadership_over_while_writes_go_on() {
     assert!(err.contains("no node knows region 999"), "{err}");
 }
 
+// Proves `corekv-ctl region split` splits a live region while a writer keeps writing keys on
+// both sides of the split key: every write succeeds (the client follows the region's new
+// epoch to the new region), every key reads back, both regions have leaders and are listed,
+// a second split at the same key changes nothing, and after kill -9 of every node and a
+// restart both regions come back with their data.
+#[test]
+fn ctl_splits_a_region_while_writes_go_on() {
+    let mut t = start();
+    let r = t.info().regions[2].region.clone();
+    let (low, high) = (key_in(&r, "a"), key_in(&r, "z"));
+    let split_key = String::from_utf8(key_in(&r, "m")).unwrap();
+    let endpoints = t.endpoints().join(",");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        let keys = [low, high].map(|k| String::from_utf8(k).unwrap());
+        std::thread::spawn(move || {
+            let mut written = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || written.len() < 10 {
+                let key = format!("{}{}", keys[written.len() % 2], written.len());
+                let (code, _, err) = ctl(&endpoints, &["raw", "put", &key, "v"]);
+                assert_eq!(code, 0, "a write across the split failed: {err}");
+                written.push(key);
+            }
+            written
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = t.ctl(&["region", "split", "--key", &split_key]);
+    assert_eq!(code, 0, "{err}");
+    let left = format!(
+        "region {} [\"{}\", \"{split_key}\")",
+        r.id,
+        String::from_utf8_lossy(&r.start)
+    );
+    assert!(out.starts_with(&left) && out.contains(" and new region "), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    let again = t.ctl(&["region", "split", "--key", &split_key]);
+    assert!(again.1.contains("already: nothing to split"), "{again:?}");
+    let check = |t: &TestCluster| {
+        let regions = t.info().regions;
+        let new = regions
+            .iter()
+            .find(|i| i.region.start == split_key.as_bytes())
+            .expect("the new region");
+        assert_eq!(new.region.end, r.end);
+        assert!(new.leader.is_some() && new.region.epoch.version == r.epoch.version + 1);
+        for key in &written {
+            assert_eq!(t.ctl(&["raw", "get", key]).1, "v\n", "{key}");
+        }
+    };
+    check(&t);
+    for node in 1..=3 {
+        t.cluster.kill(node).unwrap();
+    }
+    for node in 1..=3 {
+        t.cluster.restart(node).unwrap();
+    }
+    t.cluster.wait_for_leaders(Duration::from_secs(30)).unwrap();
+    check(&t);
+}
+
 /// Puts one key in every region, retrying what fails, until all succeed; returns how long.
 fn write_every_region(t: &TestCluster, regions: &[WireRegion], tag: &str, budget: Duration) -> Duration {
     let keys: Vec<Vec<u8>> = regions.iter().map(|r| key_in(r, tag)).collect();

@@ -603,6 +603,15 @@ impl Client {
         }
     }
 
+    /// Splits the region holding `key` at `key` (the key must not start its region); returns
+    /// once the split is applied on the region's leader (`refresh` then shows both regions).
+    pub async fn split_region(&self, key: &[u8]) -> Result<()> {
+        let op = |_: &WireRegion| Op::Split {
+            split_key: key.to_vec(),
+        };
+        self.done(self.call(Locate::Key(key), op).await?.1)
+    }
+
     /// Hands region `region_id`'s leadership to its replica on store `to_store`. Returns once
     /// the leader started the handover; `refresh` then shows whether it completed (raft
     /// completes it within an election timeout, or abandons it).

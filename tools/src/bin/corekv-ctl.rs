@@ -194,6 +194,13 @@ enum RegionCmd {
         #[arg(long)]
         id: Option<u64>,
     },
+    /// Splits the region holding KEY at KEY: the keys below it stay, a new region (its ids
+    /// from the placement service) takes the rest. Prints both regions.
+    Split {
+        /// The first key of the new region (it must not start a region already).
+        #[arg(long)]
+        key: String,
+    },
     /// Hands a region's leadership to its replica on another store, and waits until that
     /// replica leads. Refused, with why, while the replica lags or is being sent a snapshot.
     TransferLeader {
@@ -270,6 +277,9 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
         Command::Region {
             op: RegionCmd::TransferLeader { id, to_store },
         } => transfer_leader(cfg, id, to_store, json).await,
+        Command::Region {
+            op: RegionCmd::Split { key },
+        } => split(cfg, &decode_arg(&key, enc)?, enc, json).await,
         Command::Region { op } => regions(Client::with_view(cfg, Vec::new()), op, enc, json).await,
         Command::Tso { count } => {
             let client = Client::with_view(cfg, Vec::new());
@@ -285,7 +295,7 @@ async fn regions(client: Client, op: RegionCmd, enc: Encoding, json: bool) -> Re
         RegionCmd::List { limit } => (all_regions(&client, limit).await?, false),
         RegionCmd::Show { key: Some(k), .. } => (client.get_region(&decode_arg(&k, enc)?).await?, true),
         RegionCmd::Show { id, .. } => (client.get_region_by_id(id.unwrap_or_default()).await?, true),
-        RegionCmd::TransferLeader { .. } => unreachable!("executed by transfer_leader"),
+        RegionCmd::TransferLeader { .. } | RegionCmd::Split { .. } => unreachable!("executed on their own"),
     };
     if detail && found.records.is_empty() {
         let why = if found.complete {
@@ -304,6 +314,45 @@ async fn regions(client: Client, op: RegionCmd, enc: Encoding, json: bool) -> Re
         json!({"regions": regions, "complete": found.complete})
     });
     Ok(with_note(value, text, found.complete))
+}
+
+/// Splits the region holding `key` at `key`, then prints the two regions as the nodes report
+/// them.
+async fn split(cfg: ClientConfig, key: &[u8], enc: Encoding, json: bool) -> Result<Printed> {
+    let wait = cfg.request_timeout;
+    let client = Client::connect(cfg).await?;
+    if let Some(there) = client.regions().into_iter().find(|r| r.region.start == key) {
+        let (id, key) = (there.region.id, directory::quoted(key, enc));
+        return Ok(Printed::ok(format!(
+            "region {id} starts at {key} already: nothing to split\n"
+        )));
+    }
+    let started = Instant::now();
+    client.split_region(key).await?;
+    let ms = started.elapsed().as_millis() as u64;
+    let (left, right) = loop {
+        client.refresh().await?;
+        let regions = client.regions();
+        let side = |f: &dyn Fn(&RegionInfo) -> bool| regions.iter().find(|r| f(r)).map(|r| r.region.clone());
+        if let (Some(l), Some(r)) = (side(&|r| r.region.end == key), side(&|r| r.region.start == key)) {
+            break (l, r);
+        }
+        if started.elapsed() > wait {
+            bail!("the split is applied on the region's leader, but no node reports both regions yet: `corekv-ctl region list` shows them shortly");
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    };
+    let (l, r, version) = (left.id, right.id, right.epoch.version);
+    if json {
+        let range = |r: &corekv_netio::msg::WireRegion| json!({"id": r.id, "start": enc.show(&r.start), "end": enc.show(&r.end)});
+        return Ok(Printed::json(
+            json!({"left": range(&left), "right": range(&right), "version": version, "ms": ms}),
+        ));
+    }
+    let [ls, le, rs, re] = [&left.start, &left.end, &right.start, &right.end].map(|k| directory::quoted(k, enc));
+    Ok(Printed::ok(format!(
+        "region {l} [{ls}, {le}) and new region {r} [{rs}, {re}), epoch version {version}, {ms} ms\n"
+    )))
 }
 
 /// Starts a leader transfer, then follows the nodes' views (within the command's timeout)
