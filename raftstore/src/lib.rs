@@ -14,7 +14,8 @@
 //! - `cmd`: raw KV commands, their limits and their encoding in raft entries.
 //! - `region`: region metadata, key ranges and epochs; `keys`: every key encoding of both engines.
 //! - `guard`: the checks every raft message from the network passes before raft-rs sees it.
-//! - `placement`: the placement service the system region's leader runs (today the TSO).
+//! - `placement`: the placement service the system region's leader runs (the TSO, ids, stores,
+//!   the region directory).
 //! - `sim`: a deterministic simulator of whole clusters of real cores and real engines.
 //! - `linearizability`: the checker the simulator's (and later the chaos harness's) histories
 //!   must pass.
@@ -25,8 +26,9 @@
 //! - `snapshot`: region snapshots as files (generated, received, staged, installed; never whole
 //!   in memory); `snapshot_chunks`: their stream on the wire, planned and checked (sans-I/O);
 //!   the transport moves the chunks and reports the outcome (`RaftCore::report_snapshot`).
+//! - `split_check`: how much data a region holds and where to split it (the shard decides when).
 //!
-//! Not yet (next steps of this crate): membership changes, proposal batching per region.
+//! Not yet (next steps of this crate): membership changes, merges, proposal batching per region.
 
 pub mod apply;
 pub mod cmd;
@@ -41,6 +43,7 @@ pub mod region;
 pub mod sim;
 pub mod snapshot;
 pub mod snapshot_chunks;
+pub mod split_check;
 pub mod storage;
 
 pub use cmd::{Command, Outcome};

@@ -2,7 +2,7 @@
 //! the applied index written with the data, and the read side (get, batch_get, scans).
 
 use corekv_raftstore::snapshot::{self, SnapshotMeta};
-use corekv_raftstore::{apply, snapshot_chunks};
+use corekv_raftstore::{apply, snapshot_chunks, split_check};
 use corekv_raftstore::{Command, Epoch, Outcome, PeerMeta, Region};
 use corekv_storage::kv::{KvConfig, KvEngine, SharedBlockCache};
 use corekv_storage::tmpfs::{self, Tmpfs};
@@ -295,4 +295,55 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
         );
     }
     assert_eq!(apply::read(&kv, &region(), b"c").unwrap(), Some(b"39".to_vec()));
+}
+
+// Proves the split check measures a region's data (bytes and keys, nothing outside it) and,
+// only once it is over a limit, picks a key strictly inside it with about half of the bytes
+// below: within 1/64 of the limit of the middle.
+#[test]
+fn a_split_check_finds_the_middle_of_a_region_over_its_limit() {
+    let cache = SharedBlockCache::new(8 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let kv = KvEngine::open(dir.path(), &KvConfig::default(), &cache).unwrap();
+    let r = region();
+    // 200 keys "c000".."c199" of 100-byte values inside [b, m).
+    let mut entries: Vec<Entry> = (0..200u64)
+        .map(|i| {
+            let cmd = Command::Put {
+                key: format!("c{i:03}").into_bytes(),
+                value: vec![1; 100],
+            };
+            entry(i + 1, cmd)
+        })
+        .collect();
+    // One at the region's start (never a split key: the left side would be empty), one
+    // outside it (not the region's).
+    entries.push(entry(
+        201,
+        Command::Put {
+            key: b"b".to_vec(),
+            value: vec![2; 100],
+        },
+    ));
+    entries.push(entry(
+        202,
+        Command::Put {
+            key: b"x".to_vec(),
+            value: vec![3; 100],
+        },
+    ));
+    apply::apply(&kv, &r, &entries).unwrap();
+    let (bytes, keys) = (200 * 104 + 101, 201);
+    let small = split_check::check(&kv, &r, 1 << 20, 1_000).unwrap();
+    assert_eq!((small.bytes, small.keys, small.split_key), (bytes, keys, None));
+    let by_keys = split_check::check(&kv, &r, 1 << 20, 100).unwrap();
+    assert!(by_keys.split_key.is_some(), "over the key limit");
+    let by_bytes = split_check::check(&kv, &r, 10_000, 1_000).unwrap();
+    let key = by_bytes.split_key.expect("over the byte limit");
+    assert!(r.contains(&key) && key != r.start, "{key:?}");
+    let below: u64 = 101 + 104 * String::from_utf8(key[1..].to_vec()).unwrap().parse::<u64>().unwrap();
+    assert!(
+        below.abs_diff(bytes / 2) <= 10_000 / 64 + 104,
+        "{below} of {bytes} below {key:?}"
+    );
 }

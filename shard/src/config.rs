@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub net: NetSection,
     /// The placement service (run by the system region's leader) and what nodes send it.
     pub placement: PlacementSection,
+    /// When regions split by size.
+    pub split: SplitSection,
     /// Mutual TLS on client and peer ports (off unless the files are named).
     pub security: SecuritySection,
     /// The raft log engine (one per shard).
@@ -101,6 +103,30 @@ impl Default for PlacementSection {
     fn default() -> Self {
         PlacementSection {
             heartbeat_interval_ms: 2000,
+        }
+    }
+}
+
+/// `[split]`: a region splits at its middle when its data grows past a size or a key count
+/// (TiKV's split checker; its defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitSection {
+    /// Key and value bytes a region holds at most before it splits.
+    pub region_max_bytes: u64,
+    /// Keys a region holds at most before it splits.
+    pub region_max_keys: u64,
+    /// A region's leader measures it once this many bytes were written to it since it last
+    /// did (a check reads the whole region, off the shard's thread; one at a time per shard).
+    pub check_after_written_bytes: u64,
+}
+
+impl Default for SplitSection {
+    fn default() -> Self {
+        SplitSection {
+            region_max_bytes: 96 << 20,
+            region_max_keys: 960_000,
+            check_after_written_bytes: 6 << 20,
         }
     }
 }
@@ -181,6 +207,7 @@ impl Default for NodeConfig {
             raft: RaftSection::default(),
             net: NetSection::default(),
             placement: PlacementSection::default(),
+            split: SplitSection::default(),
             security: SecuritySection::default(),
             log: LogConfig::default(),
             kv: KvConfig::default(),
@@ -398,6 +425,11 @@ impl NodeConfig {
         check(
             (100..=600_000).contains(&self.placement.heartbeat_interval_ms),
             "placement.heartbeat_interval_ms must be in 100..=600000",
+        )?;
+        let s = &self.split;
+        check(
+            s.region_max_bytes > 0 && s.region_max_keys > 0 && s.check_after_written_bytes > 0,
+            "split.region_max_bytes, split.region_max_keys and split.check_after_written_bytes must be > 0",
         )?;
         let n = &self.net;
         check(

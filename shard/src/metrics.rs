@@ -58,7 +58,7 @@ pub struct NodeLoad {
 }
 
 /// Counters of a shard: (name, help); the handle of each is a field of `ShardMetrics`.
-const COUNTERS: [(&str, &str); 19] = [
+const COUNTERS: [(&str, &str); 20] = [
     ("raft_proposals_total", "Writes proposed to raft"),
     ("raft_log_syncs_total", "Durable raft log writes (group commits)"),
     (
@@ -91,6 +91,10 @@ const COUNTERS: [(&str, &str); 19] = [
     (
         "leader_changes_total",
         "Times a region's leader on this shard changed (as this shard saw it)",
+    ),
+    (
+        "splits_by_size_total",
+        "Splits this shard's split checker asked for (regions grown past [split]'s limits)",
     ),
     ("connections_refused_total", "Connections refused at a connection limit"),
     (
@@ -204,6 +208,7 @@ pub struct ShardMetrics {
     pub snapshots_received: IntCounter,
     pub frames_refused: IntCounter,
     pub leader_changes: IntCounter,
+    pub size_splits: IntCounter,
     pub connections_refused: IntCounter,
     pub executor_stalls: IntCounter,
     pub tls_handshakes_failed: IntCounter,
@@ -337,6 +342,7 @@ impl NodeMetrics {
             snapshots_received: c("snapshots_received_total"),
             frames_refused: c("frames_refused_total"),
             leader_changes: c("leader_changes_total"),
+            size_splits: c("splits_by_size_total"),
             connections_refused: c("connections_refused_total"),
             executor_stalls: c("executor_stalls_total"),
             tls_handshakes_failed: c("tls_handshakes_failed_total"),

@@ -31,7 +31,6 @@ use corekv_netio::msg::{
 };
 use corekv_netio::tls::Tls;
 use corekv_netio::FrameError;
-use corekv_netio::{Client, ClientConfig};
 use corekv_raftstore::cmd::{self, BATCH_PAIRS_MAX};
 use corekv_raftstore::driver::{Engines, LoopStats};
 use corekv_raftstore::placement::directory::Flow;
@@ -57,12 +56,11 @@ use crate::server::{self, Connection, Port};
 use crate::transport::Transport;
 
 pub mod directory;
+mod split;
 
 /// Ticks replayed at most after the executor was stopped for a while: enough to expire any
 /// lease and time out any election, few enough not to stall the shard.
 const CATCH_UP_TICKS_MAX: u64 = 64;
-/// How long a node's own call to the placement service (ids for a split) may take.
-const PLACEMENT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Ticks after start before a fresh region's first leader campaigns (its peers start too).
 const CAMPAIGN_AFTER_TICKS: u64 = 2;
 /// How often the engines' disk use is measured for the metrics (200 ticks: 10 s by default).
@@ -160,7 +158,11 @@ pub struct Shard {
     /// The system region's applied index when its store registry was last read here.
     registry_read_at: Cell<u64>,
     /// Asks the placement service for ids (`placement_client`).
-    placement_client: RefCell<Option<Client>>,
+    placement_client: RefCell<Option<corekv_netio::Client>>,
+    /// Bytes written to each region this shard leads since its size was last checked.
+    written_since_check: RefCell<HashMap<u64, u64>>,
+    /// A split check is reading a region (one at a time per shard).
+    split_checking: Cell<bool>,
 }
 
 impl Shard {
@@ -265,6 +267,8 @@ impl Shard {
                 measuring: Cell::new(false),
                 registry_read_at: Cell::new(0),
                 placement_client: RefCell::new(None),
+                written_since_check: RefCell::new(HashMap::new()),
+                split_checking: Cell::new(false),
             }
         });
         tracing::info!(
@@ -399,8 +403,10 @@ impl Shard {
         }
     }
 
-    /// Now and then, off the loop's way: log GC, and the disk use and peer links of the metrics.
+    /// Now and then, off the loop's way: log GC, split checks, and the disk use and peer links
+    /// of the metrics.
     fn housekeeping(self: &Rc<Self>) {
+        self.check_split();
         let ticks = self.ticks.get();
         if ticks.is_multiple_of(self.cfg.raft.gc_interval_ticks) && !self.gc_running.replace(true) {
             let shard = Rc::clone(self);
@@ -809,6 +815,7 @@ impl Shard {
             Ok(Action::Write(cmd)) => {
                 self.metrics.proposals.inc();
                 self.count(region_id, Flow::write(cmd.written()));
+                self.note_written(region_id, cmd.written().0);
                 self.engines.core.borrow_mut().propose(id, region_id, epoch, cmd);
                 None
             }
@@ -827,51 +834,11 @@ impl Shard {
         Ok(())
     }
 
-    /// Splits `region_id` at `key` for request `id` (tracked): one new region id and one peer id
-    /// per replica from the placement service, then the split proposed at the request's epoch
-    /// (answered once applied, or refused by the core).
-    async fn split(self: Rc<Self>, id: RequestId, (region_id, epoch): (u64, Epoch), key: Vec<u8>) {
-        let replicas = self
-            .engines
-            .core
-            .borrow()
-            .region(region_id)
-            .map(|r| r.peers.len() as u64);
-        let Some(replicas) = replicas else {
-            return self.answer(id, Err(self.not_here(region_id)));
-        };
-        let first = match self.placement_client().alloc_ids(replicas as u32 + 1).await {
-            Ok(first) => first,
-            Err(e) => {
-                let reason = format!("no ids for the split from the placement service: {e}");
-                return self.answer(id, Err(WireError::ServerBusy { reason }));
-            }
-        };
-        let split = Command::Split {
-            split_key: key,
-            new_region_id: first,
-            new_peer_ids: (1..=replicas).map(|k| first + k).collect(),
-        };
-        self.metrics.proposals.inc();
-        self.engines.core.borrow_mut().propose(id, region_id, epoch, split);
-        self.kick();
-    }
-
-    /// A client of the cluster's placement service (ids for splits), made on first use.
-    fn placement_client(&self) -> Client {
-        let mut slot = self.placement_client.borrow_mut();
-        let client = slot.get_or_insert_with(|| {
-            let routing = &self.routing;
-            let others = routing
-                .placement_nodes()
-                .into_iter()
-                .filter_map(|n| routing.client_addr_of(n));
-            let mut cfg = ClientConfig::new(std::iter::once(routing.client_addr()).chain(others).collect());
-            cfg.tls = self.tls.clone();
-            cfg.request_timeout = PLACEMENT_CALL_TIMEOUT;
-            Client::with_view(cfg, Vec::new())
-        });
-        client.clone()
+    /// A fresh request id (the node's own proposals take one too: nobody waits for them).
+    fn next_request_id(&self) -> RequestId {
+        let id = self.next_request.get();
+        self.next_request.set(id + 1);
+        id
     }
 
     /// Registers a request in flight on `out` under the next request id, holding `reserved`
@@ -884,8 +851,7 @@ impl Shard {
         is_write: bool,
         reserved: usize,
     ) -> RequestId {
-        let id = self.next_request.get();
-        self.next_request.set(id + 1);
+        let id = self.next_request_id();
         out.inflight.set(out.inflight.get() + 1);
         let pending = Pending {
             out: Rc::clone(out),

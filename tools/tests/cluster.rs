@@ -245,6 +245,45 @@ fn ctl_splits_a_region_while_writes_go_on() {
     check(&t);
 }
 
+// Proves regions split by size on their own: with `[split]` limits of 32 KiB, 100 KiB written
+// into one region while the client writes on splits it into several (each smaller than the
+// limit plus what was written since its last check), every key reads back in one scan across
+// them, and the split checker's counter says it did it.
+#[test]
+fn a_region_grown_past_its_limit_splits_on_its_own() {
+    let t = start_with("[split]\nregion_max_bytes = 32768\ncheck_after_written_bytes = 8192\n");
+    let r = t.info().regions[2].region.clone();
+    let before = t.info().regions.len();
+    let keys: Vec<Vec<u8>> = (0..1000).map(|i| key_in(&r, &format!("k{i:04}"))).collect();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = keys.iter().map(|k| (k.clone(), vec![7u8; 100])).collect();
+    t.with_client(move |c| async move {
+        for batch in pairs.chunks(50) {
+            c.batch_put(batch).await?;
+        }
+        Ok(())
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let inside = |t: &TestCluster| {
+        (t.info().regions.iter())
+            .filter(|i| r.contains(&i.region.start) && i.region.start != r.start)
+            .count()
+    };
+    while inside(&t) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no split within 30 s: {:?}",
+            t.info().regions
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(t.info().regions.len() >= before + 2);
+    let (start, end) = (r.start.clone(), r.end.clone());
+    let rows = t.with_client(move |c| async move { Ok(c.scan(&start, &end, 2000, false).await?) });
+    assert_eq!(rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), keys);
+    let splits: f64 = (1..=3).map(|n| metric(&t, n, "corekv_splits_by_size_total")).sum();
+    assert!(splits >= 2.0, "{splits} splits counted");
+}
+
 /// Puts one key in every region, retrying what fails, until all succeed; returns how long.
 fn write_every_region(t: &TestCluster, regions: &[WireRegion], tag: &str, budget: Duration) -> Duration {
     let keys: Vec<Vec<u8>> = regions.iter().map(|r| key_in(r, tag)).collect();
