@@ -1,6 +1,6 @@
 //! `corekv-chaos`: a 3-node cluster of the real binaries inside a private network namespace,
 //! a mixed client workload recorded as a history, a seeded nemesis (kill -9, pauses,
-//! partitions, packet loss, a full disk), then three checks: the history is linearizable per
+//! partitions, packet loss, a full disk, splits, leader transfers), then three checks: the history is linearizable per
 //! key, no acknowledged write is lost, and every node serves again once the faults heal.
 //!
 //! Start reading at [`run`]. Modules: `netns` (namespace, nftables, tmpfs disks), `nemesis`

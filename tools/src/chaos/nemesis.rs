@@ -2,8 +2,9 @@
 //!
 //! Owns: what a fault is (`Fault`), the schedule (`Schedule::next`: a pure function of the
 //! seed and of which node leads most regions when asked), and injecting / healing a fault
-//! against the cluster, the firewall and the nodes' disks (`Nemesis`). Must not: talk to the
-//! cluster as a client (the caller tells it the leader) or judge the run.
+//! against the cluster, the firewall and the nodes' disks (`Nemesis`); region changes (a split,
+//! a leader transfer) are asked of the cluster as `corekv-ctl` asks them, through a client of
+//! their own. Must not: judge the run, or read the workload's history.
 //!
 //! The same seed gives the same sequence of fault kinds, holds and gaps; the nodes a
 //! leader-targeted fault picks depend on which node led at the time.
@@ -18,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use corekv_storage::tmpfs::Tmpfs;
 
 use super::netns::{Firewall, Rule};
+use super::workload::KEYS;
 use crate::cluster::LocalCluster;
 
 /// How long a fault lasts, and the quiet time after it heals.
@@ -48,6 +50,12 @@ pub enum Fault {
     Loss { percent: u32 },
     /// The node's data disk is filled to ENOSPC, freed when healed.
     DiskFull { node: u64 },
+    /// The region holding workload key `key` splits at that key (nothing where a region starts
+    /// there already, or when the cluster cannot do it now).
+    Split { key: u64 },
+    /// The region holding workload key `key` is handed to its replica on node `to` (refused
+    /// while that replica lags).
+    Transfer { key: u64, to: u64 },
 }
 
 impl Fault {
@@ -59,10 +67,21 @@ impl Fault {
             Fault::Bridge { .. } => "bridge",
             Fault::Loss { .. } => "loss",
             Fault::DiskFull { .. } => "disk-full",
+            Fault::Split { .. } => "split",
+            Fault::Transfer { .. } => "transfer-leader",
         }
     }
 
-    pub const NAMES: [&'static str; 6] = ["kill", "pause", "isolate", "bridge", "loss", "disk-full"];
+    pub const NAMES: [&'static str; 8] = [
+        "kill",
+        "pause",
+        "isolate",
+        "bridge",
+        "loss",
+        "disk-full",
+        "split",
+        "transfer-leader",
+    ];
 }
 
 /// One planned fault: what, for how long, and the quiet time after it.
@@ -110,7 +129,12 @@ impl Schedule {
             4 => Fault::Loss {
                 percent: self.between(u64::from(LOSS_PERCENT_MIN), u64::from(LOSS_PERCENT_MAX)) as u32,
             },
-            _ => Fault::DiskFull { node },
+            5 => Fault::DiskFull { node },
+            6 => Fault::Split { key: self.below(KEYS) },
+            _ => Fault::Transfer {
+                key: self.below(KEYS),
+                to: random_node,
+            },
         };
         Step {
             fault,
@@ -169,8 +193,36 @@ impl Nemesis<'_> {
             Fault::DiskFull { node } => {
                 self.disks[(node - 1) as usize].fill(0)?;
             }
+            Fault::Split { .. } | Fault::Transfer { .. } => self.change_region(fault),
         }
         Ok(())
+    }
+
+    /// Asks the cluster for a region change, as `corekv-ctl region split | transfer-leader`
+    /// would; refused or not done in time is part of the game (said, not an error).
+    fn change_region(&self, fault: Fault) {
+        let endpoints = self.cluster.spec().endpoints();
+        let done = crate::on_executor(move || async move {
+            let client = corekv_netio::Client::connect(super::workload::client_config(endpoints)).await?;
+            let key = super::workload::key(match fault {
+                Fault::Split { key } | Fault::Transfer { key, .. } => key,
+                _ => unreachable!("a region change"),
+            });
+            match fault {
+                Fault::Transfer { to, .. } => {
+                    let holder = client.regions().into_iter().find(|r| r.region.contains(key.as_bytes()));
+                    let id = holder
+                        .map(|r| r.region.id)
+                        .ok_or_else(|| anyhow::anyhow!("no region known"))?;
+                    client.transfer_leader(id, to).await?
+                }
+                _ => client.split_region(key.as_bytes()).await?,
+            }
+            Ok(())
+        });
+        if let Err(e) = done {
+            println!("           ({fault:?} not done: {e})");
+        }
     }
 
     pub fn heal(&mut self, fault: Fault) -> Result<()> {
@@ -181,6 +233,7 @@ impl Nemesis<'_> {
             }
             Fault::Isolate { .. } | Fault::Bridge { .. } | Fault::Loss { .. } => self.firewall.set(&[])?,
             Fault::DiskFull { node } => self.disks[(node - 1) as usize].free()?,
+            Fault::Split { .. } | Fault::Transfer { .. } => {}
         }
         Ok(())
     }
