@@ -45,6 +45,12 @@ pub const TRANSFER_LAG_ENTRIES_MAX: u64 = 128;
 /// Uninitialized replicas (started by a leader's message, waiting for its snapshot) a shard
 /// holds at once; more leaders' messages for unknown regions are dropped until some install.
 pub const UNINITIALIZED_PEERS_MAX: usize = 256;
+/// Election timeouts an uninitialized replica may wait for its snapshot before it goes.
+const UNINITIALIZED_TIMEOUTS: u64 = 10;
+
+/// Vote requests a shard keeps for regions a split is about to make here (`hold_early_vote`).
+const EARLY_VOTES_MAX: usize = 64;
+
 /// Senders an uninitialized replica remembers (to answer them) until its snapshot arrives.
 const UNINITIALIZED_SENDERS_MAX: usize = 8;
 
@@ -221,6 +227,8 @@ struct Peer {
     applied: u64,
     /// (term, role, leader) when the election timeout was last drawn.
     timeout_key: Option<(u64, StateRole, u64)>,
+    /// The tick this peer started on this shard (an uninitialized one expires).
+    started_at: u64,
 }
 
 impl Peer {
@@ -423,6 +431,11 @@ pub struct RaftCore {
     /// Regions stopped on this shard by corrupt data, with why: their messages are dropped and
     /// their requests answered `RegionUnavailable`; the rest of the shard serves on.
     stopped: BTreeMap<u64, String>,
+    /// Vote requests for regions not here yet (`hold_early_vote`), oldest first.
+    early_votes: VecDeque<RaftMessage>,
+    /// Regions whose uninitialized replica expired: their raft state leaves the log engine
+    /// with the next log batch.
+    cleanups: Vec<u64>,
 }
 
 /// How reads were served.
@@ -456,6 +469,8 @@ impl RaftCore {
             now: 0,
             stats,
             stopped: BTreeMap::new(),
+            early_votes: VecDeque::new(),
+            cleanups: Vec::new(),
         }
     }
 
@@ -517,6 +532,7 @@ impl RaftCore {
             lease_void_term: 0,
             applied,
             timeout_key: None,
+            started_at: self.now,
         };
         self.peers.insert(region_id, peer);
         self.rearm(region_id);
@@ -626,6 +642,13 @@ impl RaftCore {
         let timeout = self.cfg.election_tick as u64;
         for id in ids {
             let peer = self.peers.get_mut(&id).expect("listed");
+            if !peer.region.is_initialized() && self.now - peer.started_at > UNINITIALIZED_TIMEOUTS * timeout {
+                // Its snapshot never came (a forgery, or a region gone since): it goes, and
+                // whatever raft state it logged with it.
+                self.peers.remove(&id);
+                self.cleanups.push(id);
+                continue;
+            }
             peer.raw.tick();
             peer.expire_reads(self.now, timeout, &mut self.responses);
             self.rearm(id);
@@ -638,6 +661,9 @@ impl RaftCore {
     /// sees them.
     pub fn step(&mut self, msg: RaftMessage) -> Result<()> {
         if !self.peers.contains_key(&msg.region_id) {
+            if self.hold_early_vote(&msg) {
+                return Ok(());
+            }
             self.start_uninitialized(&msg)?;
         }
         let peer = (self.peers.get_mut(&msg.region_id)).ok_or(Error::RegionNotFound(msg.region_id))?;
@@ -687,6 +713,41 @@ impl RaftCore {
         Ok(())
     }
 
+    /// Keeps a vote request for a region not here yet (at most `EARLY_VOTES_MAX`, oldest
+    /// dropped first): the leader of a region a split makes campaigns as soon as it applied the
+    /// split, often before this shard has; the vote is stepped once the split makes the region
+    /// here (`on_split`), instead of the candidate waiting out an election timeout.
+    fn hold_early_vote(&mut self, msg: &RaftMessage) -> bool {
+        let vote = matches!(
+            msg.msg.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        );
+        if !vote || !self.may_be_new_region(msg) {
+            return false;
+        }
+        if self.early_votes.len() >= EARLY_VOTES_MAX {
+            self.early_votes.pop_front();
+        }
+        self.early_votes.push_back(msg.clone());
+        true
+    }
+
+    /// Whether `msg`, for a region this shard does not have, may be from a region new to it: it
+    /// is addressed to a replica on this shard, and neither its sender nor its addressee is a
+    /// peer of a region here (peer ids are never reused across regions, so a message naming
+    /// one under another region's id is forged).
+    fn may_be_new_region(&self, msg: &RaftMessage) -> bool {
+        let known = |id: u64| {
+            self.peers
+                .values()
+                .any(|p| p.me.id == id || p.region.peer(id).is_some())
+        };
+        (msg.to.node, msg.to.shard) == (self.node, self.shard)
+            && !self.stopped.contains_key(&msg.region_id)
+            && !known(msg.to.id)
+            && !known(msg.from.id)
+    }
+
     /// Starts an uninitialized replica of `msg`'s region on this shard, as TiKV does, when the
     /// message is a leader's to a replica here of a region this shard does not have: a
     /// replica that missed the split which made the region (its parent caught up by a
@@ -701,11 +762,7 @@ impl RaftCore {
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         );
         let uninitialized = self.peers.values().filter(|p| !p.region.is_initialized()).count();
-        if !leader_kind
-            || (msg.to.node, msg.to.shard) != (self.node, self.shard)
-            || self.stopped.contains_key(&region_id)
-            || uninitialized >= UNINITIALIZED_PEERS_MAX
-        {
+        if !leader_kind || !self.may_be_new_region(msg) || uninitialized >= UNINITIALIZED_PEERS_MAX {
             return Err(Error::RegionNotFound(region_id));
         }
         let region = Region {
@@ -807,6 +864,9 @@ impl RaftCore {
     /// Collects the next iteration's work from every region with something ready.
     pub fn ready(&mut self) -> ShardReady {
         let mut out = ShardReady::default();
+        for id in self.cleanups.drain(..) {
+            out.log_batch.clean(id);
+        }
         for peer in self.peers.values_mut() {
             // One snapshot per applied index: another made at the same index would be other
             // files under the same name, under streams still reading the first.
@@ -986,6 +1046,14 @@ impl RaftCore {
         let started = self.add_peer(right, PeerStorage::split_born(voters), SPLIT_INIT_INDEX);
         if let Err(e) = started.and_then(|()| if leads { self.campaign(id) } else { Ok(()) }) {
             tracing::error!(region = id, error = %e, "the region a split made did not start here");
+            return;
+        }
+        let (votes, others) = std::mem::take(&mut self.early_votes)
+            .into_iter()
+            .partition(|m| m.region_id == id);
+        self.early_votes = others;
+        for vote in votes {
+            let _ = self.step(vote); // stale ones are refused as any other stale message
         }
     }
 

@@ -164,8 +164,9 @@ fn insider(sim: &Sim, f: &Fields, region_at: usize, from: usize, to: usize) -> R
     }
 }
 
-/// A forgery that no honest network delivers: from a non-replica, for an unknown region, at
-/// term 0 or past any election, or of a kind never sent between nodes.
+/// A forgery that no honest network delivers: from a non-replica, for an unknown region named
+/// with another region's peers, at term 0 or past any election, or of a kind never sent
+/// between nodes.
 fn outsider(sim: &Sim, f: &Fields, region_at: usize, how: u8) -> RaftMessage {
     let mut msg = insider(sim, f, region_at, 0, 0);
     match how % 5 {
@@ -283,4 +284,57 @@ fn insider_forgeries_never_panic_a_shard() {
             Ok(())
         })
         .unwrap();
+}
+
+// Proves a leader's message for a region new to a shard (fresh peer ids: a split it missed)
+// starts an uninitialized replica there, which goes after ten election timeouts without its
+// snapshot (a forgery leaves nothing behind); while one naming another region's peers under a
+// new region id is refused outright, as is a vote for a region not there.
+#[test]
+fn replicas_of_new_regions_start_from_leaders_and_expire_without_a_snapshot() {
+    run(|| async {
+        let mut sim = Sim::new(SimConfig::new(3)).await;
+        sim.ticks(5).await;
+        let peer = |id: u64, node: u64| PeerMeta { id, node, shard: 0 };
+        let heartbeat = |region_id: u64, from: PeerMeta, to: PeerMeta, kind: MessageType| {
+            let mut msg = Message::default();
+            msg.set_msg_type(kind);
+            (msg.from, msg.to, msg.term) = (from.id, to.id, 7);
+            RaftMessage {
+                region_id,
+                from,
+                to,
+                msg,
+            }
+        };
+        let fresh = heartbeat(
+            1 << 41,
+            peer((1 << 41) + 2, 2),
+            peer((1 << 41) + 1, 1),
+            MessageType::MsgHeartbeat,
+        );
+        assert!(sim.inject(fresh).is_ok());
+        assert!(sim.hosts((1, 0), 1 << 41), "an uninitialized replica started");
+        let taken = sim.regions()[0].peers[0];
+        let named = heartbeat(
+            (1 << 41) + 10,
+            peer((1 << 41) + 12, 2),
+            taken,
+            MessageType::MsgHeartbeat,
+        );
+        assert!(
+            sim.inject(named).is_err(),
+            "another region's peer under a new region id"
+        );
+        let vote = heartbeat(
+            (1 << 41) + 20,
+            peer((1 << 41) + 22, 2),
+            peer((1 << 41) + 21, 1),
+            MessageType::MsgRequestVote,
+        );
+        assert!(sim.inject(vote).is_ok(), "held for a split to come");
+        assert!(!sim.hosts((1, 0), (1 << 41) + 20), "a vote starts no replica");
+        sim.ticks(11 * sim.config().raft.election_tick as u64).await;
+        assert!(!sim.hosts((1, 0), 1 << 41), "expired without its snapshot");
+    });
 }

@@ -297,7 +297,20 @@ fn a_region_splits_while_clients_write() {
         ));
         let first = alloc_ids(&mut sim, 4).await;
         sim.split(parent.id, &split_key, first).unwrap();
-        for i in 10..20 {
+        // The new region's leader campaigns at once, and the follower that applies the split
+        // after it votes then (its early vote request held): a leader within a few ticks,
+        // not an election timeout.
+        let from = sim.now();
+        while sim.leader(first).is_none() {
+            sim.tick().await;
+            assert!(
+                sim.now() - from < 4,
+                "seed {}: no leader of the new region yet",
+                sim.seed()
+            );
+        }
+        // Enough writes on both sides for both regions' logs to be compacted past the split.
+        for i in 10..40 {
             write(&mut sim, i);
         }
         sim.run_until_done().await;

@@ -112,10 +112,7 @@ pub fn run_node(mut cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
         client_addr: cfg.addr.clone(),
         peer_addr: peer_addr_text,
     };
-    let routing = Arc::new(Routing::new(me, &members, regions.clone()));
-    if !placement_nodes.is_empty() {
-        routing.set_placement_nodes(placement_nodes);
-    }
+    let routing = Arc::new(Routing::new(me, &members, placement_nodes));
     let metrics = Arc::new(NodeMetrics::new(cfg.node_id));
     let _status = match cfg.status_addr.as_str() {
         "" => None,
@@ -201,7 +198,7 @@ pub fn run_node(mut cfg: NodeConfig, stop: Arc<AtomicBool>) -> Result<()> {
             node = cfg.node_id,
             cluster_id = format!("{cluster_id:#x}"),
             shards,
-            regions = regions.len(),
+            regions = routing.cluster_info().regions.len(),
             %client_addr,
             %peer_addr,
             "node ready"
@@ -238,7 +235,8 @@ struct Start {
     regions: Vec<Region>,
     /// This node's peer address as the cluster knows it.
     peer_addr_text: String,
-    /// Given for a node that joined; a bootstrap member's come from its layout.
+    /// The nodes holding a replica of the system region: from the layout (a bootstrap member)
+    /// or from the cluster (a node that joined).
     placement_nodes: Vec<u64>,
 }
 
@@ -257,13 +255,15 @@ fn bootstrap_plan(cfg: &NodeConfig, cpus: usize) -> Result<(Start, DirIdentity)>
         layout: LAYOUT_VERSION,
     };
     let me = members.iter().find(|m| m.id == cfg.node_id).map(|m| m.addr.clone());
+    let regions = layout::bootstrap(&members, shards);
+    let system = regions.iter().find(|r| r.is_system());
     let start = Start {
         cluster_id,
         shards,
-        regions: layout::bootstrap(&members, shards),
+        placement_nodes: system.map_or_else(Vec::new, |r| r.peers.iter().map(|p| p.node).collect()),
+        regions,
         members,
         peer_addr_text: me.unwrap_or_default(),
-        placement_nodes: Vec::new(),
     };
     Ok((start, identity))
 }

@@ -55,32 +55,17 @@ pub struct Identity {
 }
 
 impl Routing {
-    /// `regions`: every region of the layout this node starts with (the system region's
-    /// replicas among them name the placement nodes; a node that joined learns those from
-    /// the cluster: `set_placement_nodes`).
-    pub fn new(me: Identity, members: &[Member], regions: Vec<Region>) -> Routing {
-        let system = regions.iter().find(|r| r.is_system());
-        let placement_nodes = system.map_or_else(Vec::new, |r| r.peers.iter().map(|p| p.node).collect());
-        let table = regions
-            .into_iter()
-            .map(|region| {
-                (
-                    region.id,
-                    Route {
-                        region,
-                        leader: None,
-                        term: 0,
-                    },
-                )
-            })
-            .collect();
+    /// An empty table: each shard publishes the state of the regions it hosts as it opens, and
+    /// whenever one changes (`upsert_region`). `placement_nodes`: the nodes holding a replica of
+    /// the system region.
+    pub fn new(me: Identity, members: &[Member], placement_nodes: Vec<u64>) -> Routing {
         Routing {
             cluster_id: me.cluster_id,
             node_id: me.node_id,
             shards: me.shards,
             peer_addr: me.peer_addr,
             members: RwLock::new(members.iter().map(|m| (m.id, m.peer.ip())).collect()),
-            table: RwLock::new(table),
+            table: RwLock::new(BTreeMap::new()),
             client_addrs: RwLock::new([(me.node_id, me.client_addr)].into()),
             stopped: RwLock::new(BTreeMap::new()),
             placement_nodes: RwLock::new(placement_nodes),
@@ -169,10 +154,6 @@ impl Routing {
     /// The nodes holding a replica of the system region.
     pub fn placement_nodes(&self) -> Vec<u64> {
         self.placement_nodes.read().expect("routing lock").clone()
-    }
-
-    pub fn set_placement_nodes(&self, nodes: Vec<u64>) {
-        *self.placement_nodes.write().expect("routing lock") = nodes;
     }
 
     /// A shard's replica holds this state of its region (a split made it or changed it, or a

@@ -278,6 +278,9 @@ impl Shard {
             regions = here.len(),
             "shard listening"
         );
+        // The node's routing table learns this shard's regions as they are now, before the
+        // node says it is ready.
+        shard.publish();
         Ok((shard, listeners))
     }
 
@@ -487,6 +490,11 @@ impl Shard {
             }
             if was.is_none_or(|w| w.epoch != now.epoch) {
                 self.routing.upsert_region(region);
+            }
+            // A region new here since the shard opened (a split made it, a snapshot brought
+            // it) may be over the size limits already.
+            if was.is_none() && self.ticks.get() > 0 {
+                self.due_for_split_check(id);
             }
             published.insert(id, now);
             self.routing.set_leader(id, leader, term);

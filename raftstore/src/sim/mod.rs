@@ -377,6 +377,11 @@ impl Sim {
         })
     }
 
+    /// Whether shard (node, shard) has a replica of `region_id` (an uninitialized one counts).
+    pub fn hosts(&self, (node, shard): (u64, u32), region_id: u64) -> bool {
+        (self.shards.get(&(node, shard))).is_some_and(|s| s.core.borrow().region(region_id).is_some())
+    }
+
     pub fn config(&self) -> &SimConfig {
         &self.cfg
     }

@@ -76,6 +76,11 @@ impl Shard {
         }
     }
 
+    /// `region_id` is measured at the next chance (while this shard leads it).
+    pub(super) fn due_for_split_check(&self, region_id: u64) {
+        self.note_written(region_id, self.cfg.split.check_after_written_bytes);
+    }
+
     /// Measures one region that had `check_after_written_bytes` written to it since its last
     /// check (if no check runs now and this shard still leads it), and splits it at its middle
     /// if it grew past the limits. The split is the node's own request: nobody waits for it.
@@ -84,16 +89,15 @@ impl Shard {
         if self.split_checking.get() {
             return;
         }
-        let due = (self.written_since_check.borrow().iter())
-            .find(|(_, &written)| written >= limits.check_after_written_bytes)
-            .map(|(&id, _)| id);
-        let Some(region_id) = due else { return };
-        self.written_since_check.borrow_mut().remove(&region_id);
         let region = {
             let core = self.engines.core.borrow();
-            core.region(region_id).filter(|_| core.is_leader(region_id)).cloned()
+            let due = (self.written_since_check.borrow().iter())
+                .find(|(&id, &written)| written >= limits.check_after_written_bytes && core.is_leader(id))
+                .map(|(&id, _)| id);
+            due.and_then(|id| core.region(id).cloned())
         };
         let Some(region) = region else { return };
+        self.written_since_check.borrow_mut().remove(&region.id);
         self.split_checking.set(true);
         let (shard, max) = (Rc::clone(self), (limits.region_max_bytes, limits.region_max_keys));
         glommio::spawn_local(async move {
@@ -116,7 +120,10 @@ impl Shard {
                     );
                     shard.metrics.size_splits.inc();
                     let id = shard.next_request_id();
-                    shard.split(id, (region.id, region.epoch), key).await;
+                    Rc::clone(&shard).split(id, (region.id, region.epoch), key).await;
+                    // Both sides are measured again (the new one as it appears here): a
+                    // region far over the limits halves until each part is under them.
+                    shard.due_for_split_check(region.id);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(region = region.id, error = %e, "split check failed"),
