@@ -283,6 +283,62 @@ fn a_region_grown_past_its_limit_splits_on_its_own() {
     assert!(splits >= 3.0, "{splits} splits counted");
 }
 
+// Proves a split cut short by kill -9 of the region leader's node (the split asked for, the
+// node killed at once) leaves one consistent layout once the node is back: the region split or
+// it did not, every node's own table comes to hold the same regions, the ranges tile the key
+// space without overlap, and every write acknowledged before reads back.
+#[test]
+fn a_split_cut_short_by_kill_9_leaves_one_consistent_layout() {
+    let mut t = start();
+    let r = t.info().regions[3].clone();
+    let keys: Vec<String> = ["a", "m", "z"]
+        .iter()
+        .map(|s| String::from_utf8(key_in(&r.region, s)).unwrap())
+        .collect();
+    for k in &keys {
+        assert_eq!(t.ctl(&["raw", "put", k, "v"]).0, 0);
+    }
+    let leader = r.leader.unwrap().node;
+    let endpoints = t.endpoints().join(",");
+    let split_key = keys[1].clone();
+    let asked = std::thread::spawn(move || {
+        ctl(
+            &endpoints,
+            &["--timeout-ms", "3000", "region", "split", "--key", &split_key],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    t.cluster.kill(leader).unwrap();
+    let _ = asked.join();
+    t.cluster.restart(leader).unwrap();
+    t.cluster.wait_for_leaders(Duration::from_secs(30)).unwrap();
+    // Every node's own table (its replicas' live states) comes to hold the same regions.
+    let table = |addr: &str| match raw_call(addr, &cluster_info_request()) {
+        Reply::Cluster(info) => {
+            let mut regions: Vec<WireRegion> = info.regions.into_iter().map(|i| i.region).collect();
+            regions.sort_by(|a, b| a.start.cmp(&b.start));
+            regions
+        }
+        other => panic!("{other:?}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let regions = loop {
+        let tables: Vec<Vec<WireRegion>> = t.endpoints().iter().map(|a| table(a)).collect();
+        if tables.windows(2).all(|w| w[0] == w[1]) {
+            break tables[0].clone();
+        }
+        assert!(Instant::now() < deadline, "the nodes disagree: {tables:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(regions.first().unwrap().start.is_empty() && regions.last().unwrap().end.is_empty());
+    for w in regions.windows(2) {
+        assert_eq!(w[0].end, w[1].start, "the ranges tile the key space: {regions:?}");
+    }
+    for k in &keys {
+        assert_eq!(t.ctl(&["raw", "get", k]).1, "v\n", "{k}");
+    }
+}
+
 /// Puts one key in every region, retrying what fails, until all succeed; returns how long.
 fn write_every_region(t: &TestCluster, regions: &[WireRegion], tag: &str, budget: Duration) -> Duration {
     let keys: Vec<Vec<u8>> = regions.iter().map(|r| key_in(r, tag)).collect();

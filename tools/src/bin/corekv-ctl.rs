@@ -68,7 +68,7 @@ enum Command {
         #[command(subcommand)]
         op: Store,
     },
-    /// Regions: as the placement service's directory knows them (from their leaders' heartbeats), and handing over their leadership.
+    /// Regions: as the placement service's directory knows them (from their leaders' heartbeats); splitting them and handing over their leadership.
     Region {
         #[command(subcommand)]
         op: RegionCmd,
