@@ -153,16 +153,17 @@ fn execute(batch: &mut WriteBatch, region: &Region, cmd: Command, current: Optio
                 previous: current,
             });
         }
-        Command::Split {
-            split_key,
-            new_region_id,
-            new_peer_ids,
-        } => {
-            let (left, right) = region.split(&split_key, new_region_id, &new_peer_ids)?;
-            batch.put(Cf::Meta, &keys::region_state_key(left.id), &encode_region(&left))?;
-            batch.put(Cf::Meta, &keys::region_state_key(right.id), &encode_region(&right))?;
-            batch.put(Cf::Meta, &keys::applied_key(right.id), &SPLIT_INIT_INDEX.to_be_bytes())?;
-            return Ok(Outcome::Split { left, right });
+        Command::Split { splits } => {
+            let mut regions = region.split(&splits)?;
+            for r in &regions {
+                batch.put(Cf::Meta, &keys::region_state_key(r.id), &encode_region(r))?;
+            }
+            let new = regions.split_off(1);
+            for r in &new {
+                batch.put(Cf::Meta, &keys::applied_key(r.id), &SPLIT_INIT_INDEX.to_be_bytes())?;
+            }
+            let left = regions.pop().expect("the split region comes first");
+            return Ok(Outcome::Split { left, new });
         }
     }
     Ok(Outcome::Done)

@@ -6,7 +6,7 @@
 use rkyv::rancor;
 
 use crate::error::{Error, Result};
-use crate::region::{Epoch, Region};
+use crate::region::{Epoch, Region, SplitAt};
 
 /// Largest key a command may carry.
 pub const KEY_BYTES_MAX: usize = 4 << 10;
@@ -40,12 +40,10 @@ pub enum Command {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     },
-    /// Admin: splits the region at `split_key` (`Region::split`); applied with both regions'
-    /// states in one synced write.
+    /// Admin: splits the region at each split's key (`Region::split`); applied with every
+    /// region's state in one synced write.
     Split {
-        split_key: Vec<u8>,
-        new_region_id: u64,
-        new_peer_ids: Vec<u64>,
+        splits: Vec<SplitAt>,
     },
 }
 
@@ -57,10 +55,10 @@ pub enum Outcome {
         succeeded: bool,
         previous: Option<Vec<u8>>,
     },
-    /// The region now is `left`; `right` is the region the split made.
+    /// The region now is `left`; `new` are the regions the split made, in key order.
     Split {
         left: Region,
-        right: Region,
+        new: Vec<Region>,
     },
 }
 
@@ -155,13 +153,9 @@ impl Command {
                 key(k)?;
                 expected.iter().chain(new.iter()).try_for_each(|v| value(v))
             }
-            Command::Split {
-                split_key,
-                new_region_id,
-                new_peer_ids,
-            } => {
-                check_bound(split_key)?;
-                region.split(split_key, *new_region_id, new_peer_ids).map(|_| ())
+            Command::Split { splits } => {
+                splits.iter().try_for_each(|s| check_bound(&s.key))?;
+                region.split(splits).map(|_| ())
             }
         }
     }
@@ -236,9 +230,11 @@ mod tests {
                 new: Some(b"n".to_vec()),
             },
             Command::Split {
-                split_key: b"g".to_vec(),
-                new_region_id: 12,
-                new_peer_ids: vec![13, 14, 15],
+                splits: vec![SplitAt {
+                    key: b"g".to_vec(),
+                    new_region_id: 12,
+                    new_peer_ids: vec![13, 14, 15],
+                }],
             },
         ] {
             assert_eq!(Command::decode(&cmd.encode(epoch)).unwrap(), (epoch, cmd));

@@ -52,5 +52,5 @@ pub use raft_core::{
     batch_by_destination, Destination, RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady,
     TRANSFER_LAG_ENTRIES_MAX,
 };
-pub use region::{Epoch, PeerMeta, Region, FIRST_USER_REGION_ID, SYSTEM_REGION_ID};
+pub use region::{Epoch, PeerMeta, Region, SplitAt, FIRST_USER_REGION_ID, SPLITS_MAX, SYSTEM_REGION_ID};
 pub use storage::{Fetch, PeerStorage, RestoredLog};

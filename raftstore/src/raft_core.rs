@@ -227,8 +227,9 @@ struct Peer {
     applied: u64,
     /// (term, role, leader) when the election timeout was last drawn.
     timeout_key: Option<(u64, StateRole, u64)>,
-    /// The tick this peer started on this shard (an uninitialized one expires).
-    started_at: u64,
+    /// The tick this peer started on this shard, or (uninitialized) last heard from a leader:
+    /// an uninitialized one that hears nothing for long goes.
+    alive_at: u64,
 }
 
 impl Peer {
@@ -375,6 +376,8 @@ impl Peer {
 /// Writes the starting log state of a region a split made (`PeerStorage::split_born`).
 fn log_split_born(batch: &mut LogBatch, region_id: u64) {
     let hs = PeerStorage::split_born_hard_state();
+    // Whatever an uninitialized replica of it logged before goes first.
+    batch.clean(region_id);
     batch.compact_to(region_id, SPLIT_INIT_INDEX + 1);
     batch.put_state(
         region_id,
@@ -532,7 +535,7 @@ impl RaftCore {
             lease_void_term: 0,
             applied,
             timeout_key: None,
-            started_at: self.now,
+            alive_at: self.now,
         };
         self.peers.insert(region_id, peer);
         self.rearm(region_id);
@@ -642,7 +645,7 @@ impl RaftCore {
         let timeout = self.cfg.election_tick as u64;
         for id in ids {
             let peer = self.peers.get_mut(&id).expect("listed");
-            if !peer.region.is_initialized() && self.now - peer.started_at > UNINITIALIZED_TIMEOUTS * timeout {
+            if !peer.region.is_initialized() && self.now - peer.alive_at > UNINITIALIZED_TIMEOUTS * timeout {
                 // Its snapshot never came (a forgery, or a region gone since): it goes, and
                 // whatever raft state it logged with it.
                 self.peers.remove(&id);
@@ -666,34 +669,22 @@ impl RaftCore {
             }
             self.start_uninitialized(&msg)?;
         }
-        let peer = (self.peers.get_mut(&msg.region_id)).ok_or(Error::RegionNotFound(msg.region_id))?;
-        let known_sender = !peer.region.is_initialized() || peer.region.peer(msg.from.id) == Some(&msg.from);
-        if msg.to.id != peer.me.id || !known_sender {
-            return Err(Error::RegionNotFound(msg.region_id));
-        }
         let refused = |reason| Error::Refused {
             region_id: msg.region_id,
             from: msg.from.id,
             reason,
         };
         let kind = msg.msg.get_msg_type();
-        // A snapshot is checked against the region state it carries, which must succeed this
-        // replica's and hold it.
         let carried = match kind {
-            MessageType::MsgSnapshot => {
-                let snap = msg.msg.get_snapshot();
-                let region = SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
-                    .and_then(|meta| meta.region(msg.region_id))
-                    .map_err(|_| refused("snapshot data that is not a snapshot of this index"))?;
-                if !succeeds(&peer.region, &region) || region.peer(peer.me.id) != Some(&peer.me) {
-                    return Err(refused(
-                        "a snapshot of an older region state, or of one without this replica",
-                    ));
-                }
-                Some(region)
-            }
+            MessageType::MsgSnapshot => Some(self.snapshot_region(&msg).map_err(refused)?),
             _ => None,
         };
+        let now = self.now;
+        let peer = (self.peers.get_mut(&msg.region_id)).ok_or(Error::RegionNotFound(msg.region_id))?;
+        let known_sender = !peer.region.is_initialized() || peer.region.peer(msg.from.id) == Some(&msg.from);
+        if msg.to.id != peer.me.id || !known_sender {
+            return Err(Error::RegionNotFound(msg.region_id));
+        }
         guard::check(&peer.raw.raft, carried.as_ref().unwrap_or(&peer.region), &msg).map_err(refused)?;
         if !peer.region.is_initialized() {
             if matches!(kind, MessageType::MsgRequestVote | MessageType::MsgRequestPreVote) {
@@ -703,6 +694,7 @@ impl RaftCore {
             if peer.region.peer(msg.from.id).is_none() && peer.region.peers.len() < UNINITIALIZED_SENDERS_MAX {
                 peer.region.peers.push(msg.from);
             }
+            peer.alive_at = now; // a leader still talks to it: its snapshot may be on the way
         }
         // raft-rs rejects messages from stale terms itself; an error here is not the
         // sender's business.
@@ -722,7 +714,9 @@ impl RaftCore {
             msg.msg.get_msg_type(),
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
         );
-        if !vote || !self.may_be_new_region(msg) {
+        // Only small ones: a vote carries no entries.
+        let small = msg.msg.entries.is_empty() && msg.msg.context.len() <= 64;
+        if !vote || !small || !self.may_be_new_region(msg) {
             return false;
         }
         if self.early_votes.len() >= EARLY_VOTES_MAX {
@@ -746,6 +740,33 @@ impl RaftCore {
             && !self.stopped.contains_key(&msg.region_id)
             && !known(msg.to.id)
             && !known(msg.from.id)
+    }
+
+    /// The region state a snapshot for a replica here carries, checked: it decodes, it
+    /// succeeds the replica's own and holds the replica, and its range overlaps no other
+    /// region on this shard (a replica that missed a split takes the new region's snapshot
+    /// only once its part of the old one has been cut back, by the split or by a snapshot).
+    fn snapshot_region(&self, msg: &RaftMessage) -> std::result::Result<Region, guard::Refusal> {
+        let peer = self
+            .peers
+            .get(&msg.region_id)
+            .ok_or("a snapshot for a region not here")?;
+        let snap = msg.msg.get_snapshot();
+        let region = SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
+            .and_then(|meta| meta.region(msg.region_id))
+            .map_err(|_| "snapshot data that is not a snapshot of this index")?;
+        if !succeeds(&peer.region, &region) || region.peer(peer.me.id) != Some(&peer.me) {
+            return Err("a snapshot of an older region state, or of one without this replica");
+        }
+        // (The system region's keys are a space of their own: it overlaps no user region.)
+        let overlapped = (self.peers.values()).any(|p| {
+            let other = &p.region;
+            other.id != region.id && other.is_initialized() && !other.is_system() && other.overlaps(&region)
+        });
+        if overlapped {
+            return Err("a snapshot of a range another region here still holds");
+        }
+        Ok(region)
     }
 
     /// Starts an uninitialized replica of `msg`'s region on this shard, as TiKV does, when the
@@ -959,9 +980,9 @@ impl RaftCore {
             applied <= peer.raw.raft.raft_log.persisted.max(peer.raw.store().truncated().0),
             "applied <= persisted"
         );
-        let splits: Vec<(Region, Region)> = (outcomes.iter())
+        let splits: Vec<(Region, Vec<Region>)> = (outcomes.iter())
             .filter_map(|(_, _, o)| match o {
-                Some(Ok(Outcome::Split { left, right })) => Some((left.clone(), right.clone())),
+                Some(Ok(Outcome::Split { left, new })) => Some((left.clone(), new.clone())),
                 _ => None,
             })
             .collect();
@@ -1015,15 +1036,15 @@ impl RaftCore {
             peer.serve_reads(&mut self.responses);
         }
         // (A split fails the reads waiting instead: see `Peer::fail_reads`.)
-        for (left, right) in splits {
-            self.on_split(left, right);
+        for (left, new) in splits {
+            self.on_split(left, new);
         }
     }
 
-    /// A split applied here: this replica's region is now `left`, and `right`'s replica on this
-    /// shard starts, campaigning at once where `left`'s leader is (as TiKV does), so that the
-    /// new region has a leader without waiting out an election timeout.
-    fn on_split(&mut self, left: Region, right: Region) {
+    /// A split applied here: this replica's region is now `left`, and the replicas of the `new`
+    /// regions on this shard start, campaigning at once where `left`'s leader is (as TiKV
+    /// does), so that they have leaders without waiting out an election timeout.
+    fn on_split(&mut self, left: Region, new: Vec<Region>) {
         let Some(peer) = self.peers.get_mut(&left.id) else {
             return;
         };
@@ -1031,7 +1052,18 @@ impl RaftCore {
         peer.region = left;
         peer.fail_reads(&mut self.responses);
         let leads = peer.raw.raft.state == StateRole::Leader;
+        for region in new {
+            self.start_split_born(region, leads);
+        }
+    }
+
+    /// Starts this shard's replica of `right`, a region a split made (campaigning if `leads`),
+    /// and steps the votes held for it.
+    fn start_split_born(&mut self, right: Region, leads: bool) {
         let id = right.id;
+        if self.stopped.contains_key(&id) {
+            return; // stopped by corrupt data here: never brought back in this process
+        }
         match self.peers.get(&id).map(|p| p.region.is_initialized()) {
             // Installed from a snapshot already: ahead of this split.
             Some(true) => return,

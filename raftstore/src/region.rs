@@ -52,6 +52,12 @@ impl Region {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }
 
+    /// Whether the two ranges share a key.
+    pub fn overlaps(&self, other: &Region) -> bool {
+        let below = |end: &[u8], start: &[u8]| !end.is_empty() && end <= start;
+        !(below(&self.end, &other.start) || below(&other.end, &self.start))
+    }
+
     pub fn check_key(&self, key: &[u8]) -> Result<()> {
         if self.contains(key) {
             Ok(())
@@ -116,44 +122,63 @@ impl Region {
         Ok(())
     }
 
-    /// The two regions a split at `key` makes: this one keeps `[start, key)`; region `new_id`
-    /// takes `[key, end)`, with a replica on each (node, shard) of this one's (raft ids
-    /// `new_peer_ids`, in this region's peer order). Both at this epoch's version + 1, so a
-    /// request made against the old range is refused (`EpochNotMatch`) by either.
-    pub fn split(&self, key: &[u8], new_id: u64, new_peer_ids: &[u64]) -> Result<(Region, Region)> {
+    /// The regions a split at `at`'s keys (ascending) makes: this one keeps `[start, first
+    /// key)`; each new region takes the keys from its key to the next one's (the last: to this
+    /// one's end), with a replica on each (node, shard) of this one's. All at this epoch's
+    /// version + 1, so a request made against the old range is refused (`EpochNotMatch`) by
+    /// every one of them.
+    pub fn split(&self, at: &[SplitAt]) -> Result<Vec<Region>> {
         let bad = |why| Err(Error::InvalidArgument(why));
-        self.check_split_key(key)?;
-        if [0, SYSTEM_REGION_ID, self.id].contains(&new_id) {
-            return bad("a split needs a new region id");
+        if at.is_empty() || at.len() > SPLITS_MAX {
+            return bad("a split makes 1 to 64 regions");
         }
-        let mut ids: Vec<u64> = new_peer_ids.to_vec();
+        at.iter().try_for_each(|a| self.check_split_key(&a.key))?;
+        if !at.windows(2).all(|w| w[0].key < w[1].key) {
+            return bad("split keys must ascend");
+        }
+        let named = |a: &SplitAt| std::iter::once(a.new_region_id).chain(a.new_peer_ids.clone());
+        let mut ids: Vec<u64> = at.iter().flat_map(named).collect();
+        let count = ids.len();
         ids.sort_unstable();
         ids.dedup();
-        let fresh = |id: &u64| *id != 0 && self.peer(*id).is_none();
-        if new_peer_ids.len() != self.peers.len() || ids.len() != self.peers.len() || !ids.iter().all(fresh) {
-            return bad("a split needs one new, distinct peer id per replica");
+        let fresh = |id: &u64| ![0, SYSTEM_REGION_ID, self.id].contains(id) && self.peer(*id).is_none();
+        if at.iter().any(|a| a.new_peer_ids.len() != self.peers.len()) || ids.len() != count || !ids.iter().all(fresh) {
+            return bad("a split needs a new region id and one new peer id per replica, all distinct");
         }
         let epoch = Epoch {
             conf_ver: self.epoch.conf_ver,
             version: self.epoch.version + 1,
         };
-        let right = Region {
-            id: new_id,
-            start: key.to_vec(),
-            end: self.end.clone(),
+        let ends = at.iter().skip(1).map(|a| a.key.clone()).chain([self.end.clone()]);
+        let made = at.iter().zip(ends).map(|(a, end)| Region {
+            id: a.new_region_id,
+            start: a.key.clone(),
+            end,
             epoch,
-            peers: (self.peers.iter().zip(new_peer_ids))
+            peers: (self.peers.iter().zip(&a.new_peer_ids))
                 .map(|(p, &id)| PeerMeta { id, ..*p })
                 .collect(),
-        };
+        });
         let left = Region {
-            end: key.to_vec(),
+            end: at[0].key.clone(),
             epoch,
             ..self.clone()
         };
-        Ok((left, right))
+        Ok(std::iter::once(left).chain(made).collect())
     }
 }
+
+/// Where a split cuts a region, and the ids of the region it starts there.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SplitAt {
+    pub key: Vec<u8>,
+    pub new_region_id: u64,
+    /// Raft ids of the new region's replicas, in the split region's peer order.
+    pub new_peer_ids: Vec<u64>,
+}
+
+/// Regions one split makes at most (a region far over its size limits splits into several).
+pub const SPLITS_MAX: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -187,6 +212,64 @@ mod tests {
             r.check_range(b"b", b"").is_err(),
             "unbounded end outside a bounded region"
         );
+    }
+
+    // Proves a split at several keys makes regions that tile the old range in key order, all
+    // one version up, each new one on the old one's (node, shard)s under its own ids; and that
+    // keys out of order, at the start, or ids reused or missing are refused.
+    #[test]
+    fn a_split_tiles_the_range_or_is_refused() {
+        let mut r = region(b"b", b"m");
+        r.id = 5;
+        r.peers = vec![
+            PeerMeta {
+                id: 11,
+                node: 1,
+                shard: 0,
+            },
+            PeerMeta {
+                id: 12,
+                node: 2,
+                shard: 1,
+            },
+        ];
+        let at = |key: &[u8], id: u64| SplitAt {
+            key: key.to_vec(),
+            new_region_id: id,
+            new_peer_ids: vec![id + 1, id + 2],
+        };
+        let made = r.split(&[at(b"d", 20), at(b"h", 30)]).unwrap();
+        let ranges: Vec<(&[u8], &[u8])> = made.iter().map(|m| (&m.start[..], &m.end[..])).collect();
+        assert_eq!(ranges, vec![(&b"b"[..], &b"d"[..]), (b"d", b"h"), (b"h", b"m")]);
+        assert!(made.iter().all(|m| m.epoch.version == r.epoch.version + 1));
+        assert_eq!(
+            made[2].peers,
+            vec![
+                PeerMeta {
+                    id: 31,
+                    node: 1,
+                    shard: 0
+                },
+                PeerMeta {
+                    id: 32,
+                    node: 2,
+                    shard: 1
+                }
+            ]
+        );
+        for bad in [
+            vec![at(b"h", 20), at(b"d", 30)],
+            vec![at(b"b", 20)],
+            vec![at(b"d", 20), at(b"h", 20)],
+            vec![at(b"d", 10)],
+            vec![SplitAt {
+                new_peer_ids: vec![21],
+                ..at(b"d", 20)
+            }],
+            vec![],
+        ] {
+            assert!(matches!(r.split(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
     }
 
     // Proves a stale epoch is refused with the current region attached.

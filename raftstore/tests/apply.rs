@@ -298,10 +298,11 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
 }
 
 // Proves the split check measures a region's data (bytes and keys, nothing outside it) and,
-// only once it is over a limit, picks a key strictly inside it with about half of the bytes
-// below: within 1/64 of the limit of the middle.
+// only once it is over a limit, picks keys strictly inside it that cut it into as many parts
+// of about equal bytes as the limits need: its middle when two do, each within 1/64 of the
+// limit (plus a key) of its target.
 #[test]
-fn a_split_check_finds_the_middle_of_a_region_over_its_limit() {
+fn a_split_check_cuts_a_region_over_its_limits_into_equal_parts() {
     let cache = SharedBlockCache::new(8 << 20);
     let dir = tempfile::tempdir().unwrap();
     let kv = KvEngine::open(dir.path(), &KvConfig::default(), &cache).unwrap();
@@ -335,15 +336,21 @@ fn a_split_check_finds_the_middle_of_a_region_over_its_limit() {
     apply::apply(&kv, &r, &entries).unwrap();
     let (bytes, keys) = (200 * 104 + 101, 201);
     let small = split_check::check(&kv, &r, 1 << 20, 1_000).unwrap();
-    assert_eq!((small.bytes, small.keys, small.split_key), (bytes, keys, None));
+    assert_eq!((small.bytes, small.keys, small.split_keys.len()), (bytes, keys, 0));
     let by_keys = split_check::check(&kv, &r, 1 << 20, 100).unwrap();
-    assert!(by_keys.split_key.is_some(), "over the key limit");
-    let by_bytes = split_check::check(&kv, &r, 10_000, 1_000).unwrap();
-    let key = by_bytes.split_key.expect("over the byte limit");
-    assert!(r.contains(&key) && key != r.start, "{key:?}");
-    let below: u64 = 101 + 104 * String::from_utf8(key[1..].to_vec()).unwrap().parse::<u64>().unwrap();
-    assert!(
-        below.abs_diff(bytes / 2) <= 10_000 / 64 + 104,
-        "{below} of {bytes} below {key:?}"
-    );
+    assert_eq!(by_keys.split_keys.len(), 2, "201 keys, at most 100 a part: 3 parts");
+    // Bytes below key "cNNN".
+    let below = |key: &[u8]| 101 + 104 * String::from_utf8(key[1..].to_vec()).unwrap().parse::<u64>().unwrap();
+    let halves = split_check::check(&kv, &r, 15_000, 1_000).unwrap().split_keys;
+    assert_eq!(halves.len(), 1, "over the byte limit: 2 parts");
+    assert!(r.contains(&halves[0]) && halves[0] != r.start);
+    assert!(below(&halves[0]).abs_diff(bytes / 2) <= 15_000 / 64 + 104, "{halves:?}");
+    // Far over: six parts of about a sixth each, in key order.
+    let sixths = split_check::check(&kv, &r, 4_000, 1_000).unwrap().split_keys;
+    assert_eq!(sixths.len(), 5, "{sixths:?}");
+    for (n, key) in sixths.iter().enumerate() {
+        let target = bytes * (n as u64 + 1) / 6;
+        assert!(below(key).abs_diff(target) <= 4_000 / 64 + 104, "part {n}: {key:?}");
+    }
+    assert!(sixths.windows(2).all(|w| w[0] < w[1]));
 }

@@ -107,7 +107,7 @@ impl Default for PlacementSection {
     }
 }
 
-/// `[split]`: a region splits at its middle when its data grows past a size or a key count
+/// `[split]`: a region splits into equal parts when its data grows past a size or a key count
 /// (TiKV's split checker; its defaults).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -491,9 +491,9 @@ impl Shard {
             if was.is_none_or(|w| w.epoch != now.epoch) {
                 self.routing.upsert_region(region);
             }
-            // A region new here since the shard opened (a split made it, a snapshot brought
-            // it) may be over the size limits already.
-            if was.is_none() && self.ticks.get() > 0 {
+            // A region new or changed here since the shard opened (a split made it or cut it,
+            // a snapshot brought it) may be over the size limits still.
+            if was.is_none_or(|w| w.epoch != now.epoch) && self.ticks.get() > 0 {
                 self.due_for_split_check(id);
             }
             published.insert(id, now);
@@ -817,7 +817,7 @@ impl Shard {
             }
             Ok(Action::Split(key)) => {
                 let id = self.track(out, (client_id, op, started), None, true, 0);
-                glommio::spawn_local(Rc::clone(self).split(id, (region_id, epoch), key)).detach();
+                glommio::spawn_local(Rc::clone(self).split(id, (region_id, epoch), vec![key])).detach();
                 return Ok(());
             }
             Ok(Action::Write(cmd)) => {

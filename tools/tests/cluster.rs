@@ -246,9 +246,10 @@ fn ctl_splits_a_region_while_writes_go_on() {
 }
 
 // Proves regions split by size on their own: with `[split]` limits of 32 KiB, 100 KiB written
-// into one region while the client writes on splits it into at least four (both sides of each
-// split are measured again, so the halving goes on after the writes stop), every key reads
-// back in one scan across them, and the split checker's counter says it did it.
+// into one region while the client writes on splits it into at least four parts (a region far
+// over splits into several at once, and every part is measured again after its split, so the
+// splitting goes on after the writes stop), every key reads back in one scan across them, and
+// the split checker's counter says it did it.
 #[test]
 fn a_region_grown_past_its_limit_splits_on_its_own() {
     let t = start_with("[split]\nregion_max_bytes = 32768\ncheck_after_written_bytes = 8192\n");
@@ -269,8 +270,7 @@ fn a_region_grown_past_its_limit_splits_on_its_own() {
         let starts = regions(t).into_iter().map(|i| i.region.start);
         starts.filter(|s| r.contains(s) && *s != r.start).count()
     };
-    // 100 KiB halves until each part is under 32 KiB: four parts, three splits, the last ones
-    // after the writes stopped (each side of a split is measured again).
+    // 100 KiB ends in parts under 32 KiB: four at least.
     while inside(&t) < 3 {
         assert!(Instant::now() < deadline, "no split within 30 s: {:?}", regions(&t));
         std::thread::sleep(Duration::from_millis(200));
@@ -280,7 +280,7 @@ fn a_region_grown_past_its_limit_splits_on_its_own() {
     let rows = t.with_client(move |c| async move { Ok(c.scan(&start, &end, 2000, false).await?) });
     assert_eq!(rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), keys);
     let splits: f64 = (1..=3).map(|n| metric(&t, n, "corekv_splits_by_size_total")).sum();
-    assert!(splits >= 3.0, "{splits} splits counted");
+    assert!(splits >= 1.0, "{splits} splits counted");
 }
 
 // Proves a split cut short by kill -9 of the region leader's node (the split asked for, the

@@ -439,9 +439,11 @@ impl Sim {
         let mut core = self.shards[&addr].core.borrow_mut();
         let region = core.region(region_id).ok_or(Error::RegionNotFound(region_id))?.clone();
         let split = Command::Split {
-            split_key: key.to_vec(),
-            new_region_id: first_id,
-            new_peer_ids: (1..=region.peers.len() as u64).map(|k| first_id + k).collect(),
+            splits: vec![crate::region::SplitAt {
+                key: key.to_vec(),
+                new_region_id: first_id,
+                new_peer_ids: (1..=region.peers.len() as u64).map(|k| first_id + k).collect(),
+            }],
         };
         split.check(&region)?;
         core.propose(id, region_id, region.epoch, split);

@@ -1,6 +1,6 @@
 //! Region splits on a node: asked for by a client (`Op::Split`), or by the region's size (the
 //! split checker: a region's leader measures it once enough was written to it since its last
-//! check, off the shard's thread, and splits it at its middle once it grew past `[split]`'s
+//! check, off the shard's thread, and splits it into equal parts once it grew past `[split]`'s
 //! limits). Either way the new ids come from the placement service and the split goes through
 //! the region's log.
 //!
@@ -13,7 +13,7 @@ use std::time::Duration;
 use corekv_netio::msg::WireError;
 use corekv_netio::{Client, ClientConfig};
 use corekv_raftstore::split_check::{self, SplitCheck};
-use corekv_raftstore::{Command, Epoch, RequestId};
+use corekv_raftstore::{Command, Epoch, RequestId, SplitAt};
 
 use super::Shard;
 
@@ -21,10 +21,10 @@ use super::Shard;
 const PLACEMENT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Shard {
-    /// Splits `region_id` at `key` for request `id` (tracked): one new region id and one peer id
-    /// per replica from the placement service, then the split proposed at the request's epoch
-    /// (answered once applied, or refused by the core).
-    pub(super) async fn split(self: Rc<Self>, id: RequestId, (region_id, epoch): (u64, Epoch), key: Vec<u8>) {
+    /// Splits `region_id` at `keys` (ascending) for request `id`: per new region one region id
+    /// and one peer id per replica from the placement service, then the split proposed at the
+    /// request's epoch (answered once applied, or refused by the core).
+    pub(super) async fn split(self: Rc<Self>, id: RequestId, (region_id, epoch): (u64, Epoch), keys: Vec<Vec<u8>>) {
         let replicas = self
             .engines
             .core
@@ -34,18 +34,26 @@ impl Shard {
         let Some(replicas) = replicas else {
             return self.answer(id, Err(self.not_here(region_id)));
         };
-        let first = match self.placement_client().alloc_ids(replicas as u32 + 1).await {
+        let per_region = replicas + 1;
+        let count = (keys.len() as u64 * per_region) as u32;
+        let first = match self.placement_client().alloc_ids(count).await {
             Ok(first) => first,
             Err(e) => {
                 let reason = format!("no ids for the split from the placement service: {e}");
                 return self.answer(id, Err(WireError::ServerBusy { reason }));
             }
         };
-        let split = Command::Split {
-            split_key: key,
-            new_region_id: first,
-            new_peer_ids: (1..=replicas).map(|k| first + k).collect(),
-        };
+        let splits = (keys.into_iter().zip(0..))
+            .map(|(key, n)| {
+                let base = first + n * per_region;
+                SplitAt {
+                    key,
+                    new_region_id: base,
+                    new_peer_ids: (1..=replicas).map(|k| base + k).collect(),
+                }
+            })
+            .collect();
+        let split = Command::Split { splits };
         self.metrics.proposals.inc();
         self.engines.core.borrow_mut().propose(id, region_id, epoch, split);
         self.kick();
@@ -82,7 +90,7 @@ impl Shard {
     }
 
     /// Measures one region that had `check_after_written_bytes` written to it since its last
-    /// check (if no check runs now and this shard still leads it), and splits it at its middle
+    /// check (if no check runs now and this shard still leads it), and splits it into equal parts
     /// if it grew past the limits. The split is the node's own request: nobody waits for it.
     pub(super) fn check_split(self: &Rc<Self>) {
         let limits = &self.cfg.split;
@@ -108,22 +116,22 @@ impl Shard {
             shard.split_checking.set(false);
             match checked {
                 Ok(SplitCheck {
-                    split_key: Some(key),
+                    split_keys,
                     bytes,
                     keys,
-                }) => {
+                }) if !split_keys.is_empty() => {
+                    let parts = split_keys.len() + 1;
                     tracing::info!(
                         region = region.id,
                         bytes,
                         keys,
-                        "region grew past its limits: splitting it at its middle"
+                        parts,
+                        "region grew past its limits: splitting it"
                     );
                     shard.metrics.size_splits.inc();
                     let id = shard.next_request_id();
-                    Rc::clone(&shard).split(id, (region.id, region.epoch), key).await;
-                    // Both sides are measured again (the new one as it appears here): a
-                    // region far over the limits halves until each part is under them.
-                    shard.due_for_split_check(region.id);
+                    // Every part is measured again once the split applied (`publish`).
+                    shard.split(id, (region.id, region.epoch), split_keys).await;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(region = region.id, error = %e, "split check failed"),
