@@ -329,6 +329,14 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region, appli
         return Err(bad("the hard state commits past the log"));
     }
     let mut restored = empty(truncated);
+    // Applied entries were committed (raft-rs hands out no other), but the loop applies entries
+    // committed in an earlier iteration BEFORE this iteration's log append, which carries the
+    // hard state with that commit index: a crash in between leaves the KV engine applied past
+    // the logged commit index (the entries themselves are in the log). The commit index is at
+    // least what was applied.
+    if applied > restored.hard_state.commit && applied <= last.max(truncated.0) {
+        restored.hard_state.commit = applied;
+    }
     // Applied entries stay on disk: only their terms, as runs.
     let unloaded_to = applied.min(last);
     for index in first..=unloaded_to {
