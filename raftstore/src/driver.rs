@@ -132,10 +132,9 @@ impl<D: Disk> Engines<D> {
         }
         send(rd.messages);
         stats.entries_fetched = self.fetch_entries().await?;
-        for region in rd.generate_snapshots {
+        for region_id in rd.generate_snapshots {
             let dir = self.snap_dir.clone();
-            let region_id = region.id;
-            match self.kv.offload(move |kv| snapshot::generate(kv, &region, &dir)).await {
+            match self.kv.offload(move |kv| snapshot::generate(kv, region_id, &dir)).await {
                 Ok((applied, data)) => {
                     self.core.borrow_mut().on_snapshot_generated(region_id, applied, data);
                     stats.snapshots_generated += 1;

@@ -153,7 +153,7 @@ pub struct ShardReady {
     pub apply: Vec<ApplyTask>,
     /// Regions whose leader must send a snapshot: generate one from the KV engine and hand
     /// it to [`RaftCore::on_snapshot_generated`].
-    pub generate_snapshots: Vec<Region>,
+    pub generate_snapshots: Vec<u64>,
     /// Snapshots received from leaders: install into the KV engine BEFORE `log_batch` is
     /// written (it already holds the log's side of the install), then report the applied
     /// index with `on_applied(region, index, vec![])` after `on_persisted`.
@@ -311,14 +311,15 @@ impl Peer {
     /// The region changed under the reads waiting here (a split): their keys may belong to
     /// another region now, whose replica here may lag. They fail, to be sent again.
     fn fail_reads(&mut self, responses: &mut Vec<Response>) {
+        let error = Error::EpochNotMatch {
+            request: Epoch::default(),
+            current: Box::new(self.region.clone()),
+        };
         let ids = (self.reads.drain(..).map(|r| r.1)).chain(std::mem::take(&mut self.reads_in_flight).into_keys());
-        for id in ids.collect::<Vec<_>>() {
-            let error = Error::EpochNotMatch {
-                request: Epoch::default(),
-                current: Box::new(self.region.clone()),
-            };
-            responses.push(Response::Failed { id, error });
-        }
+        responses.extend(ids.map(|id| Response::Failed {
+            id,
+            error: error.clone(),
+        }));
     }
 
     /// A confirmed ReadIndex: the read it answers waits for apply to reach `index`. Only reads
@@ -892,7 +893,7 @@ impl RaftCore {
             // One snapshot per applied index: another made at the same index would be other
             // files under the same name, under streams still reading the first.
             if peer.raw.store().take_snapshot_request() && peer.raw.store().snapshot_index() != Some(peer.applied) {
-                out.generate_snapshots.push(peer.region.clone());
+                out.generate_snapshots.push(peer.region.id);
             }
             if peer.raw.mut_store().take_unlogged() {
                 log_split_born(&mut out.log_batch, peer.region.id);
@@ -980,13 +981,11 @@ impl RaftCore {
             applied <= peer.raw.raft.raft_log.persisted.max(peer.raw.store().truncated().0),
             "applied <= persisted"
         );
-        let splits: Vec<(Region, Vec<Region>)> = (outcomes.iter())
-            .filter_map(|(_, _, o)| match o {
-                Some(Ok(Outcome::Split { left, new })) => Some((left.clone(), new.clone())),
-                _ => None,
-            })
-            .collect();
+        let mut splits: Vec<(Region, Vec<Region>)> = Vec::new();
         for (index, term, outcome) in outcomes {
+            if let Some(Ok(Outcome::Split { left, new })) = &outcome {
+                splits.push((left.clone(), new.clone()));
+            }
             while let Some(w) = peer.writes.front() {
                 if w.index > index {
                     break;

@@ -164,16 +164,16 @@ pub fn clear_unfinished(snap_dir: &Path) {
     }
 }
 
-/// Builds a snapshot of `region` from ONE consistent view of the KV engine: SST files of its
-/// range for every data CF in `gen_dir`, the applied index read from that same view (so data
-/// and index agree). Returns the applied index and the metadata raft carries. The region's
+/// Builds a snapshot of region `region_id` from ONE consistent view of the KV engine: SST files
+/// of its range for every data CF in `gen_dir`, the applied index and the region's state read
+/// from that same view (so data, index and range agree). Returns the applied index and the metadata raft carries. The region's
 /// older snapshot files are removed (a stream still sending one fails: its snapshot was stale,
 /// which is why this one is made). Slow (scans and checksums the region): off the shard.
-pub fn generate(kv: &KvEngine, region: &Region, snap_dir: &Path) -> Result<(u64, Vec<u8>)> {
+pub fn generate(kv: &KvEngine, region_id: u64, snap_dir: &Path) -> Result<(u64, Vec<u8>)> {
     let view = kv.snapshot();
-    let applied = apply::applied_index_in(&view, region.id)?;
-    let state = apply::region_state_in(&view, region.id)?;
-    let region = &apply::decode_region(region.id, &state)?;
+    let applied = apply::applied_index_in(&view, region_id)?;
+    let state = apply::region_state_in(&view, region_id)?;
+    let region = &apply::decode_region(region_id, &state)?;
     clear_older(snap_dir, "gen", region.id, applied.saturating_add(1));
     let dir = gen_dir(snap_dir, region.id, applied);
     let exports = view.export_ssts(&dir, &SNAPSHOT_CFS, &data_range(region)?)?;

@@ -178,7 +178,7 @@ fn staged_snapshot_is_finished_on_restart() {
     apply::apply(&a, &r, &entries).unwrap();
     let a_snaps = snaps.path().join("a");
     let b_snaps = snaps.path().join("b");
-    let (applied, data) = snapshot::generate(&a, &r, &a_snaps).unwrap();
+    let (applied, data) = snapshot::generate(&a, r.id, &a_snaps).unwrap();
     assert_eq!(applied, 3);
     let meta = SnapshotMeta::decode(r.id, 3, &data).unwrap();
     assert!(!meta.files.is_empty());

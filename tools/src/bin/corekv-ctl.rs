@@ -330,17 +330,12 @@ async fn split(cfg: ClientConfig, key: &[u8], enc: Encoding, json: bool) -> Resu
     let started = Instant::now();
     client.split_region(key).await?;
     let ms = started.elapsed().as_millis() as u64;
-    let (left, right) = loop {
-        client.refresh().await?;
-        let regions = client.regions();
+    let both = |regions: &[RegionInfo]| {
         let side = |f: &dyn Fn(&RegionInfo) -> bool| regions.iter().find(|r| f(r)).map(|r| r.region.clone());
-        if let (Some(l), Some(r)) = (side(&|r| r.region.end == key), side(&|r| r.region.start == key)) {
-            break (l, r);
-        }
-        if started.elapsed() > wait {
-            bail!("the split is applied on the region's leader, but no node reports both regions yet: `corekv-ctl region list` shows them shortly");
-        }
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+        side(&|r| r.region.end == key).zip(side(&|r| r.region.start == key))
+    };
+    let Some((left, right)) = await_views(&client, started + wait, both).await? else {
+        bail!("the split is applied on the region's leader, but no node reports both regions yet: `corekv-ctl region list` shows them shortly");
     };
     let (l, r, version) = (left.id, right.id, right.epoch.version);
     if json {
@@ -372,20 +367,38 @@ async fn transfer_leader(cfg: ClientConfig, id: u64, to_store: u64, json: bool) 
     };
     let started = Instant::now();
     client.transfer_leader(id, to_store).await?;
+    let led = |regions: &[RegionInfo]| {
+        let info = regions.iter().find(|r| r.region.id == id)?;
+        (info.leader.map(|l| l.node) == Some(to_store)).then_some(info.term)
+    };
+    let handed = await_views(&client, started + wait, led).await?;
+    let ms = started.elapsed().as_millis() as u64;
+    let Some(term) = handed else {
+        let now = leader(&client).and_then(|l| l.0);
+        let now = now.map_or("no known leader".to_string(), |n| format!("led by store {n}"));
+        bail!("region {id}: the handover to store {to_store} started, but after {ms} ms the region is {now} (the target fell behind or lost touch): try again");
+    };
+    let value = json!({"region": id, "leader_store": to_store, "term": term, "ms": ms});
+    Ok(match json {
+        true => Printed::json(value),
+        false => Printed::ok(handover_text(&value, from)),
+    })
+}
+
+/// Refreshes the nodes' views every 50 ms until `seen` finds in them what it looks for, or
+/// `deadline` passes (`None`).
+async fn await_views<T>(
+    client: &Client,
+    deadline: Instant,
+    seen: impl Fn(&[RegionInfo]) -> Option<T>,
+) -> Result<Option<T>> {
     loop {
         client.refresh().await?;
-        let (now, term) = leader(&client).unwrap_or((None, 0));
-        let ms = started.elapsed().as_millis() as u64;
-        if now == Some(to_store) {
-            let value = json!({"region": id, "leader_store": to_store, "term": term, "ms": ms});
-            return Ok(match json {
-                true => Printed::json(value),
-                false => Printed::ok(handover_text(&value, from)),
-            });
+        if let Some(found) = seen(&client.regions()) {
+            return Ok(Some(found));
         }
-        if started.elapsed() > wait {
-            let now = now.map_or("no known leader".to_string(), |n| format!("led by store {n}"));
-            bail!("region {id}: the handover to store {to_store} started, but after {ms} ms the region is {now} (the target fell behind or lost touch): try again");
+        if Instant::now() > deadline {
+            return Ok(None);
         }
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
