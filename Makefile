@@ -22,7 +22,7 @@ storage-demo:
 test:
 	$(CARGO) test --workspace --locked
 
-## chaos: faults (kill -9, pauses, partitions, packet loss, full disk, splits, leader transfers) against a 3-node cluster in a private network namespace, then a linearizability check (root; a few minutes)
+## chaos: faults (kill -9, pauses, partitions, packet loss, full disk, splits, leader transfers, replica moves between shards) against a 3-node cluster in a private network namespace, then a linearizability check (root; a few minutes)
 chaos:
 	$(CARGO) build --release --locked -p corekv-tools
 	$(CARGO) run --release --locked -q -p corekv-tools --bin corekv-chaos -- --duration-secs $(or $(CHAOS_SECS),180) $(if $(SEED),--seed $(SEED))

@@ -21,6 +21,8 @@ pub struct WirePeer {
     pub id: u64,
     pub node: u64,
     pub shard: u32,
+    /// 0 voter, 1 learner, 2 incoming voter, 3 demoting voter (a joint membership).
+    pub role: u8,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -133,6 +135,26 @@ pub enum Op {
     Split {
         split_key: Vec<u8>,
     },
+    /// One step of a membership change of the region (`corekv-ctl region add-peer` and
+    /// `remove-peer` compose them). `Done` once applied.
+    ChangePeer {
+        change: WirePeerChange,
+    },
+}
+
+/// One step of a membership change: adding a voter is add learner, then promote; removing
+/// one is demote, then remove.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WirePeerChange {
+    /// A new replica on `store`'s shard `shard`, as a learner (its peer id from the placement
+    /// service).
+    AddLearner { store: u64, shard: u32 },
+    /// A learner becomes a voter (refused while it lags).
+    Promote { peer_id: u64 },
+    /// A voter (not the leader) becomes a learner.
+    Demote { peer_id: u64 },
+    /// A learner leaves the region; its replica is destroyed.
+    Remove { peer_id: u64 },
 }
 
 impl Op {
@@ -158,7 +180,7 @@ impl Op {
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 20] = [
+pub const OP_NAMES: [&str; 21] = [
     "get",
     "batch_get",
     "scan",
@@ -179,6 +201,7 @@ pub const OP_NAMES: [&str; 20] = [
     "put_store",
     "transfer_leader",
     "split",
+    "change_peer",
 ];
 
 impl ArchivedOp {
@@ -205,6 +228,7 @@ impl ArchivedOp {
             ArchivedOp::PutStore { .. } => 17,
             ArchivedOp::TransferLeader { .. } => 18,
             ArchivedOp::Split { .. } => 19,
+            ArchivedOp::ChangePeer { .. } => 20,
         }
     }
 }
@@ -499,6 +523,11 @@ pub struct RaftEnvelope {
     pub to: WirePeer,
     /// A raft-rs `eraftpb::Message` in its protobuf encoding.
     pub message: Vec<u8>,
+    /// The sender's region epoch.
+    pub epoch: WireEpoch,
+    /// 0: a raft message; 1: "am I still a replica?"; 2: "you were removed" (then `message`
+    /// is empty).
+    pub check: u8,
 }
 
 /// One bounded piece of a snapshot stream (see raftstore's `snapshot_chunks`): `bytes` belong

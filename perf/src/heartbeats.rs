@@ -99,11 +99,7 @@ fn heartbeat(i: u64, n: u64, round: u64) -> RegionHeartbeat {
         }
     };
     let peers: Vec<PeerMeta> = (1..=3)
-        .map(|node| PeerMeta {
-            id: (i + 2) * 1000 + node,
-            node,
-            shard: (i % 2) as u32,
-        })
+        .map(|node| PeerMeta::voter((i + 2) * 1000 + node, node, (i % 2) as u32))
         .collect();
     RegionHeartbeat {
         region: Region {

@@ -21,14 +21,16 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::keys::{self, data_key, MetaKind, HARD_STATE_KEY, TRUNCATED_KEY};
-use crate::region::{Epoch, PeerMeta, Region};
-use crate::storage::{PeerStorage, RestoredLog, SPLIT_INIT_INDEX};
+use crate::region::{Epoch, PeerMeta, PeerRole, Region};
+use crate::storage::{conf_state, PeerStorage, RestoredLog, SPLIT_INIT_INDEX};
 
 /// One applied entry: its index, term and (for commands) what it produced.
 pub type Applied = (u64, u64, Option<Result<Outcome>>);
 
-/// Applies `entries` (committed, durable, in order) of `region` to the KV engine. Returns the
-/// new applied index and one item per entry.
+/// Applies `entries` (committed, durable, in order) of `region` to the KV engine, as its
+/// replica `me`. Returns the new applied index and one item per entry applied: all of them, or
+/// up to the membership change that removes `me` (the replica is destroyed next; nothing after
+/// its removal is its business).
 ///
 /// An entry's own rejection (stale epoch, a key or value over its limit: the same on every
 /// replica) is that entry's outcome. A failure of the engine itself (a write or a read, e.g.
@@ -39,6 +41,7 @@ pub type Applied = (u64, u64, Option<Result<Outcome>>);
 pub fn apply(
     kv: &KvEngine,
     region: &Region,
+    me: u64,
     entries: &[Entry],
 ) -> std::result::Result<(u64, Vec<Applied>), ApplyFailure> {
     let mut results = Vec::with_capacity(entries.len());
@@ -57,19 +60,32 @@ pub fn apply(
             "committed entries arrive in order"
         );
         last = entry.index;
-        if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
-            // A new leader's empty entry, or a membership change (none are proposed yet).
+        let membership = entry.get_entry_type() == EntryType::EntryConfChangeV2;
+        if membership && entry.context.is_empty() {
+            // raft-rs leaving a joint membership on its own (an empty change).
+            let outcome = leave_joint(&mut batch, &region);
+            if let Some(Ok(Outcome::Membership { region: next, .. })) = &outcome {
+                region = std::borrow::Cow::Owned(next.clone());
+                sync = true;
+            }
+            results.push((entry.index, entry.term, outcome));
+            continue;
+        }
+        if !membership && (entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal) {
+            // A new leader's empty entry (or a change raft-rs refused, emptied).
             results.push((entry.index, entry.term, None));
             continue;
         }
-        let (epoch, cmd) = match Command::decode(&entry.data) {
+        // A membership change carries its command in the entry's context (the data is raft's).
+        let data = if membership { &entry.context } else { &entry.data };
+        let (epoch, cmd) = match Command::decode(data) {
             Ok(decoded) => decoded,
             Err(error) => {
                 let error = corrupt(region.id, format!("entry {}: {error}", entry.index));
                 return Err(ApplyFailure::new(results, written, error));
             }
         };
-        if let Err(e) = region.check_epoch(epoch) {
+        if let Err(e) = region.check_epoch_parts(epoch, cmd.epoch_check()) {
             results.push((entry.index, entry.term, Some(Err(e))));
             continue;
         }
@@ -90,11 +106,14 @@ pub fn apply(
             _ => None,
         };
         let outcome = execute(&mut batch, &region, cmd, current);
-        if let Ok(Outcome::Split { left, .. }) = &outcome {
-            region = std::borrow::Cow::Owned(left.clone());
+        if let Ok(Outcome::Split { left: next, .. } | Outcome::Membership { region: next, .. }) = &outcome {
+            region = std::borrow::Cow::Owned(next.clone());
             sync = true;
         }
         results.push((entry.index, entry.term, Some(outcome)));
+        if region.peer(me).is_none() {
+            break; // removed from the region
+        }
     }
     if last > 0 {
         if let Err(error) = finish(kv, batch, (region.id, last), sync) {
@@ -165,8 +184,27 @@ fn execute(batch: &mut WriteBatch, region: &Region, cmd: Command, current: Optio
             let left = regions.pop().expect("the split region comes first");
             return Ok(Outcome::Split { left, new });
         }
+        Command::ChangePeers { changes } => {
+            let region = region.change_peers(&changes)?;
+            batch.put(Cf::Meta, &keys::region_state_key(region.id), &encode_region(&region))?;
+            return Ok(Outcome::Membership { region, changes });
+        }
     }
     Ok(Outcome::Done)
+}
+
+/// Leaves `region`'s joint membership (nothing if it is not joint: the change that entered it
+/// was refused here, so raft-rs did not enter it either).
+fn leave_joint(batch: &mut WriteBatch, region: &Region) -> Option<Result<Outcome>> {
+    if !region.is_joint() {
+        return None;
+    }
+    let region = region.leave_joint();
+    let written = batch.put(Cf::Meta, &keys::region_state_key(region.id), &encode_region(&region));
+    Some(written.map_err(Error::from).map(|()| Outcome::Membership {
+        region,
+        changes: Vec::new(),
+    }))
 }
 
 /// Writes `batch` with the applied index it brings the region to (synced if `sync`).
@@ -199,6 +237,8 @@ pub fn record_installed(kv: &KvEngine, region: &Region, index: u64) -> Result<()
     let mut batch = kv.write_batch();
     batch.put(Cf::Meta, &keys::applied_key(region.id), &index.to_be_bytes())?;
     batch.put(Cf::Meta, &keys::region_state_key(region.id), &encode_region(region))?;
+    // A replica added again where it was removed once: its tombstone goes.
+    batch.delete(Cf::Meta, &keys::tombstone_key(region.id))?;
     kv.write(batch, true)?;
     Ok(())
 }
@@ -247,10 +287,14 @@ pub fn scan(
     Ok((rows, false))
 }
 
-/// Records a region this shard hosts (bootstrap, later splits and membership changes), synced.
-pub fn save_region(kv: &KvEngine, region: &Region) -> Result<()> {
+/// Records a replica of a region made at bootstrap: its state, and its log's start as a
+/// split's new regions have it (`SPLIT_INIT_INDEX`), so that the log of every region starts
+/// after index 5 and a replica added later is always caught up by a snapshot, never handed
+/// entries before it has the region's state. Synced.
+pub fn bootstrap_region(kv: &KvEngine, region: &Region) -> Result<()> {
     let mut batch = kv.write_batch();
     batch.put(Cf::Meta, &keys::region_state_key(region.id), &encode_region(region))?;
+    batch.put(Cf::Meta, &keys::applied_key(region.id), &SPLIT_INIT_INDEX.to_be_bytes())?;
     kv.write(batch, true)?;
     Ok(())
 }
@@ -269,31 +313,91 @@ fn corrupt(region_id: u64, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Every region recorded on this shard's KV engine, each decoded on its own: a corrupt record
-/// is that region's `Corruption`, not the shard's failure.
-pub fn load_regions(kv: &KvEngine) -> Result<Vec<Result<Region>>> {
+/// What a shard's KV engine records of its regions.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The replicas it holds, each decoded on its own: a corrupt record is that region's
+    /// `Corruption`, not the shard's failure.
+    pub regions: Vec<Result<Region>>,
+    /// Regions whose replica here was removed: (region id, its epoch then, the replica's
+    /// peer id; 0 when a restart finished the destroy) (`destroy`).
+    pub tombstones: Vec<(u64, Epoch, u64)>,
+}
+
+impl Recorded {
+    /// Nothing recorded: a shard that was never bootstrapped.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty() && self.tombstones.is_empty()
+    }
+}
+
+/// Every region recorded on this shard's KV engine.
+pub fn load_regions(kv: &KvEngine) -> Result<Recorded> {
     let rows = kv.scan(
         Cf::Meta,
         &keys::region_metas()?,
         corekv_storage::kv::Direction::Forward,
         usize::MAX,
     )?;
-    let mut regions = Vec::new();
+    let mut recorded = Recorded::default();
     for (key, value) in rows {
         match keys::parse_meta_key(&key) {
-            Some((id, MetaKind::RegionState)) => regions.push(decode_region(id, &value)),
+            Some((id, MetaKind::RegionState)) => recorded.regions.push(decode_region(id, &value)),
+            Some((id, MetaKind::Tombstone)) => {
+                let (epoch, peer_id) = decode_tombstone(id, &value)?;
+                recorded.tombstones.push((id, epoch, peer_id));
+            }
             Some((_, MetaKind::Applied)) => {}
             None => return Err(Error::Storage(format!("unknown key {key:?} among region states"))),
         }
     }
-    Ok(regions)
+    Ok(recorded)
+}
+
+/// Destroys this shard's replica `peer_id` of `region`, removed from it: its data is cleared,
+/// and its state and applied index give way to a tombstone holding its epoch and peer id, in
+/// one synced batch (messages of that epoch or older, or to that peer or an older one, cannot
+/// bring it back). Its raft log is cleaned AFTER this (`LogBatch::clean`): a crash in between
+/// leaves a tombstone and a log the restart cleans.
+pub fn destroy(kv: &KvEngine, region: &Region, peer_id: u64) -> Result<()> {
+    let mut batch = kv.write_batch();
+    if region.is_initialized() {
+        let range = keys::data_range(region)?;
+        let end = range.end().expect("data ranges are bounded by the prefix");
+        for cf in [Cf::Default, Cf::Lock, Cf::Write] {
+            batch.delete_range(cf, range.start(), end)?;
+        }
+    }
+    batch.delete(Cf::Meta, &keys::applied_key(region.id))?;
+    batch.delete(Cf::Meta, &keys::region_state_key(region.id))?;
+    let fields = [region.epoch.conf_ver, region.epoch.version, peer_id];
+    batch.put(
+        Cf::Meta,
+        &keys::tombstone_key(region.id),
+        &fields.map(u64::to_be_bytes).concat(),
+    )?;
+    kv.write(batch, true)?;
+    Ok(())
+}
+
+fn decode_tombstone(region_id: u64, bytes: &[u8]) -> Result<(Epoch, u64)> {
+    let field = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    match (bytes.len(), field(0), field(8), field(16)) {
+        (24, Some(conf_ver), Some(version), Some(peer_id)) => Ok((Epoch { conf_ver, version }, peer_id)),
+        _ => Err(corrupt(region_id, "a tombstone of the wrong size")),
+    }
 }
 
 /// Restores a peer's raft storage from the log engine: its hard state, its truncation point,
 /// the entries after `applied` (which raft-rs will apply, and may read at any time) and only
 /// the terms of those at or below it (read back from the log engine if a follower needs them).
 pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region, applied: u64) -> Result<PeerStorage> {
-    let voters = region.peers.iter().map(|p| p.id).collect();
+    let conf = conf_state(region);
     let bad = |what: &str| corrupt(region.id, what.to_string());
     let hard_state = match log.state(region.id, HARD_STATE_KEY) {
         Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| bad(&format!("hard state: {e}")))?,
@@ -307,11 +411,16 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region, appli
         entries: Vec::new(),
     };
     let Some((first, last)) = log.span(region.id) else {
-        // Nothing ever logged: a bootstrap region, or one a split made (applied at the split's
+        // Nothing ever logged: a region made at bootstrap or by a split (applied at its log's
         // start, `SPLIT_INIT_INDEX`) before its first log write.
+        // Its starting state may be logged (a vote cast, a term seen) with no entry yet: kept.
+        let born_logged = log.state(region.id, TRUNCATED_KEY).is_some();
         return Ok(match applied {
-            SPLIT_INIT_INDEX => PeerStorage::split_born(voters),
-            _ => PeerStorage::restore(voters, empty((0, 0))),
+            SPLIT_INIT_INDEX if born_logged => {
+                PeerStorage::restore(conf, empty((SPLIT_INIT_INDEX, crate::storage::SPLIT_INIT_TERM)))
+            }
+            SPLIT_INIT_INDEX => PeerStorage::split_born(conf),
+            _ => PeerStorage::restore(conf, empty((0, 0))),
         });
     };
     let truncated = match log.state(region.id, TRUNCATED_KEY) {
@@ -358,7 +467,7 @@ pub async fn restore_storage<D: Disk>(log: &LogEngine<D>, region: &Region, appli
             })?;
         restored.entries = decode_entries(region.id, fetched)?;
     }
-    Ok(PeerStorage::restore(voters, restored))
+    Ok(PeerStorage::restore(conf, restored))
 }
 
 /// Log engine entries as raft entries, each checked against the index and term the engine
@@ -390,7 +499,8 @@ struct StoredRegion {
     end: Vec<u8>,
     conf_ver: u64,
     version: u64,
-    peers: Vec<(u64, u64, u32)>,
+    /// (id, node, shard, role code).
+    peers: Vec<(u64, u64, u32, u8)>,
 }
 
 /// `r` as its stored state (the `meta` CF's value, and what a snapshot carries).
@@ -401,7 +511,7 @@ pub fn encode_region(r: &Region) -> Vec<u8> {
         end: r.end.clone(),
         conf_ver: r.epoch.conf_ver,
         version: r.epoch.version,
-        peers: r.peers.iter().map(|p| (p.id, p.node, p.shard)).collect(),
+        peers: r.peers.iter().map(|p| (p.id, p.node, p.shard, p.role.code())).collect(),
     };
     rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
         .expect("in memory")
@@ -420,6 +530,15 @@ pub fn decode_region(id: u64, bytes: &[u8]) -> Result<Region> {
             format!("a state of region {} with {} peers", s.id, s.peers.len()),
         ));
     }
+    let peer = |(peer_id, node, shard, role): (u64, u64, u32, u8)| {
+        let role = PeerRole::from_code(role).ok_or_else(|| corrupt(id, format!("a peer of role {role}")))?;
+        Ok(PeerMeta {
+            id: peer_id,
+            node,
+            shard,
+            role,
+        })
+    };
     Ok(Region {
         id: s.id,
         start: s.start,
@@ -428,10 +547,6 @@ pub fn decode_region(id: u64, bytes: &[u8]) -> Result<Region> {
             conf_ver: s.conf_ver,
             version: s.version,
         },
-        peers: s
-            .peers
-            .into_iter()
-            .map(|(id, node, shard)| PeerMeta { id, node, shard })
-            .collect(),
+        peers: s.peers.into_iter().map(peer).collect::<Result<_>>()?,
     })
 }

@@ -6,7 +6,7 @@
 use rkyv::rancor;
 
 use crate::error::{Error, Result};
-use crate::region::{Epoch, Region, SplitAt};
+use crate::region::{Epoch, EpochCheck, PeerChange, Region, SplitAt};
 
 /// Largest key a command may carry.
 pub const KEY_BYTES_MAX: usize = 4 << 10;
@@ -45,6 +45,12 @@ pub enum Command {
     Split {
         splits: Vec<SplitAt>,
     },
+    /// Admin: changes the region's membership (`Region::change_peers`). Proposed as a raft
+    /// membership change (this command rides in the entry's context), applied with the
+    /// region's new state in one synced write.
+    ChangePeers {
+        changes: Vec<PeerChange>,
+    },
 }
 
 /// What applying a command produced.
@@ -59,6 +65,12 @@ pub enum Outcome {
     Split {
         left: Region,
         new: Vec<Region>,
+    },
+    /// The region's membership is now `region`'s, after `changes` (none: a joint membership
+    /// was left).
+    Membership {
+        region: Region,
+        changes: Vec<PeerChange>,
     },
 }
 
@@ -104,7 +116,7 @@ impl Command {
             Command::DeleteRange { start, end } => (start.len() + end.len(), 1),
             Command::BatchPut { pairs } => (pairs.iter().map(|(k, v)| k.len() + v.len()).sum(), pairs.len()),
             Command::CompareAndSwap { key, new, .. } => (key.len() + new.as_ref().map_or(0, Vec::len), 1),
-            Command::Split { .. } => (0, 0),
+            Command::Split { .. } | Command::ChangePeers { .. } => (0, 0),
         };
         (bytes as u64, keys as u64)
     }
@@ -157,6 +169,16 @@ impl Command {
                 splits.iter().try_for_each(|s| check_bound(&s.key))?;
                 region.split(splits).map(|_| ())
             }
+            Command::ChangePeers { changes } => region.change_peers(changes).map(|_| ()),
+        }
+    }
+
+    /// The parts of its epoch this command depends on, at proposal and at apply.
+    pub fn epoch_check(&self) -> EpochCheck {
+        match self {
+            Command::Split { .. } => EpochCheck::Both,
+            Command::ChangePeers { .. } => EpochCheck::ConfVer,
+            _ => EpochCheck::Version,
         }
     }
 
@@ -235,6 +257,9 @@ mod tests {
                     new_region_id: 12,
                     new_peer_ids: vec![13, 14, 15],
                 }],
+            },
+            Command::ChangePeers {
+                changes: vec![PeerChange::Promote { id: 4 }, PeerChange::Demote { id: 5 }],
             },
         ] {
             assert_eq!(Command::decode(&cmd.encode(epoch)).unwrap(), (epoch, cmd));

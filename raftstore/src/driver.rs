@@ -77,12 +77,23 @@ pub struct LoopStats {
 
 impl<D: Disk> Engines<D> {
     /// Restores every peer the KV engine records from both engines (finishing a snapshot
-    /// install a crash cut short) into `core`. A region whose data is corrupt is stopped (the
-    /// others start); any other failure fails the whole restore.
+    /// install a crash cut short) into `core`, and the tombstones of removed ones (finishing a
+    /// destroy a crash cut short). A region whose data is corrupt is stopped (the others
+    /// start); any other failure fails the whole restore.
     pub async fn restore(mut core: RaftCore, log: LogEngine<D>, kv: KvEngine, snap_dir: PathBuf) -> Result<Engines<D>> {
         snapshot::clear_unfinished(&snap_dir);
-        for region in apply::load_regions(&kv)? {
+        let recorded = apply::load_regions(&kv)?;
+        for (region_id, epoch, peer_id) in recorded.tombstones {
+            core.add_tombstone(region_id, epoch, peer_id);
+        }
+        for region in recorded.regions {
             let restored = match region {
+                // Its removal applied here, the crash came before its destroy: finished now.
+                Ok(region) if !core.hosts(&region) => {
+                    apply::destroy(&kv, &region, 0)?;
+                    core.add_tombstone(region.id, region.epoch, 0);
+                    Ok(())
+                }
                 Ok(region) => Self::restore_peer(&mut core, &log, &kv, &snap_dir, region).await,
                 Err(e) => Err(e),
             };
@@ -107,9 +118,11 @@ impl<D: Disk> Engines<D> {
         region: crate::Region,
     ) -> Result<()> {
         let applied = apply::applied_index(kv, region.id)?;
-        let storage = apply::restore_storage(log, &region, applied).await?;
+        let mut storage = apply::restore_storage(log, &region, applied).await?;
         let truncated = storage.truncated().0;
         let (applied, region) = snapshot::finish_staged(kv, region, truncated, snap_dir)?;
+        // A snapshot finished now brings its region's membership: raft-rs starts from it.
+        storage.set_conf_state(crate::storage::conf_state(&region));
         core.add_peer(region, storage, applied)
     }
 
@@ -164,6 +177,15 @@ impl<D: Disk> Engines<D> {
                     staged.push(region.id);
                 }
             }
+        }
+        // Removed replicas: their data and state leave the KV engine (a tombstone stays) before
+        // the log batch cleans their logs.
+        for (region, peer_id) in &rd.destroy_regions {
+            until_space(&self.kv, &mut stats, "destroying a replica", || {
+                std::future::ready(apply::destroy(&self.kv, region, *peer_id))
+            })
+            .await?;
+            stats.region_changes += 1;
         }
         // Committed entries are ones this replica made durable in EARLIER iterations
         // (raft-rs hands out min(committed, persisted)): they are applied, and their clients
@@ -260,7 +282,7 @@ impl<D: Disk> Engines<D> {
             let mut region = std::borrow::Cow::Borrowed(&task.region);
             while !entries.is_empty() {
                 let t0 = Instant::now();
-                let result = apply::apply(&self.kv, &region, entries);
+                let result = apply::apply(&self.kv, &region, task.me, entries);
                 let t1 = Instant::now();
                 stats.apply += t1 - t0;
                 let (applied, outcomes, failure) = match result {
@@ -273,6 +295,9 @@ impl<D: Disk> Engines<D> {
                     debug_assert_eq!(applied, entries[done - 1].index);
                     let mut core = self.core.borrow_mut();
                     core.on_applied(task.region.id, applied, outcomes);
+                    if core.region(task.region.id).is_none() {
+                        break; // removed from the region and destroyed, or stopped
+                    }
                     if let Some(now) = core.region(task.region.id).filter(|r| r.epoch != region.epoch) {
                         region = std::borrow::Cow::Owned(now.clone());
                         stats.region_changes += 1;

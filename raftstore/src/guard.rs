@@ -17,7 +17,7 @@ use raft::{Raft, StateRole};
 
 use crate::raft_core::RaftMessage;
 use crate::region::Region;
-use crate::storage::PeerStorage;
+use crate::storage::{conf_state, PeerStorage};
 
 /// Why a message was refused (logged and counted by the shard; never sent back).
 pub type Refusal = &'static str;
@@ -111,20 +111,21 @@ fn check_snapshot(region: &Region, m: &Message) -> Result<(), Refusal> {
     if meta.index == 0 || meta.term == 0 || meta.term > m.term {
         return Err("a snapshot at an impossible index or term");
     }
-    let mut voters: Vec<u64> = region.peers.iter().map(|p| p.id).collect();
-    voters.sort_unstable();
-    let cs = meta.get_conf_state();
-    let mut theirs = cs.voters.clone();
-    theirs.sort_unstable();
-    if theirs != voters || !simple(cs) {
+    if !same_membership(meta.get_conf_state(), &conf_state(region)) {
         return Err("a snapshot whose membership is not the region's");
     }
     Ok(())
 }
 
-/// A configuration of voters only: no learners, not joint (none exist in this cluster yet).
-fn simple(cs: &ConfState) -> bool {
-    cs.learners.is_empty() && cs.voters_outgoing.is_empty() && cs.learners_next.is_empty() && !cs.auto_leave
+/// Whether two configurations have the same members in each role (in any order).
+fn same_membership(a: &ConfState, b: &ConfState) -> bool {
+    let sorted = |ids: &[u64]| {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids
+    };
+    let parts = |c: &ConfState| [&c.voters, &c.voters_outgoing, &c.learners, &c.learners_next].map(|ids| sorted(ids));
+    parts(a) == parts(b) && a.auto_leave == b.auto_leave
 }
 
 #[cfg(test)]
@@ -140,13 +141,7 @@ mod tests {
             start: Vec::new(),
             end: Vec::new(),
             epoch: Epoch::default(),
-            peers: (1..=3)
-                .map(|n| PeerMeta {
-                    id: n,
-                    node: n,
-                    shard: 0,
-                })
-                .collect(),
+            peers: (1..=3).map(|n| PeerMeta::voter(n, n, 0)).collect(),
         }
     }
 
@@ -171,7 +166,7 @@ mod tests {
             last_unloaded: 0,
             entries,
         };
-        let storage = PeerStorage::restore(vec![1, 2, 3], log);
+        let storage = PeerStorage::restore(conf_state(&region()), log);
         let cfg = raft::Config {
             id: 1,
             ..Default::default()
@@ -189,12 +184,14 @@ mod tests {
         };
         m.set_msg_type(kind);
         f(&mut m);
-        let peer = |id| PeerMeta { id, node: id, shard: 0 };
+        let peer = |id| PeerMeta::voter(id, id, 0);
         RaftMessage {
             region_id: 1,
             from: peer(2),
             to: peer(1),
             msg: m,
+            epoch: Epoch::default(),
+            check: crate::MemberCheck::None,
         }
     }
 

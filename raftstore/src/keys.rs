@@ -23,6 +23,7 @@ const SYSTEM_PREFIX: u8 = b's';
 const REGION_META_PREFIX: u8 = b'r';
 const APPLIED_SUFFIX: u8 = b'a';
 const REGION_SUFFIX: u8 = b'd';
+const TOMBSTONE_SUFFIX: u8 = b't';
 
 /// System key: the TSO's durable window end (ms, u64 big endian).
 pub const TSO_WINDOW_KEY: &[u8] = b"tso/window_end_ms";
@@ -92,11 +93,17 @@ pub fn region_state_key(region_id: u64) -> Vec<u8> {
     meta_key(region_id, REGION_SUFFIX)
 }
 
+/// `meta` CF key of the tombstone a removed replica leaves (the region's epoch at its removal).
+pub fn tombstone_key(region_id: u64) -> Vec<u8> {
+    meta_key(region_id, TOMBSTONE_SUFFIX)
+}
+
 /// What a `meta` CF key of a region holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKind {
     Applied,
     RegionState,
+    Tombstone,
 }
 
 /// The `meta` CF keys of every region, as a range.
@@ -113,6 +120,7 @@ pub fn parse_meta_key(key: &[u8]) -> Option<(u64, MetaKind)> {
     match key[9] {
         APPLIED_SUFFIX => Some((id, MetaKind::Applied)),
         REGION_SUFFIX => Some((id, MetaKind::RegionState)),
+        TOMBSTONE_SUFFIX => Some((id, MetaKind::Tombstone)),
         _ => None,
     }
 }
@@ -165,6 +173,7 @@ mod tests {
         for id in [1, 7, u64::MAX] {
             assert_eq!(parse_meta_key(&region_state_key(id)), Some((id, MetaKind::RegionState)));
             assert_eq!(parse_meta_key(&applied_key(id)), Some((id, MetaKind::Applied)));
+            assert_eq!(parse_meta_key(&tombstone_key(id)), Some((id, MetaKind::Tombstone)));
         }
         let mut odd = applied_key(3);
         *odd.last_mut().unwrap() = b'x';

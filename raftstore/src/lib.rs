@@ -13,6 +13,8 @@
 //!   region metadata in the `meta` CF, restoring a peer from the two engines. An I/O edge.
 //! - `cmd`: raw KV commands, their limits and their encoding in raft entries.
 //! - `region`: region metadata, key ranges and epochs; `keys`: every key encoding of both engines.
+//! - `membership`: membership changes as raft-rs sees them (joint for voters, simple for
+//!   learners), the checks before proposing one, and the "am I still a replica" questions.
 //! - `guard`: the checks every raft message from the network passes before raft-rs sees it.
 //! - `placement`: the placement service the system region's leader runs (the TSO, ids, stores,
 //!   the region directory).
@@ -28,7 +30,7 @@
 //!   the transport moves the chunks and reports the outcome (`RaftCore::report_snapshot`).
 //! - `split_check`: how much data a region holds and where to split it (the shard decides when).
 //!
-//! Not yet (next steps of this crate): membership changes, merges, proposal batching per region.
+//! Not yet (next steps of this crate): merges, proposal batching per region.
 
 pub mod apply;
 pub mod cmd;
@@ -37,6 +39,7 @@ pub mod error;
 pub mod guard;
 pub mod keys;
 pub mod linearizability;
+pub mod membership;
 pub mod placement;
 pub mod raft_core;
 pub mod region;
@@ -48,9 +51,13 @@ pub mod storage;
 
 pub use cmd::{Command, Outcome};
 pub use error::{Error, Result};
+pub use membership::MemberCheck;
 pub use raft_core::{
     batch_by_destination, Destination, RaftConfig, RaftCore, RaftMessage, ReadStats, RequestId, Response, ShardReady,
     TRANSFER_LAG_ENTRIES_MAX,
 };
-pub use region::{Epoch, PeerMeta, Region, SplitAt, FIRST_USER_REGION_ID, SPLITS_MAX, SYSTEM_REGION_ID};
+pub use region::{
+    Epoch, EpochCheck, PeerChange, PeerMeta, PeerRole, Region, SplitAt, FIRST_USER_REGION_ID, PEER_CHANGES_MAX,
+    SPLITS_MAX, SYSTEM_REGION_ID,
+};
 pub use storage::{Fetch, PeerStorage, RestoredLog};

@@ -25,9 +25,10 @@ use crate::cmd::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::guard;
 use crate::keys::{HARD_STATE_KEY, TRUNCATED_KEY};
-use crate::region::{Epoch, PeerMeta, Region};
+use crate::membership::{self, MemberCheck};
+use crate::region::{Epoch, EpochCheck, PeerMeta, PeerRole, Region};
 use crate::snapshot::SnapshotMeta;
-use crate::storage::{Fetch, PeerStorage, SPLIT_INIT_INDEX, SPLIT_INIT_TERM};
+use crate::storage::{conf_state, Fetch, PeerStorage, SPLIT_INIT_INDEX, SPLIT_INIT_TERM};
 
 /// Encodes a truncation point for `TRUNCATED_KEY`.
 pub fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
@@ -50,6 +51,12 @@ const UNINITIALIZED_TIMEOUTS: u64 = 10;
 
 /// Vote requests a shard keeps for regions a split is about to make here (`hold_early_vote`).
 const EARLY_VOTES_MAX: usize = 64;
+
+/// Election timeouts a replica hears from no leader before it asks the others whether it is
+/// still one (a replica removed while cut off learns it so, and is destroyed).
+const STALE_TIMEOUTS: u64 = 10;
+/// Membership answers (`MemberCheck`) queued at once; more wait for the asker's next question.
+const NOTICES_MAX: usize = 256;
 
 /// Senders an uninitialized replica remembers (to answer them) until its snapshot arrives.
 const UNINITIALIZED_SENDERS_MAX: usize = 8;
@@ -102,6 +109,10 @@ pub struct RaftMessage {
     pub from: PeerMeta,
     pub to: PeerMeta,
     pub msg: Message,
+    /// The sender's region epoch (a stale replica is told apart by it).
+    pub epoch: Epoch,
+    /// Not `None`: a membership question or answer instead of a raft message.
+    pub check: MemberCheck,
 }
 
 /// The answer to a request.
@@ -136,6 +147,8 @@ impl Response {
 #[derive(Debug)]
 pub struct ApplyTask {
     pub region: Region,
+    /// The replica applying them (this shard's peer id).
+    pub me: u64,
     pub entries: Vec<Entry>,
 }
 
@@ -158,6 +171,9 @@ pub struct ShardReady {
     /// written (it already holds the log's side of the install), then report the applied
     /// index with `on_applied(region, index, vec![])` after `on_persisted`.
     pub install_snapshots: Vec<(Region, Snapshot)>,
+    /// Replicas removed from their regions (the region, this shard's peer id): destroy each
+    /// in the KV engine (`apply::destroy`) BEFORE `log_batch` is written (it cleans their logs).
+    pub destroy_regions: Vec<(Region, u64)>,
 }
 
 /// What a request for a region without a live peer here is told (`stopped`: the core's).
@@ -197,6 +213,7 @@ impl ShardReady {
             && self.apply.is_empty()
             && self.generate_snapshots.is_empty()
             && self.install_snapshots.is_empty()
+            && self.destroy_regions.is_empty()
     }
 }
 
@@ -355,6 +372,52 @@ impl Peer {
         }
     }
 
+    /// A membership change applied (`changes`; none: a joint membership left): raft-rs's
+    /// configuration follows the region's, entry by entry.
+    /// `Err` (why) if raft-rs refuses it: its configuration and the region's would differ
+    /// from then on, so the region must stop here.
+    fn change_membership(
+        &mut self,
+        region: &Region,
+        changes: &[crate::region::PeerChange],
+    ) -> std::result::Result<(), String> {
+        debug_assert!(succeeds(&self.region, region), "epochs only grow");
+        let cc = membership::conf_change(changes);
+        self.raw.apply_conf_change(&cc).map_err(|e| {
+            format!("raft refused an applied membership change ({e}): its configuration and the region's differ")
+        })?;
+        self.region = region.clone();
+        if let Some(me) = region.peer(self.me.id) {
+            self.me = *me;
+        }
+        self.raw.mut_store().drop_snapshot();
+        Ok(())
+    }
+
+    /// A membership question or answer from this replica to `to`.
+    fn notice(&self, to: PeerMeta, check: MemberCheck) -> RaftMessage {
+        RaftMessage {
+            region_id: self.region.id,
+            from: self.me,
+            to,
+            msg: Message::default(),
+            epoch: self.region.epoch,
+            check,
+        }
+    }
+
+    /// Tells `msg`'s sender it was removed, if it was: it is no replica of this region, whose
+    /// state is newer than the one it sent from (a newer sender may be a replica added since
+    /// this one applied its own state: it is not answered).
+    fn answer_if_removed(&self, msg: &RaftMessage, out: &mut Vec<RaftMessage>) {
+        let removed = self.region.is_initialized()
+            && self.region.peer(msg.from.id).is_none()
+            && msg.epoch.conf_ver < self.region.epoch.conf_ver;
+        if removed && out.len() < NOTICES_MAX {
+            out.push(self.notice(msg.from, MemberCheck::Removed));
+        }
+    }
+
     fn wrap(&self, msgs: Vec<Message>, out: &mut Vec<RaftMessage>) {
         for msg in msgs {
             match self.region.peer(msg.to) {
@@ -363,6 +426,8 @@ impl Peer {
                     from: self.me,
                     to: *to,
                     msg,
+                    epoch: self.region.epoch,
+                    check: MemberCheck::None,
                 }),
                 None => tracing::warn!(
                     region = self.region.id,
@@ -386,6 +451,14 @@ fn log_split_born(batch: &mut LogBatch, region_id: u64) {
         &encode_truncated(SPLIT_INIT_INDEX, SPLIT_INIT_TERM),
     );
     batch.put_state(region_id, HARD_STATE_KEY, &hs.write_to_bytes().expect("in memory"));
+}
+
+/// Whether a message of this kind comes only from a leader.
+fn from_leader(kind: MessageType) -> bool {
+    matches!(
+        kind,
+        MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+    )
 }
 
 /// Whether `next` is `current` or a later state of the same region (epochs never go back).
@@ -437,9 +510,17 @@ pub struct RaftCore {
     stopped: BTreeMap<u64, String>,
     /// Vote requests for regions not here yet (`hold_early_vote`), oldest first.
     early_votes: VecDeque<RaftMessage>,
-    /// Regions whose uninitialized replica expired: their raft state leaves the log engine
-    /// with the next log batch.
+    /// Regions whose uninitialized replica expired, or whose replica was destroyed: their raft
+    /// state leaves the log engine with the next log batch.
     cleanups: Vec<u64>,
+    /// Regions whose replica here was removed, with their epoch then and its peer id (0:
+    /// unknown): messages of that epoch or older, or to that peer or an older one, cannot start
+    /// a replica again.
+    tombstones: BTreeMap<u64, (Epoch, u64)>,
+    /// Replicas removed since the last `ready` (region, peer id), for the driver to destroy.
+    destroys: Vec<(Region, u64)>,
+    /// Membership questions and answers to send with the next `ready`.
+    notices: Vec<RaftMessage>,
 }
 
 /// How reads were served.
@@ -475,7 +556,23 @@ impl RaftCore {
             stopped: BTreeMap::new(),
             early_votes: VecDeque::new(),
             cleanups: Vec::new(),
+            tombstones: BTreeMap::new(),
+            destroys: Vec::new(),
+            notices: Vec::new(),
         }
+    }
+
+    /// Whether `region` has a replica on this shard.
+    pub fn hosts(&self, region: &Region) -> bool {
+        region.peer_on(self.node, self.shard).is_some()
+    }
+
+    /// A region whose replica `peer_id` here was removed (a tombstone in the KV engine, at
+    /// `epoch`). Its raft state leaves the log engine with the next log batch (a crash may have
+    /// come before it did).
+    pub fn add_tombstone(&mut self, region_id: u64, epoch: Epoch, peer_id: u64) {
+        self.tombstones.insert(region_id, (epoch, peer_id));
+        self.cleanups.push(region_id);
     }
 
     /// Re-draws `region_id`'s election timeout from this core's generator when raft-rs has
@@ -558,19 +655,42 @@ impl RaftCore {
             reason: why.clone(),
         };
         self.stopped.insert(region_id, why);
-        let Some(peer) = self.peers.remove(&region_id) else {
-            return;
-        };
+        if let Some(peer) = self.peers.remove(&region_id) {
+            self.fail_waiting(&peer, &unavailable);
+        }
+    }
+
+    /// Fails every request waiting on `peer`, which leaves this shard: writes with an unknown
+    /// outcome (they may have committed), reads with `error`.
+    fn fail_waiting(&mut self, peer: &Peer, error: &Error) {
+        let region_id = peer.region.id;
         let writes = peer.writes.iter().map(|w| (w.id, Error::OutcomeUnknown { region_id }));
         let reads = peer
             .reads
             .iter()
             .map(|r| r.1)
             .chain(peer.reads_in_flight.keys().copied());
-        let failed: Vec<(RequestId, Error)> = writes.chain(reads.map(|id| (id, unavailable.clone()))).collect();
+        let failed: Vec<(RequestId, Error)> = writes.chain(reads.map(|id| (id, error.clone()))).collect();
         for (id, error) in failed {
             self.responses.push(Response::Failed { id, error });
         }
+    }
+
+    /// Destroys this shard's replica of `region_id`, removed from the region: its requests
+    /// fail, a tombstone keeps its epoch, and the driver clears its data and log.
+    fn destroy(&mut self, region_id: u64) {
+        let Some(peer) = self.peers.remove(&region_id) else {
+            return;
+        };
+        tracing::info!(
+            region_id,
+            peer = peer.me.id,
+            "replica removed from its region: destroyed"
+        );
+        self.fail_waiting(&peer, &Error::RegionNotFound(region_id));
+        self.tombstones.insert(region_id, (peer.region.epoch, peer.me.id));
+        self.cleanups.push(region_id);
+        self.destroys.push((peer.region, peer.me.id));
     }
 
     /// Why `region_id` is stopped on this shard, if it is.
@@ -603,6 +723,11 @@ impl RaftCore {
     /// The raft term of this shard's replica of `region_id`.
     pub fn term(&self, region_id: u64) -> Option<u64> {
         self.peers.get(&region_id).map(|p| p.raw.raft.term)
+    }
+
+    /// Whether `region_id` has had no election yet (its log's starting term: a fresh region).
+    pub fn never_elected(&self, region_id: u64) -> bool {
+        self.term(region_id).is_some_and(|term| term <= SPLIT_INIT_TERM)
     }
 
     pub fn leader_of(&self, region_id: u64) -> Option<PeerMeta> {
@@ -655,7 +780,63 @@ impl RaftCore {
             }
             peer.raw.tick();
             peer.expire_reads(self.now, timeout, &mut self.responses);
+            self.tick_membership(id);
             self.rearm(id);
+        }
+    }
+
+    /// A leader is alive to itself, finishes a joint membership raft-rs did not leave (its
+    /// automatic leave is lost when the leader changes before applying the joint entry), and
+    /// hands its leadership to a voter once it was demoted (by a change an earlier leader
+    /// proposed). Any other replica that has heard from no leader for `STALE_TIMEOUTS`
+    /// election timeouts asks the others whether it is still a replica (`MemberCheck::Probe`).
+    fn tick_membership(&mut self, region_id: u64) {
+        let peer = self.peers.get_mut(&region_id).expect("listed");
+        if peer.raw.raft.state == StateRole::Leader {
+            peer.alive_at = self.now;
+            if peer.region.is_joint() && !peer.raw.raft.has_pending_conf() {
+                let leave = raft::eraftpb::ConfChangeV2::default();
+                if let Err(e) = peer.raw.propose_conf_change(Vec::new(), leave) {
+                    tracing::warn!(region_id, error = %e, "leaving a joint membership not proposed");
+                }
+            }
+            if !peer.region.is_joint() && !peer.me.role.votes_in_incoming() {
+                let prs = peer.raw.raft.prs();
+                let voters = (peer.region.peers.iter()).filter(|p| p.role == PeerRole::Voter);
+                let best = voters.max_by_key(|p| prs.get(p.id).map_or(0, |pr| pr.matched));
+                if let Some(to) = best.map(|p| p.id) {
+                    peer.raw.transfer_leader(to);
+                }
+            }
+            return;
+        }
+        let stale_after = STALE_TIMEOUTS * self.cfg.election_tick as u64;
+        if !peer.region.is_initialized() || self.now - peer.alive_at <= stale_after {
+            return;
+        }
+        peer.alive_at = self.now;
+        let others = peer.region.peers.iter().filter(|p| p.id != peer.me.id);
+        let probes: Vec<RaftMessage> = others.map(|p| peer.notice(*p, MemberCheck::Probe)).collect();
+        self.notices.extend(probes);
+    }
+
+    /// A membership question or answer from another shard (`MemberCheck`).
+    fn on_member_check(&mut self, msg: &RaftMessage) {
+        // (A replica destroyed here answers nothing: its tombstone does not say who else was
+        // removed.)
+        let Some(peer) = self.peers.get(&msg.region_id) else {
+            return;
+        };
+        match msg.check {
+            MemberCheck::Probe => peer.answer_if_removed(msg, &mut self.notices),
+            MemberCheck::Removed => {
+                let from_replica = (peer.region.peer(msg.from.id)).is_some_and(|p| p.same_replica(&msg.from));
+                let newer = msg.epoch.conf_ver > peer.region.epoch.conf_ver;
+                if peer.region.is_initialized() && peer.me.id == msg.to.id && from_replica && newer {
+                    self.destroy(msg.region_id);
+                }
+            }
+            MemberCheck::None => {}
         }
     }
 
@@ -664,6 +845,10 @@ impl RaftCore {
     /// are dropped; messages that fail the edge checks (`guard`) are refused before raft-rs
     /// sees them.
     pub fn step(&mut self, msg: RaftMessage) -> Result<()> {
+        if msg.check != MemberCheck::None {
+            self.on_member_check(&msg);
+            return Ok(());
+        }
         if !self.peers.contains_key(&msg.region_id) {
             if self.hold_early_vote(&msg) {
                 return Ok(());
@@ -682,8 +867,10 @@ impl RaftCore {
         };
         let now = self.now;
         let peer = (self.peers.get_mut(&msg.region_id)).ok_or(Error::RegionNotFound(msg.region_id))?;
-        let known_sender = !peer.region.is_initialized() || peer.region.peer(msg.from.id) == Some(&msg.from);
+        let known_sender =
+            !peer.region.is_initialized() || (peer.region.peer(msg.from.id)).is_some_and(|p| p.same_replica(&msg.from));
         if msg.to.id != peer.me.id || !known_sender {
+            peer.answer_if_removed(&msg, &mut self.notices);
             return Err(Error::RegionNotFound(msg.region_id));
         }
         guard::check(&peer.raw.raft, carried.as_ref().unwrap_or(&peer.region), &msg).map_err(refused)?;
@@ -695,7 +882,10 @@ impl RaftCore {
             if peer.region.peer(msg.from.id).is_none() && peer.region.peers.len() < UNINITIALIZED_SENDERS_MAX {
                 peer.region.peers.push(msg.from);
             }
-            peer.alive_at = now; // a leader still talks to it: its snapshot may be on the way
+        }
+        if from_leader(kind) {
+            // A leader still talks to it: not stale; (uninitialized) its snapshot may be on the way.
+            peer.alive_at = now;
         }
         // raft-rs rejects messages from stale terms itself; an error here is not the
         // sender's business.
@@ -737,8 +927,11 @@ impl RaftCore {
                 .values()
                 .any(|p| p.me.id == id || p.region.peer(id).is_some())
         };
+        let tombstoned = (self.tombstones.get(&msg.region_id))
+            .is_some_and(|(epoch, peer_id)| msg.epoch.conf_ver <= epoch.conf_ver || msg.to.id <= *peer_id);
         (msg.to.node, msg.to.shard) == (self.node, self.shard)
             && !self.stopped.contains_key(&msg.region_id)
+            && !tombstoned
             && !known(msg.to.id)
             && !known(msg.from.id)
     }
@@ -756,7 +949,7 @@ impl RaftCore {
         let region = SnapshotMeta::decode(msg.region_id, snap.get_metadata().index, &snap.data)
             .and_then(|meta| meta.region(msg.region_id))
             .map_err(|_| "snapshot data that is not a snapshot of this index")?;
-        if !succeeds(&peer.region, &region) || region.peer(peer.me.id) != Some(&peer.me) {
+        if !succeeds(&peer.region, &region) || !(region.peer(peer.me.id)).is_some_and(|p| p.same_replica(&peer.me)) {
             return Err("a snapshot of an older region state, or of one without this replica");
         }
         // (The system region's keys are a space of their own: it overlaps no user region.)
@@ -779,10 +972,7 @@ impl RaftCore {
     /// leader's next message starts it again).
     fn start_uninitialized(&mut self, msg: &RaftMessage) -> Result<()> {
         let region_id = msg.region_id;
-        let leader_kind = matches!(
-            msg.msg.get_msg_type(),
-            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
-        );
+        let leader_kind = from_leader(msg.msg.get_msg_type());
         let uninitialized = self.peers.values().filter(|p| !p.region.is_initialized()).count();
         if !leader_kind || !self.may_be_new_region(msg) || uninitialized >= UNINITIALIZED_PEERS_MAX {
             return Err(Error::RegionNotFound(region_id));
@@ -799,7 +989,7 @@ impl RaftCore {
             from = msg.from.id,
             "a replica of a region new to this shard starts"
         );
-        self.add_peer(region, PeerStorage::new(Vec::new()), 0)
+        self.add_peer(region, PeerStorage::new(ConfState::default()), 0)
     }
 
     /// Proposes a write; the answer comes as a `Response` once it is applied (or dropped).
@@ -809,20 +999,32 @@ impl RaftCore {
         }
     }
 
-    fn try_propose(&mut self, id: RequestId, region_id: u64, epoch: Epoch, cmd: Command) -> Result<()> {
+    /// Proposes a write, or says at once why not (and then no `Response` follows).
+    pub fn try_propose(&mut self, id: RequestId, region_id: u64, epoch: Epoch, cmd: Command) -> Result<()> {
         let limit = self.cfg.pending_requests_max;
         let peer = (self.peers.get_mut(&region_id)).ok_or_else(|| missing(&self.stopped, region_id))?;
         peer.check_leader()?;
-        peer.region.check_epoch(epoch)?;
+        peer.region.check_epoch_parts(epoch, cmd.epoch_check())?;
+        if let Command::ChangePeers { changes } = &cmd {
+            // Refused for now (tried again later) before refused for good (`check`).
+            if let Some(reason) = membership::refusal(&peer.raw.raft, &peer.region, changes) {
+                return Err(Error::AdminRefused { region_id, reason });
+            }
+        }
         cmd.check(&peer.region)?;
         peer.check_busy(limit)?;
         let before = peer.raw.raft.raft_log.last_index();
-        peer.raw
-            .propose(Vec::new(), cmd.encode(epoch))
-            .map_err(|_| Error::ProposalDropped {
-                region_id,
-                reason: "raft refused the proposal",
-            })?;
+        let proposed = match &cmd {
+            // The command rides in the context; raft-rs reads the data.
+            Command::ChangePeers { changes } => {
+                (peer.raw).propose_conf_change(cmd.encode(epoch), membership::conf_change(changes))
+            }
+            _ => peer.raw.propose(Vec::new(), cmd.encode(epoch)),
+        };
+        proposed.map_err(|_| Error::ProposalDropped {
+            region_id,
+            reason: "raft refused the proposal",
+        })?;
         let index = peer.raw.raft.raft_log.last_index();
         if index != before + 1 {
             return Err(Error::ProposalDropped {
@@ -869,7 +1071,7 @@ impl RaftCore {
         let limit = self.cfg.pending_requests_max;
         let peer = (self.peers.get_mut(&region_id)).ok_or_else(|| missing(&self.stopped, region_id))?;
         peer.check_leader()?;
-        peer.region.check_epoch(epoch)?;
+        peer.region.check_epoch_parts(epoch, EpochCheck::Version)?;
         peer.check_busy(limit)?;
         if peer.in_lease(self.now) {
             self.stats.lease += 1;
@@ -889,6 +1091,8 @@ impl RaftCore {
         for id in self.cleanups.drain(..) {
             out.log_batch.clean(id);
         }
+        out.destroy_regions = std::mem::take(&mut self.destroys);
+        out.messages = std::mem::take(&mut self.notices);
         for peer in self.peers.values_mut() {
             // One snapshot per applied index: another made at the same index would be other
             // files under the same name, under streams still reading the first.
@@ -930,6 +1134,7 @@ impl RaftCore {
             if !committed.is_empty() {
                 out.apply.push(ApplyTask {
                     region: peer.region.clone(),
+                    me: peer.me.id,
                     entries: committed,
                 });
             }
@@ -981,10 +1186,22 @@ impl RaftCore {
             applied <= peer.raw.raft.raft_log.persisted.max(peer.raw.store().truncated().0),
             "applied <= persisted"
         );
-        let mut splits: Vec<(Region, Vec<Region>)> = Vec::new();
+        // The region's state follows its entries in order; the regions splits made start after.
+        let mut made: Vec<Region> = Vec::new();
+        let mut broken = None;
         for (index, term, outcome) in outcomes {
-            if let Some(Ok(Outcome::Split { left, new })) = &outcome {
-                splits.push((left.clone(), new.clone()));
+            match &outcome {
+                Some(Ok(Outcome::Split { left, new })) => {
+                    debug_assert!(succeeds(&peer.region, left), "epochs only grow");
+                    peer.region = left.clone();
+                    made.extend(new.iter().cloned());
+                }
+                Some(Ok(Outcome::Membership { region, changes })) => {
+                    if let Err(why) = peer.change_membership(region, changes) {
+                        broken.get_or_insert(why);
+                    }
+                }
+                _ => {}
             }
             while let Some(w) = peer.writes.front() {
                 if w.index > index {
@@ -1031,28 +1248,23 @@ impl RaftCore {
         peer.applied = applied;
         peer.raw.advance_apply_to(applied);
         peer.raw.mut_store().evict(applied);
-        if splits.is_empty() {
+        if made.is_empty() {
             peer.serve_reads(&mut self.responses);
+        } else {
+            // A split fails the reads waiting on the old range (`Peer::fail_reads`).
+            peer.fail_reads(&mut self.responses);
         }
-        // (A split fails the reads waiting instead: see `Peer::fail_reads`.)
-        for (left, new) in splits {
-            self.on_split(left, new);
-        }
-    }
-
-    /// A split applied here: this replica's region is now `left`, and the replicas of the `new`
-    /// regions on this shard start, campaigning at once where `left`'s leader is (as TiKV
-    /// does), so that they have leaders without waiting out an election timeout.
-    fn on_split(&mut self, left: Region, new: Vec<Region>) {
-        let Some(peer) = self.peers.get_mut(&left.id) else {
-            return;
-        };
-        debug_assert!(succeeds(&peer.region, &left), "epochs only grow");
-        peer.region = left;
-        peer.fail_reads(&mut self.responses);
         let leads = peer.raw.raft.state == StateRole::Leader;
-        for region in new {
+        let removed = peer.region.peer(peer.me.id).is_none();
+        // The new regions' replicas start here, campaigning at once where the split region's
+        // leader is (as TiKV does): leaders without waiting out an election timeout.
+        for region in made {
             self.start_split_born(region, leads);
+        }
+        if let Some(why) = broken {
+            self.stop_region(region_id, why);
+        } else if removed {
+            self.destroy(region_id);
         }
     }
 
@@ -1073,8 +1285,8 @@ impl RaftCore {
             }
             None => {}
         }
-        let voters = right.peers.iter().map(|p| p.id).collect();
-        let started = self.add_peer(right, PeerStorage::split_born(voters), SPLIT_INIT_INDEX);
+        let conf = conf_state(&right);
+        let started = self.add_peer(right, PeerStorage::split_born(conf), SPLIT_INIT_INDEX);
         if let Err(e) = started.and_then(|()| if leads { self.campaign(id) } else { Ok(()) }) {
             tracing::error!(region = id, error = %e, "the region a split made did not start here");
             return;
@@ -1106,10 +1318,13 @@ impl RaftCore {
             term,
             ..Default::default()
         };
-        meta.set_conf_state(ConfState {
-            voters: peer.region.peers.iter().map(|p| p.id).collect(),
-            ..Default::default()
-        });
+        // The membership as of the snapshot's index (the region may have changed since).
+        let region = SnapshotMeta::decode(region_id, applied, &data).and_then(|m| m.region(region_id));
+        let Ok(region) = region else {
+            tracing::error!(region_id, applied, "a snapshot generated here does not decode; dropped");
+            return;
+        };
+        meta.set_conf_state(conf_state(&region));
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.data = data.into();
@@ -1220,16 +1435,14 @@ mod tests {
     use super::*;
 
     fn msg(node: u64, shard: u32) -> RaftMessage {
-        let peer = |node, shard| PeerMeta {
-            id: node * 10 + u64::from(shard),
-            node,
-            shard,
-        };
+        let peer = |node, shard| PeerMeta::voter(node * 10 + u64::from(shard), node, shard);
         RaftMessage {
             region_id: 1,
             from: peer(9, 0),
             to: peer(node, shard),
             msg: Message::default(),
+            epoch: Epoch::default(),
+            check: MemberCheck::None,
         }
     }
 

@@ -274,7 +274,7 @@ mod tests {
 
     /// A `MsgSnapshot` of `region_id` at `index` whose files hold `files`.
     fn snapshot_msg(region_id: u64, index: u64, files: &[Vec<u8>]) -> RaftMessage {
-        let peer = |id| PeerMeta { id, node: id, shard: 0 };
+        let peer = |id| PeerMeta::voter(id, id, 0);
         let region = crate::region::Region {
             id: region_id,
             start: Vec::new(),
@@ -306,6 +306,8 @@ mod tests {
             from: peer(1),
             to: peer(2),
             msg,
+            epoch: crate::region::Epoch::default(),
+            check: crate::MemberCheck::None,
         }
     }
 

@@ -19,6 +19,32 @@ use std::collections::VecDeque;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use crate::region::{PeerRole, Region};
+
+/// `region`'s membership as raft-rs holds it: voters of the incoming (or only) configuration,
+/// of the outgoing one while joint (left automatically), learners, and the demoted voters that
+/// become learners when the joint configuration is left.
+pub fn conf_state(region: &Region) -> ConfState {
+    let ids = |roles: &[PeerRole]| -> Vec<u64> {
+        (region.peers.iter().filter(|p| roles.contains(&p.role)))
+            .map(|p| p.id)
+            .collect()
+    };
+    let joint = region.is_joint();
+    ConfState {
+        voters: ids(&[PeerRole::Voter, PeerRole::IncomingVoter]),
+        voters_outgoing: if joint {
+            ids(&[PeerRole::Voter, PeerRole::DemotingVoter])
+        } else {
+            Vec::new()
+        },
+        learners: ids(&[PeerRole::Learner]),
+        learners_next: ids(&[PeerRole::DemotingVoter]),
+        auto_leave: joint,
+        ..Default::default()
+    }
+}
+
 /// Bytes an entry counts for in the cache: its payload and a fixed allowance for the rest.
 fn cost(e: &Entry) -> usize {
     e.data.len() + e.context.len() + 32
@@ -34,9 +60,10 @@ pub struct Fetch {
     pub context: GetEntriesContext,
 }
 
-/// Where the log of a region a split made starts (TiKV's `RAFT_INIT_LOG_INDEX` and term):
-/// above any index a replica without the region has, so the region's first entries never
-/// reach a replica that has not applied the split; it is caught up by a snapshot instead.
+/// Where the log of every region starts, at bootstrap or made by a split (TiKV's
+/// `RAFT_INIT_LOG_INDEX` and term): above any index a replica without the region's state
+/// has, so the region's entries never reach a replica that has not applied the split or been
+/// added since; it is caught up by a snapshot instead.
 pub const SPLIT_INIT_INDEX: u64 = 5;
 pub const SPLIT_INIT_TERM: u64 = 5;
 
@@ -80,8 +107,8 @@ pub struct PeerStorage {
 }
 
 impl PeerStorage {
-    /// The storage of a new replica of a region whose voters are `voters`.
-    pub fn new(voters: Vec<u64>) -> PeerStorage {
+    /// The storage of a new replica of a region whose membership is `conf`.
+    pub fn new(conf: ConfState) -> PeerStorage {
         let log = RestoredLog {
             hard_state: HardState::default(),
             truncated: (0, 0),
@@ -89,14 +116,14 @@ impl PeerStorage {
             last_unloaded: 0,
             entries: Vec::new(),
         };
-        PeerStorage::restore(voters, log)
+        PeerStorage::restore(conf, log)
     }
 
     /// The storage of a replica a split made (or restarted before its first log write): an
     /// empty log truncated and committed at `SPLIT_INIT_INDEX`, which the split's apply
     /// recorded as the region's applied index. Its state goes to the log engine with the
     /// shard's next log batch (`take_unlogged`).
-    pub fn split_born(voters: Vec<u64>) -> PeerStorage {
+    pub fn split_born(conf: ConfState) -> PeerStorage {
         let log = RestoredLog {
             hard_state: Self::split_born_hard_state(),
             truncated: (SPLIT_INIT_INDEX, SPLIT_INIT_TERM),
@@ -106,7 +133,7 @@ impl PeerStorage {
         };
         PeerStorage {
             unlogged: true,
-            ..PeerStorage::restore(voters, log)
+            ..PeerStorage::restore(conf, log)
         }
     }
 
@@ -118,6 +145,11 @@ impl PeerStorage {
         }
     }
 
+    /// The membership raft-rs starts from (the region's as of the applied index).
+    pub fn set_conf_state(&mut self, conf: ConfState) {
+        self.conf_state = conf;
+    }
+
     /// Whether this storage's starting state still has to be written to the log engine (once).
     pub fn take_unlogged(&mut self) -> bool {
         std::mem::take(&mut self.unlogged)
@@ -125,14 +157,11 @@ impl PeerStorage {
 
     /// The storage of a restarted replica, from what the log engine holds. Its cache has no
     /// budget until `set_cache_bytes_max`.
-    pub fn restore(voters: Vec<u64>, log: RestoredLog) -> PeerStorage {
+    pub fn restore(conf_state: ConfState, log: RestoredLog) -> PeerStorage {
         let cache_bytes = log.entries.iter().map(cost).sum();
         let s = PeerStorage {
             hard_state: log.hard_state,
-            conf_state: ConfState {
-                voters,
-                ..Default::default()
-            },
+            conf_state,
             truncated: log.truncated,
             last_evicted: log.last_unloaded,
             evicted_terms: log.older_terms,
@@ -254,6 +283,12 @@ impl PeerStorage {
     /// The index of the snapshot generated for this region, if one is held.
     pub fn snapshot_index(&self) -> Option<u64> {
         self.snapshot.borrow().as_ref().map(|s| s.get_metadata().index)
+    }
+
+    /// Forgets the snapshot held: it predates a membership change (a replica added since is
+    /// not in it, and would refuse it).
+    pub fn drop_snapshot(&mut self) {
+        self.snapshot.borrow_mut().take();
     }
 
     pub fn set_snapshot(&mut self, snapshot: Snapshot) {
@@ -430,7 +465,10 @@ mod tests {
 
     fn storage(entries: Vec<Entry>) -> PeerStorage {
         PeerStorage::restore(
-            vec![1, 2, 3],
+            ConfState {
+                voters: vec![1, 2, 3],
+                ..Default::default()
+            },
             RestoredLog {
                 hard_state: HardState::default(),
                 truncated: (0, 0),

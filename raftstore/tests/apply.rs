@@ -20,11 +20,7 @@ fn region() -> Region {
             conf_ver: 1,
             version: 1,
         },
-        peers: vec![PeerMeta {
-            id: 51,
-            node: 1,
-            shard: 0,
-        }],
+        peers: vec![PeerMeta::voter(51, 1, 0)],
     }
 }
 
@@ -103,7 +99,7 @@ fn apply_commands_and_read_them_back() {
             },
         ),
     ];
-    let (applied, results) = apply::apply(&kv, &r, &entries).unwrap();
+    let (applied, results) = apply::apply(&kv, &r, r.peers[0].id, &entries).unwrap();
     assert_eq!(applied, 6);
     assert_eq!(apply::applied_index(&kv, r.id).unwrap(), 6);
     assert_eq!(
@@ -163,7 +159,7 @@ fn staged_snapshot_is_finished_on_restart() {
     let r = region();
     let mut newer = r.clone();
     (newer.end, newer.epoch.version) = (b"h".to_vec(), 2);
-    apply::save_region(&a, &newer).unwrap();
+    apply::bootstrap_region(&a, &newer).unwrap();
     let entries: Vec<Entry> = (1..=3)
         .map(|i| {
             entry(
@@ -175,7 +171,7 @@ fn staged_snapshot_is_finished_on_restart() {
             )
         })
         .collect();
-    apply::apply(&a, &r, &entries).unwrap();
+    apply::apply(&a, &r, r.peers[0].id, &entries).unwrap();
     let a_snaps = snaps.path().join("a");
     let b_snaps = snaps.path().join("b");
     let (applied, data) = snapshot::generate(&a, r.id, &a_snaps).unwrap();
@@ -205,7 +201,7 @@ fn staged_snapshot_is_finished_on_restart() {
         (3, newer.clone())
     );
     assert_eq!(apply::applied_index(&b, r.id).unwrap(), 3);
-    assert_eq!(apply::load_regions(&b).unwrap(), vec![Ok(newer.clone())]);
+    assert_eq!(apply::load_regions(&b).unwrap().regions, vec![Ok(newer.clone())]);
     for i in 1..=3u8 {
         assert_eq!(apply::read(&b, &region(), &[b'c', i]).unwrap(), Some(vec![i; 10]));
     }
@@ -254,12 +250,12 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
         .collect();
     let whole_dir = tempfile::tempdir().unwrap();
     let whole = KvEngine::open(whole_dir.path(), &config, &cache).unwrap();
-    let (_, expected) = apply::apply(&whole, &r, &entries).unwrap();
+    let (_, expected) = apply::apply(&whole, &r, r.peers[0].id, &entries).unwrap();
 
     let kv = KvEngine::open(&mnt.join("kv"), &config, &cache).unwrap();
     // The disk is full but for 2 MiB.
     disk.fill(2 << 20).unwrap();
-    let failure = apply::apply(&kv, &r, &entries).expect_err("the disk fills up");
+    let failure = apply::apply(&kv, &r, r.peers[0].id, &entries).expect_err("the disk fills up");
     assert!(
         matches!(failure.error, corekv_raftstore::Error::NoSpace(_)),
         "{:?}",
@@ -275,7 +271,7 @@ fn apply_stopped_by_a_full_disk_resumes_where_the_engine_stopped() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut rest = &entries[done..];
     loop {
-        match apply::apply(&kv, &r, rest) {
+        match apply::apply(&kv, &r, r.peers[0].id, rest) {
             Ok((applied, results)) => {
                 assert_eq!(applied, entries.len() as u64);
                 outcomes.extend(results);
@@ -336,7 +332,7 @@ fn a_split_check_cuts_a_region_over_its_limits_into_equal_parts() {
             value: vec![3; 100],
         },
     ));
-    apply::apply(&kv, &r, &entries).unwrap();
+    apply::apply(&kv, &r, r.peers[0].id, &entries).unwrap();
     let (bytes, keys) = (200 * 104 + 101, 201);
     let small = split_check::check(&kv, &r, 1 << 20, 1_000).unwrap();
     assert_eq!((small.bytes, small.keys, small.split_keys.len()), (bytes, keys, 0));

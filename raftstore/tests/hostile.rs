@@ -13,7 +13,7 @@
 use corekv_raftstore::guard::TERM_JUMP_MAX;
 use corekv_raftstore::linearizability::{check, CheckResult, OpKind};
 use corekv_raftstore::sim::{run, Sim, SimConfig};
-use corekv_raftstore::{PeerMeta, RaftMessage};
+use corekv_raftstore::{Epoch, MemberCheck, PeerMeta, RaftMessage};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
@@ -161,6 +161,8 @@ fn insider(sim: &Sim, f: &Fields, region_at: usize, from: usize, to: usize) -> R
         from,
         to,
         msg: message(f, from, to),
+        epoch: Epoch::default(),
+        check: MemberCheck::None,
     }
 }
 
@@ -171,11 +173,7 @@ fn outsider(sim: &Sim, f: &Fields, region_at: usize, how: u8) -> RaftMessage {
     let mut msg = insider(sim, f, region_at, 0, 0);
     match how % 5 {
         0 => {
-            msg.from = PeerMeta {
-                id: 4000 + msg.from.id,
-                node: 9,
-                shard: 0,
-            };
+            msg.from = PeerMeta::voter(4000 + msg.from.id, 9, 0);
             msg.msg.from = msg.from.id;
         }
         1 => msg.region_id += 1000,
@@ -295,7 +293,7 @@ fn replicas_of_new_regions_start_from_leaders_and_expire_without_a_snapshot() {
     run(|| async {
         let mut sim = Sim::new(SimConfig::new(3)).await;
         sim.ticks(5).await;
-        let peer = |id: u64, node: u64| PeerMeta { id, node, shard: 0 };
+        let peer = |id: u64, node: u64| PeerMeta::voter(id, node, 0);
         let heartbeat = |region_id: u64, from: PeerMeta, to: PeerMeta, kind: MessageType| {
             let mut msg = Message::default();
             msg.set_msg_type(kind);
@@ -305,6 +303,8 @@ fn replicas_of_new_regions_start_from_leaders_and_expire_without_a_snapshot() {
                 from,
                 to,
                 msg,
+                epoch: Epoch::default(),
+                check: MemberCheck::None,
             }
         };
         let fresh = heartbeat(

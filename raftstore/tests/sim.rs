@@ -4,7 +4,7 @@
 use corekv_raftstore::linearizability::{check, CheckResult, OpKind};
 use corekv_raftstore::placement::history::check_timestamps;
 use corekv_raftstore::sim::{run, NetConfig, Sim, SimConfig};
-use corekv_raftstore::{Error, SYSTEM_REGION_ID, TRANSFER_LAG_ENTRIES_MAX};
+use corekv_raftstore::{Error, PeerChange, PeerRole, Region, SYSTEM_REGION_ID, TRANSFER_LAG_ENTRIES_MAX};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 /// A key inside region `region_id` (regions split the first byte evenly).
@@ -347,6 +347,220 @@ fn a_region_splits_while_clients_write() {
     });
 }
 
+/// Ticks (at most 200) until the leader's state of `region` passes `done`; that state.
+async fn await_region(sim: &mut Sim, region: u64, done: impl Fn(&Region) -> bool) -> Region {
+    let from = sim.now();
+    loop {
+        if let Some((r, _)) = sim.leader_region(region).filter(|(r, _)| done(r)) {
+            return r;
+        }
+        assert!(
+            sim.now() - from < 200,
+            "seed {}: region {region} never got there: {:?}",
+            sim.seed(),
+            sim.leader_region(region)
+        );
+        sim.tick().await;
+    }
+}
+
+/// Proposes `change` to `region` again every tick while its leader refuses it for now (a
+/// learner catching up, a change pending), at most 100 ticks.
+async fn change_until_taken(sim: &mut Sim, region: u64, change: PeerChange) {
+    let from = sim.now();
+    while let Err(e) = sim.change_peers(region, vec![change]) {
+        assert!(matches!(e, Error::AdminRefused { .. } | Error::NotLeader { .. }), "{e}");
+        assert!(
+            sim.now() - from < 100,
+            "seed {}: {change:?} refused for good: {e}",
+            sim.seed()
+        );
+        sim.tick().await;
+    }
+}
+
+fn role_of(region: &Region, id: u64) -> Option<PeerRole> {
+    region.peer(id).map(|p| p.role)
+}
+
+// Proves a replica moves to the other shard of its node while clients write (PD's steps: add
+// a learner there, promote it through a joint membership left on its own, demote the old
+// replica the same way, remove it): the leader refuses unsafe steps with why, the removed
+// replica is destroyed (its data cleared, and a restart does not bring it back), and every
+// write reads back, linearizable.
+#[test]
+fn a_replica_moves_to_another_shard_while_clients_write() {
+    run(|| async {
+        let mut sim = Sim::new(SimConfig::new(8)).await;
+        sim.ticks(5).await;
+        let region = sim.regions()[0].clone();
+        let (_, leader_peer) = sim.leader_region(region.id).unwrap();
+        let leader = sim.leader(region.id).unwrap();
+        let node = (1..=3).find(|&n| n != leader).unwrap();
+        let old = *region.peers.iter().find(|p| p.node == node).unwrap();
+        let other = 1 - old.shard;
+        let mut expected = Vec::new();
+        let mut write = |sim: &mut Sim, i: u64| {
+            let k = key_in(sim, region.id, &format!("k{i}"));
+            sim.submit(i % 3, k.clone(), OpKind::Put { value: vec![i as u8] });
+            expected.push((k, vec![i as u8]));
+        };
+        for i in 0..10 {
+            write(&mut sim, i);
+        }
+        sim.run_until_done().await;
+        let refused = |r: Result<(), Error>| matches!(r, Err(Error::InvalidArgument(_) | Error::AdminRefused { .. }));
+        assert!(
+            refused(sim.change_peers(region.id, vec![PeerChange::Remove { id: old.id }])),
+            "a voter is demoted first"
+        );
+        assert!(
+            refused(sim.change_peers(region.id, vec![PeerChange::Demote { id: leader_peer }])),
+            "not the leader"
+        );
+        assert!(
+            refused(sim.change_peers(region.id, vec![PeerChange::Promote { id: old.id }])),
+            "not a learner"
+        );
+        let new = alloc_ids(&mut sim, 1).await;
+        let add = PeerChange::AddLearner {
+            id: new,
+            node,
+            shard: other,
+        };
+        change_until_taken(&mut sim, region.id, add).await;
+        for i in 10..20 {
+            write(&mut sim, i);
+        }
+        await_region(&mut sim, region.id, |r| role_of(r, new) == Some(PeerRole::Learner)).await;
+        change_until_taken(&mut sim, region.id, PeerChange::Promote { id: new }).await;
+        let promoted = await_region(&mut sim, region.id, |r| role_of(r, new) == Some(PeerRole::Voter)).await;
+        assert!(!promoted.is_joint() && promoted.epoch.conf_ver == region.epoch.conf_ver + 3);
+        change_until_taken(&mut sim, region.id, PeerChange::Demote { id: old.id }).await;
+        await_region(&mut sim, region.id, |r| role_of(r, old.id) == Some(PeerRole::Learner)).await;
+        change_until_taken(&mut sim, region.id, PeerChange::Remove { id: old.id }).await;
+        for i in 20..30 {
+            write(&mut sim, i);
+        }
+        let moved = await_region(&mut sim, region.id, |r| r.peer(old.id).is_none()).await;
+        sim.ticks(5).await;
+        assert!(
+            !sim.hosts((node, old.shard), region.id),
+            "seed {}: the old replica is destroyed",
+            sim.seed()
+        );
+        assert_eq!(sim.data_keys((node, old.shard), &moved), 0, "its data is cleared");
+        assert!(
+            sim.data_keys((node, other), &moved) >= 20,
+            "the new replica holds the region's data"
+        );
+        sim.crash(node);
+        sim.restart(node).await;
+        sim.ticks(3).await;
+        assert!(
+            !sim.hosts((node, old.shard), region.id),
+            "a restart does not bring it back"
+        );
+        assert!(sim.hosts((node, other), region.id));
+        assert_reads(&mut sim, &expected).await;
+    });
+}
+
+// Proves a voter removed while cut off from the others learns it once it can ask (it has
+// heard from no leader for long) and destroys itself, without disturbing the region: no new
+// term, the same leader, writes served throughout.
+#[test]
+fn a_replica_removed_while_cut_off_goes_without_disturbing_the_region() {
+    run(|| async {
+        let mut sim = Sim::new(SimConfig::new(9)).await;
+        sim.ticks(5).await;
+        let region = sim.regions()[1].clone();
+        let leader = sim.leader(region.id).unwrap();
+        let cut = (1..=3).find(|&n| n != leader).unwrap();
+        let victim = *region.peers.iter().find(|p| p.node == cut).unwrap();
+        sim.isolate(cut);
+        change_until_taken(&mut sim, region.id, PeerChange::Demote { id: victim.id }).await;
+        await_region(&mut sim, region.id, |r| {
+            role_of(r, victim.id) == Some(PeerRole::Learner)
+        })
+        .await;
+        change_until_taken(&mut sim, region.id, PeerChange::Remove { id: victim.id }).await;
+        let removed = await_region(&mut sim, region.id, |r| r.peer(victim.id).is_none()).await;
+        assert_eq!(removed.peers.len(), 2);
+        assert!(
+            sim.hosts((cut, victim.shard), region.id),
+            "cut off, it does not know yet"
+        );
+        let term = sim.leader_term(region.id);
+        sim.heal();
+        let timeout = sim.config().raft.election_tick as u64;
+        let from = sim.now();
+        while sim.hosts((cut, victim.shard), region.id) {
+            assert!(
+                sim.now() - from < 30 * timeout,
+                "seed {}: the removed replica stays",
+                sim.seed()
+            );
+            sim.tick().await;
+        }
+        assert_eq!(sim.leader(region.id), Some(leader), "the same leader");
+        assert_eq!(sim.leader_term(region.id), term, "no new term");
+        let k = key_in(&sim, region.id, "after");
+        sim.submit(1, k.clone(), OpKind::Put { value: vec![7] });
+        sim.run_until_done().await;
+        assert_reads(&mut sim, &[(k, vec![7])]).await;
+    });
+}
+
+// Proves a joint membership left behind by a crash of the leader (promotion applied, its
+// automatic leave not) is finished by the next leader on its own.
+#[test]
+fn a_joint_membership_left_by_a_crash_is_finished() {
+    run(|| async {
+        let mut sim = Sim::new(SimConfig::new(10)).await;
+        sim.ticks(5).await;
+        let region = sim.regions()[0].clone();
+        let node = sim.leader(region.id).unwrap();
+        let other = 1 - region.peers[0].shard;
+        let new = alloc_ids(&mut sim, 1).await;
+        change_until_taken(
+            &mut sim,
+            region.id,
+            PeerChange::AddLearner {
+                id: new,
+                node: 1 + node % 3,
+                shard: other,
+            },
+        )
+        .await;
+        await_region(&mut sim, region.id, |r| role_of(r, new) == Some(PeerRole::Learner)).await;
+        sim.ticks(3).await;
+        change_until_taken(&mut sim, region.id, PeerChange::Promote { id: new }).await;
+        // The leader crashes as soon as some replica has entered the joint membership.
+        let from = sim.now();
+        while !(1..=3).any(|n| (0..2).any(|s| sim.region_on((n, s), region.id).is_some_and(|r| r.is_joint()))) {
+            assert!(sim.now() - from < 50, "seed {}: never joint", sim.seed());
+            sim.tick().await;
+        }
+        let leader = sim.leader(region.id).unwrap();
+        sim.crash(leader);
+        let done = await_region(&mut sim, region.id, |r| !r.is_joint()).await;
+        assert_eq!(role_of(&done, new), Some(PeerRole::Voter));
+        sim.restart(leader).await;
+        sim.ticks(2 * sim.config().raft.election_tick as u64).await;
+        for n in 1..=3 {
+            for s in 0..2 {
+                let r = sim.region_on((n, s), region.id);
+                assert!(
+                    r.is_none_or(|r| !r.is_joint()),
+                    "seed {}: ({n}, {s}) still joint",
+                    sim.seed()
+                );
+            }
+        }
+    });
+}
+
 // Proves an old leader cut off from the majority stops serving reads once its lease has run
 // out: a read sent to it then is never answered with data (ReadIndex needs a quorum), while
 // the majority elects a new leader and serves the newer value.
@@ -483,6 +697,47 @@ struct ChaosOutcome {
     ids_answered: usize,
     /// Regions the splits made.
     splits: usize,
+    /// Membership changes applied (steps of replicas moving between shards).
+    memberships: u64,
+}
+
+/// One step of a random walk of `region_id`'s membership, as moves between the shards of the
+/// nodes make it: a learner is promoted or removed; else, with 4 voters, one that shares its
+/// node with another (else any but the leader) is demoted; else a learner is added on a (node,
+/// shard) without a replica. Refused (nothing happens) where the leader's checks say no.
+fn membership_step(sim: &mut Sim, rng: &mut rand_chacha::ChaCha8Rng, region_id: u64, next_id: &mut u64) {
+    let Some((region, leader)) = sim.leader_region(region_id) else {
+        return;
+    };
+    let pick = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| (rng.next_u32() as usize) % n.max(1);
+    let voters: Vec<_> = (region.peers.iter())
+        .filter(|p| p.role == PeerRole::Voter && p.id != leader)
+        .collect();
+    let change = if let Some(learner) = region.peers.iter().find(|p| p.role == PeerRole::Learner) {
+        match rng.next_u32() % 2 {
+            0 => PeerChange::Promote { id: learner.id },
+            _ => PeerChange::Remove { id: learner.id },
+        }
+    } else if voters.len() >= 3 {
+        let doubled = voters
+            .iter()
+            .find(|v| region.peers.iter().filter(|p| p.node == v.node).count() > 1);
+        let demoted = doubled.copied().unwrap_or(voters[pick(rng, voters.len())]);
+        PeerChange::Demote { id: demoted.id }
+    } else {
+        let free: Vec<(u64, u32)> = (1..=3u64)
+            .flat_map(|n| (0..2u32).map(move |s| (n, s)))
+            .filter(|&(n, s)| region.peer_on(n, s).is_none())
+            .collect();
+        let (node, shard) = free[pick(rng, free.len())];
+        *next_id += 1;
+        PeerChange::AddLearner {
+            id: *next_id,
+            node,
+            shard,
+        }
+    };
+    let _ = sim.change_peers(region_id, vec![change]);
 }
 
 async fn chaos_run(seed: u64) -> ChaosOutcome {
@@ -506,7 +761,14 @@ async fn chaos_run(seed: u64) -> ChaosOutcome {
         .flat_map(|r| [key_in(&sim, r.id, "x"), key_in(&sim, r.id, "y")])
         .collect();
     let mut split_ids = 1 << 40;
+    let mut peer_ids = 1 << 41;
     let regions_at_start = sim.regions().len();
+    let first_ids: Vec<u64> = sim.regions().iter().map(|r| r.id).collect();
+    let conf_vers = |sim: &Sim| -> u64 {
+        let first = sim.regions().iter().filter(|r| first_ids.contains(&r.id));
+        first.map(|r| r.epoch.conf_ver).sum()
+    };
+    let conf_at_start = conf_vers(&sim);
     for round in 0..12u64 {
         for client in 0..4u64 {
             let key = keys[(rng.next_u32() as usize) % keys.len()].clone();
@@ -553,7 +815,11 @@ async fn chaos_run(seed: u64) -> ChaosOutcome {
                 sim.isolate(node);
             }
             2 => sim.heal(),
-            _ => {}
+            _ => {
+                // Replicas move between shards: the regions of the workload's keys.
+                let region = sim.regions()[(rng.next_u32() % 2) as usize].id;
+                membership_step(&mut sim, &mut rng, region, &mut peer_ids);
+            }
         }
         sim.ticks(1 + rng.next_u64() % 15).await;
         for node in 1..=3 {
@@ -583,11 +849,13 @@ async fn chaos_run(seed: u64) -> ChaosOutcome {
         ids: check_timestamps(&sim.id_history()),
         ids_answered: sim.id_history().iter().filter(|o| o.first.is_some()).count(),
         splits: sim.regions().len() - regions_at_start,
+        memberships: conf_vers(&sim) - conf_at_start,
     }
 }
 
-// Proves that under random loss, delay, duplication, partitions, crashes, leader transfers and
-// splits (about one per seed applies), the recorded client histories are linearizable (including the final reads: no acknowledged write lost),
+// Proves that under random loss, delay, duplication, partitions, crashes, leader transfers,
+// splits (about one per seed applies) and replicas moving between shards (membership changes:
+// learners added, promoted, demoted, removed), the recorded client histories are linearizable (including the final reads: no acknowledged write lost),
 // with entry caches of the default size and, on odd seeds, of 1 KiB; and that timestamps from
 // the placement service are unique and increase in real-time order through the same faults,
 // with the nodes' clocks skewed and stepped back; and that ids are never handed out twice across
@@ -604,7 +872,7 @@ fn random_faults_keep_histories_linearizable() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let (mut answered, mut ids_answered, mut splits) = (0, 0, 0);
+    let (mut answered, mut ids_answered, mut splits, mut memberships) = (0, 0, 0, 0);
     for seed in first..first + seeds {
         let outcome = run(move || chaos_run(seed));
         let ops = outcome.ops;
@@ -617,12 +885,19 @@ fn random_faults_keep_histories_linearizable() {
         assert_eq!(outcome.ids, Ok(()), "seed {seed}: ids");
         answered += outcome.ts_answered;
         splits += outcome.splits;
+        memberships += outcome.memberships;
         ids_answered += outcome.ids_answered;
     }
     // 24 requests a seed, half of them stuck to one node whether it leads or not.
-    eprintln!("{answered} timestamp and {ids_answered} id requests answered, {splits} splits, over {seeds} seeds");
+    eprintln!(
+        "{answered} timestamp and {ids_answered} id requests answered, {splits} splits, {memberships} membership changes, over {seeds} seeds"
+    );
     assert!(answered as u64 >= seeds * 8, "{answered} answered over {seeds} seeds");
     assert!(splits as u64 >= seeds / 2, "{splits} splits over {seeds} seeds");
+    assert!(
+        memberships >= seeds,
+        "{memberships} membership changes over {seeds} seeds"
+    );
     assert!(
         ids_answered as u64 >= seeds * 6,
         "{ids_answered} id requests answered over {seeds} seeds"

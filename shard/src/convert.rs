@@ -12,7 +12,7 @@ use corekv_netio::msg::{
 };
 use corekv_raftstore::placement::directory::{Flow, RegionHeartbeat, RegionRecord, StoreHeartbeat, StoreRecord};
 use corekv_raftstore::snapshot_chunks::SnapshotChunk;
-use corekv_raftstore::{Epoch, Error, PeerMeta, RaftMessage, Region};
+use corekv_raftstore::{Epoch, Error, MemberCheck, PeerMeta, PeerRole, RaftMessage, Region};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
@@ -21,14 +21,32 @@ pub fn peer(p: &PeerMeta) -> WirePeer {
         id: p.id,
         node: p.node,
         shard: p.shard,
+        role: p.role.code(),
     }
 }
 
+/// A peer as a peer or client sent it (an unknown role code reads as a learner's: the role
+/// that grants nothing).
 fn peer_from(p: &corekv_netio::msg::ArchivedWirePeer) -> PeerMeta {
     PeerMeta {
         id: p.id.to_native(),
         node: p.node.to_native(),
         shard: p.shard.to_native(),
+        role: PeerRole::from_code(p.role).unwrap_or(PeerRole::Learner),
+    }
+}
+
+fn epoch(e: Epoch) -> WireEpoch {
+    WireEpoch {
+        conf_ver: e.conf_ver,
+        version: e.version,
+    }
+}
+
+fn epoch_from(e: &corekv_netio::msg::ArchivedWireEpoch) -> Epoch {
+    Epoch {
+        conf_ver: e.conf_ver.to_native(),
+        version: e.version.to_native(),
     }
 }
 
@@ -37,10 +55,7 @@ pub fn region(r: &Region) -> WireRegion {
         id: r.id,
         start: r.start.clone(),
         end: r.end.clone(),
-        epoch: WireEpoch {
-            conf_ver: r.epoch.conf_ver,
-            version: r.epoch.version,
-        },
+        epoch: epoch(r.epoch),
         peers: r.peers.iter().map(peer).collect(),
     }
 }
@@ -50,10 +65,7 @@ fn region_from(r: &ArchivedWireRegion) -> Region {
         id: r.id.to_native(),
         start: r.start.to_vec(),
         end: r.end.to_vec(),
-        epoch: Epoch {
-            conf_ver: r.epoch.conf_ver.to_native(),
-            version: r.epoch.version.to_native(),
-        },
+        epoch: epoch_from(&r.epoch),
         peers: r.peers.iter().map(peer_from).collect(),
     }
 }
@@ -181,16 +193,23 @@ pub fn envelope(m: &RaftMessage) -> RaftEnvelope {
         from: peer(&m.from),
         to: peer(&m.to),
         message: m.msg.write_to_bytes().expect("encoding into memory cannot fail"),
+        epoch: epoch(m.epoch),
+        check: m.check.code(),
     }
 }
 
-/// A raft message from a peer; `Err` when its protobuf is malformed.
+/// A raft message from a peer; `Err` when its protobuf is malformed or its membership check
+/// is not one this version knows.
 pub fn message(e: &ArchivedRaftEnvelope) -> Result<RaftMessage, protobuf::ProtobufError> {
+    let check =
+        MemberCheck::from_code(e.check).ok_or(protobuf::ProtobufError::WireError(protobuf::error::WireError::Other))?;
     Ok(RaftMessage {
         region_id: e.region_id.to_native(),
         from: peer_from(&e.from),
         to: peer_from(&e.to),
         msg: Message::parse_from_bytes(e.message.as_slice())?,
+        epoch: epoch_from(&e.epoch),
+        check,
     })
 }
 

@@ -61,11 +61,7 @@ pub fn bootstrap(members: &[Member], shards: u32) -> Vec<Region> {
         end: Vec::new(),
         epoch: BOOTSTRAP_EPOCH,
         peers: (members.iter().take(system_replicas(members.len())))
-            .map(|m| PeerMeta {
-                id: peer_id(SYSTEM_REGION_ID, m.id),
-                node: m.id,
-                shard: 0,
-            })
+            .map(|m| PeerMeta::voter(peer_id(SYSTEM_REGION_ID, m.id), m.id, 0))
             .collect(),
     };
     std::iter::once(system).chain(user_regions(members, shards)).collect()
@@ -96,11 +92,7 @@ fn user_regions(members: &[Member], shards: u32) -> Vec<Region> {
                 peers: (0..replicas)
                     .map(|k| {
                         let node = members[((first + k) % n) as usize].id;
-                        PeerMeta {
-                            id: peer_id(id, node),
-                            node,
-                            shard,
-                        }
+                        PeerMeta::voter(peer_id(id, node), node, shard)
                     })
                     .collect(),
             }

@@ -39,8 +39,9 @@ pub(crate) struct DirIdentity {
     layout: u32,
 }
 
-/// 2: the system region (id 1) and the `s` key space beside user data.
-const LAYOUT_VERSION: u32 = 2;
+/// 2: the system region (id 1) and the `s` key space beside user data. 3: peers with roles
+/// (voter, learner, joint) in region states; tombstones of removed replicas.
+const LAYOUT_VERSION: u32 = 3;
 
 impl DirIdentity {
     /// A node that joined cluster `cluster_id` as store `node_id`.

@@ -133,16 +133,26 @@ impl Routing {
         }
     }
 
-    /// The shard of this node that hosts `region_id`, if any.
+    /// The shard of this node that hosts `region_id`, if any: its leader's, when two shards
+    /// host it (a replica moving between them).
     pub fn shard_of(&self, region_id: u64) -> Option<u32> {
         let table = self.table.read().expect("routing lock");
         let route = table.get(&region_id)?;
-        route
-            .region
-            .peers
-            .iter()
-            .find(|p| p.node == self.node_id)
+        let here = |p: &&PeerMeta| p.node == self.node_id;
+        (route.leader.as_ref().filter(here))
+            .or_else(|| route.region.peers.iter().find(here))
             .map(|p| p.shard)
+    }
+
+    /// Shard `shard`'s replica of `region_id` was destroyed (removed from the region): the
+    /// region leaves the table unless another shard of this node holds it.
+    pub fn drop_replica(&self, region_id: u64, shard: u32) {
+        let mut table = self.table.write().expect("routing lock");
+        let elsewhere = (table.get(&region_id))
+            .is_some_and(|r| (r.region.peers.iter()).any(|p| p.node == self.node_id && p.shard != shard));
+        if !elsewhere {
+            table.remove(&region_id);
+        }
     }
 
     /// The node leading `region_id`, as this node's replicas last saw it.

@@ -56,6 +56,7 @@ use crate::server::{self, Connection, Port};
 use crate::transport::Transport;
 
 pub mod directory;
+mod membership;
 mod split;
 
 /// Ticks replayed at most after the executor was stopped for a while: enough to expire any
@@ -111,6 +112,8 @@ enum Action {
     },
     /// Split the region at this key (ids from the placement service first).
     Split(Vec<u8>),
+    /// Add a learner on (store, shard) (its peer id from the placement service first).
+    AddLearner(u64, u32),
 }
 
 /// What a shard last told the node's routing about one of its regions.
@@ -182,7 +185,7 @@ impl Shard {
             .collect();
         if apply::load_regions(&kv)?.is_empty() {
             for region in &here {
-                apply::save_region(&kv, region)?;
+                apply::bootstrap_region(&kv, region)?;
             }
         }
         let disk = UringDisk::open(&dir.join("raftlog"), cfg.log.sync_mode)
@@ -205,7 +208,7 @@ impl Shard {
         let campaign = here
             .iter()
             .filter(|r| layout::first_leader(r).node == cfg.node_id)
-            .filter(|r| engines.core.borrow().term(r.id) == Some(0))
+            .filter(|r| engines.core.borrow().never_elected(r.id))
             .map(|r| r.id)
             .collect();
         let metrics = Rc::new(args.metrics);
@@ -498,6 +501,13 @@ impl Shard {
             }
             published.insert(id, now);
             self.routing.set_leader(id, leader, term);
+        }
+        // Replicas destroyed here (removed from their regions) leave the routing table.
+        let gone = |id: &&u64| core.region(**id).is_none() && core.stopped(**id).is_none();
+        let gone: Vec<u64> = published.keys().filter(gone).copied().collect();
+        for id in gone {
+            published.remove(&id);
+            self.routing.drop_replica(id, self.index);
         }
         let stopped = core.stopped_regions();
         if stopped.len() as i64 != self.metrics.stopped_regions.get() {
@@ -820,6 +830,12 @@ impl Shard {
                 glommio::spawn_local(Rc::clone(self).split(id, (region_id, epoch), vec![key])).detach();
                 return Ok(());
             }
+            Ok(Action::AddLearner(store, shard)) => {
+                let id = self.track(out, (client_id, op, started), None, true, 0);
+                let add = Rc::clone(self).add_learner(id, (region_id, epoch), (store, shard));
+                glommio::spawn_local(add).detach();
+                return Ok(());
+            }
             Ok(Action::Write(cmd)) => {
                 self.metrics.proposals.inc();
                 self.count(region_id, Flow::write(cmd.written()));
@@ -948,7 +964,7 @@ impl Shard {
                 Response::Written { id, outcome } => (
                     id,
                     Ok(match outcome {
-                        Outcome::Done | Outcome::Split { .. } => Reply::Done,
+                        Outcome::Done | Outcome::Split { .. } | Outcome::Membership { .. } => Reply::Done,
                         Outcome::Cas { succeeded, previous } => Reply::Cas { succeeded, previous },
                     }),
                 ),
@@ -1084,6 +1100,10 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
             checked.map_err(crate::convert::error)?;
             Action::Split(split_key.to_vec())
         }
+        ArchivedOp::ChangePeer { change } => match membership::Step::from_wire(change) {
+            membership::Step::AddLearner { store, shard } => Action::AddLearner(store, shard),
+            membership::Step::Change(change) => Action::Write(Command::ChangePeers { changes: vec![change] }),
+        },
         ArchivedOp::ClusterInfo
         | ArchivedOp::NodeStatus
         | ArchivedOp::GetTs { .. }

@@ -3,7 +3,7 @@
 //!
 //! Owns: the columns and their formats. Must not: ask anything of the cluster.
 
-use corekv_netio::msg::{DirectoryRegion, DirectoryStore, RegionHeartbeat};
+use corekv_netio::msg::{DirectoryRegion, DirectoryStore, RegionHeartbeat, WirePeer, WireRegion};
 use corekv_raftstore::placement::directory::StoreState;
 use serde_json::{json, Value};
 
@@ -88,15 +88,37 @@ pub fn regions_text(regions: &[DirectoryRegion], enc: Encoding) -> String {
     t
 }
 
+/// A peer's role in its region's raft group (`leader`: the region's leader's peer id).
+pub fn role(p: &WirePeer, leader: Option<u64>) -> &'static str {
+    match p.role {
+        _ if Some(p.id) == leader => "leader",
+        0 => "voter",
+        1 => "learner",
+        2 => "incoming voter",
+        3 => "demoting voter",
+        _ => "unknown role",
+    }
+}
+
+/// A region's membership, one line per peer.
+pub fn peers_text(region: &WireRegion, leader: Option<u64>) -> String {
+    (region.peers.iter())
+        .map(|p| {
+            format!(
+                "    peer {} on node {} shard {} ({})\n",
+                p.id,
+                p.node,
+                p.shard,
+                role(p, leader)
+            )
+        })
+        .collect()
+}
+
 /// One region in full: range, epoch, every peer with its role, size and last interval's flow.
 pub fn region_detail(r: &DirectoryRegion, enc: Encoding) -> String {
     let h = &r.heartbeat;
-    let peers: Vec<String> = (h.region.peers.iter())
-        .map(|p| {
-            let role = if p.id == h.leader.id { "leader" } else { "follower" };
-            format!("    peer {} on node {} shard {} ({role})\n", p.id, p.node, p.shard)
-        })
-        .collect();
+    let peers = [peers_text(&h.region, Some(h.leader.id))];
     let f = &h.flow;
     format!(
         "region {}\n  range [{}, {})\n  epoch conf_ver {} version {}\n  term {}\n  peers:\n{}  size ~{} in ~{} keys (flushed data)\n  \
@@ -124,7 +146,7 @@ pub fn region_json(r: &DirectoryRegion, enc: Encoding) -> Value {
         region, leader, flow, ..
     } = &r.heartbeat;
     let peers: Vec<Value> = (region.peers.iter())
-        .map(|p| json!({"id": p.id, "node": p.node, "shard": p.shard, "leader": p.id == leader.id}))
+        .map(|p| json!({"id": p.id, "node": p.node, "shard": p.shard, "leader": p.id == leader.id, "role": role(p, None)}))
         .collect();
     json!({
         "id": region.id, "start": enc.show(&region.start), "end": enc.show(&region.end),

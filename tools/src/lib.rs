@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod control;
 pub mod demo;
 pub mod directory;
+pub mod membership;
 
 use std::process::ExitCode;
 

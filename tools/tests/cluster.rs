@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use corekv_netio::frame::{self, FrameKind, HEADER_BYTES};
 use corekv_netio::msg::{
     ArchivedPeerHello, ArchivedReply, ArchivedSnapshotAck, ArchivedWireError, Op, PeerHello, RaftBatch, RaftEnvelope,
-    Reply, Request, SnapshotAck, SnapshotChunk, WireError, WirePeer, WireRegion,
+    Reply, Request, SnapshotAck, SnapshotChunk, WireEpoch, WireError, WirePeer, WireRegion,
 };
 use corekv_netio::{Client, ClientConfig};
 use corekv_tools::cluster::LocalCluster;
@@ -243,6 +243,103 @@ fn ctl_splits_a_region_while_writes_go_on() {
     }
     t.cluster.wait_for_leaders(Duration::from_secs(30)).unwrap();
     check(&t);
+}
+
+// Proves `corekv-ctl region add-peer` and `remove-peer` move a region's replica to the other
+// shard of its node while a writer keeps writing (add a learner, promote it, demote the old
+// replica, remove it: each printed with the roles), every write succeeds and reads back, the
+// replica is served from its new shard after kill -9 and restart of its node, and that a
+// replica where one is already, or a store without one, is refused with why.
+#[test]
+fn ctl_moves_a_replica_to_another_shard_while_writes_go_on() {
+    let mut t = start();
+    let info = t.info().regions[2].clone();
+    let r = info.region.clone();
+    let leader = info.leader.unwrap().node;
+    let moved = *r.peers.iter().find(|p| p.node != leader).unwrap();
+    let other = 1 - moved.shard;
+    let endpoints = t.endpoints().join(",");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        let prefix = String::from_utf8(key_in(&r, "move")).unwrap();
+        std::thread::spawn(move || {
+            let mut written = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || written.len() < 10 {
+                let key = format!("{prefix}{}", written.len());
+                let (code, _, err) = ctl(&endpoints, &["raw", "put", &key, "v"]);
+                assert_eq!(code, 0, "a write during the move failed: {err}");
+                written.push(key);
+            }
+            written
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (id, node) = (r.id.to_string(), moved.node.to_string());
+    let (code, out, err) = t.ctl(&[
+        "region",
+        "add-peer",
+        "--id",
+        &id,
+        "--store",
+        &node,
+        "--shard",
+        &other.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("on node {node} shard {other} (voter)")), "{out}");
+    let (code, out, err) = t.ctl(&[
+        "region",
+        "remove-peer",
+        "--id",
+        &id,
+        "--store",
+        &node,
+        "--shard",
+        &moved.shard.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains(&format!("on node {node} shard {} ", moved.shard)),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches(" (voter)").count() + out.matches(" (leader)").count(),
+        3,
+        "{out}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    let (code, _, err) = t.ctl(&[
+        "region",
+        "add-peer",
+        "--id",
+        &id,
+        "--store",
+        &node,
+        "--shard",
+        &other.to_string(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has a voter on store"), "{err}");
+    let (code, _, err) = t.ctl(&["region", "remove-peer", "--id", &id, "--store", "9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no replica on store 9"), "{err}");
+    t.cluster.kill(moved.node).unwrap();
+    t.cluster.restart(moved.node).unwrap();
+    t.cluster.wait_for_leaders(Duration::from_secs(30)).unwrap();
+    let now = t
+        .info()
+        .regions
+        .into_iter()
+        .find(|i| i.region.id == r.id)
+        .unwrap()
+        .region;
+    assert!(now.peers.iter().any(|p| p.node == moved.node && p.shard == other));
+    assert!(!now.peers.iter().any(|p| p.id == moved.id));
+    for key in &written {
+        assert_eq!(t.ctl(&["raw", "get", key]).1, "v\n", "{key}");
+    }
 }
 
 // Proves regions split by size on their own: with `[split]` limits of 32 KiB, 100 KiB written
@@ -706,13 +803,17 @@ fn ports_take_only_their_own_frames() {
                 id: 3,
                 node: 3,
                 shard: 1,
+                role: 0,
             },
             to: WirePeer {
                 id: 1,
                 node: 1,
                 shard: 1,
+                role: 0,
             },
             message: Vec::new(),
+            epoch: WireEpoch::default(),
+            check: 0,
         }],
     };
     s.write_all(&frame::encode(FrameKind::RaftBatch, 0, &forged)).unwrap();
@@ -1023,6 +1124,7 @@ fn chunk_frame(region: u64, seq: u32) -> Vec<u8> {
         id: region * 1000 + node,
         node,
         shard: 0,
+        role: 0,
     };
     let chunk = SnapshotChunk {
         header: RaftEnvelope {
@@ -1030,6 +1132,8 @@ fn chunk_frame(region: u64, seq: u32) -> Vec<u8> {
             from: peer(2),
             to: peer(1),
             message: snapshot_message(region, (peer(2).id, peer(1).id), 5, &[4096]),
+            epoch: WireEpoch::default(),
+            check: 0,
         },
         seq,
         file: 0,

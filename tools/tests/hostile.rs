@@ -149,7 +149,12 @@ fn forged() -> impl Strategy<Value = Forged> {
 /// `me` of `cluster_id`. Raft messages name real replicas (peer id = region * 1000 + node)
 /// half of the time, with the inner message's peers agreeing with its envelope's.
 fn encode(f: &Forged, cluster_id: u64, me: u64, (to_node, shard): (u64, u32)) -> Vec<u8> {
-    let peer = |id: u64| WirePeer { id, node: me, shard };
+    let peer = |id: u64| WirePeer {
+        id,
+        node: me,
+        shard,
+        role: 0,
+    };
     match f {
         Forged::Hello {
             cluster_xor,
@@ -184,12 +189,15 @@ fn encode(f: &Forged, cluster_id: u64, me: u64, (to_node, shard): (u64, u32)) ->
                         id: to,
                         node: to_node,
                         shard,
+                        role: 0,
                     };
                     RaftEnvelope {
                         region_id: *region,
                         from: peer(from),
                         to,
                         message,
+                        epoch: WireEpoch::default(),
+                        check: 0,
                     }
                 })
                 .collect();
@@ -214,8 +222,11 @@ fn encode(f: &Forged, cluster_id: u64, me: u64, (to_node, shard): (u64, u32)) ->
                     id: to,
                     node: to_node,
                     shard,
+                    role: 0,
                 },
                 message,
+                epoch: WireEpoch::default(),
+                check: 0,
             };
             let chunk = SnapshotChunk {
                 header,
@@ -234,6 +245,7 @@ fn encode(f: &Forged, cluster_id: u64, me: u64, (to_node, shard): (u64, u32)) ->
                         id: region * 1000 + me,
                         node: if *mine { me } else { to_node },
                         shard,
+                        role: 0,
                     };
                     RegionHeartbeat {
                         region: WireRegion {

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::frame::BODY_BYTES_MAX_DEFAULT;
 use crate::msg::{
     ClusterInfo, DirectoryRegion, DirectoryStore, NodeStatus, Op, RegionInfo, Reply, Request, WireError, WirePeer,
-    WireRegion,
+    WirePeerChange, WireRegion,
 };
 
 /// Records of the placement service's directory. `complete`: every region's leader has had
@@ -610,6 +610,13 @@ impl Client {
             split_key: key.to_vec(),
         };
         self.done(self.call(Locate::Key(key), op).await?.1)
+    }
+
+    /// Changes region `region_id`'s membership by one step; returns once it is applied on the
+    /// region's leader (`refresh` then shows the new membership).
+    pub async fn change_peer(&self, region_id: u64, change: WirePeerChange) -> Result<()> {
+        let op = |_: &WireRegion| Op::ChangePeer { change };
+        self.done(self.call(Locate::Id(region_id), op).await?.1)
     }
 
     /// Hands region `region_id`'s leadership to its replica on store `to_store`. Returns once

@@ -336,11 +336,7 @@ mod tests {
     use crate::region::Epoch;
 
     fn heartbeat(id: u64, range: (&[u8], &[u8]), (conf_ver, version): (u64, u64), term: u64) -> RegionHeartbeat {
-        let leader = PeerMeta {
-            id: id * 100 + 1,
-            node: 1,
-            shard: 0,
-        };
+        let leader = PeerMeta::voter(id * 100 + 1, 1, 0);
         RegionHeartbeat {
             region: Region {
                 id,

@@ -200,10 +200,12 @@ impl Sim {
                         version: 1,
                     },
                     peers: (1..=cfg.nodes)
-                        .map(|node| PeerMeta {
-                            id: (FIRST_USER_REGION_ID + i) * 100 + node,
-                            node,
-                            shard: (i % u64::from(cfg.shards)) as u32,
+                        .map(|node| {
+                            PeerMeta::voter(
+                                (FIRST_USER_REGION_ID + i) * 100 + node,
+                                node,
+                                (i % u64::from(cfg.shards)) as u32,
+                            )
                         })
                         .collect(),
                 }
@@ -218,11 +220,7 @@ impl Sim {
                 version: 1,
             },
             peers: (1..=cfg.nodes)
-                .map(|node| PeerMeta {
-                    id: SYSTEM_REGION_ID * 100 + node,
-                    node,
-                    shard: 0,
-                })
+                .map(|node| PeerMeta::voter(SYSTEM_REGION_ID * 100 + node, node, 0))
                 .collect(),
         };
         let mut sim = Sim {
@@ -255,7 +253,7 @@ impl Sim {
                 let kv = sim.open_kv((node, shard));
                 let all = sim.regions.iter().chain([&sim.system]);
                 for region in all.filter(|r| r.peer_on(node, shard).is_some()) {
-                    apply::save_region(&kv, region).expect("bootstrap region state");
+                    apply::bootstrap_region(&kv, region).expect("bootstrap region state");
                 }
                 drop(kv);
                 sim.start_shard((node, shard)).await;
@@ -421,6 +419,13 @@ impl Sim {
         self.leader_addr(region_id).map(|(node, _)| node)
     }
 
+    /// The term of `region_id`'s current leader.
+    pub fn leader_term(&self, region_id: u64) -> Option<u64> {
+        let addr = self.leader_addr(region_id)?;
+        let term = self.shards[&addr].core.borrow().term(region_id);
+        term
+    }
+
     fn leader_addr(&self, region_id: u64) -> Option<ShardAddr> {
         self.shards
             .iter()
@@ -450,6 +455,48 @@ impl Sim {
         Ok(())
     }
 
+    /// Asks `region_id`'s leader to change its membership (as `corekv-ctl region add-peer` and
+    /// `remove-peer` do, step by step); refused at once if the leader's checks refuse it. The
+    /// change applies in later ticks.
+    pub fn change_peers(&mut self, region_id: u64, changes: Vec<crate::region::PeerChange>) -> Result<(), Error> {
+        let addr = self.leader_addr(region_id).ok_or(Error::RegionNotFound(region_id))?;
+        let id = self.next_request;
+        self.next_request += 1;
+        let mut core = self.shards[&addr].core.borrow_mut();
+        let epoch = core.region(region_id).ok_or(Error::RegionNotFound(region_id))?.epoch;
+        core.try_propose(id, region_id, epoch, Command::ChangePeers { changes })
+    }
+
+    /// `region_id`'s state on the live shard `addr`, if it has a replica there.
+    pub fn region_on(&self, addr: ShardAddr, region_id: u64) -> Option<Region> {
+        let shard = self.shards.get(&addr)?;
+        let region = shard.core.borrow().region(region_id).cloned();
+        region
+    }
+
+    /// `region_id`'s state as its current leader has it, and the leader's peer id.
+    pub fn leader_region(&self, region_id: u64) -> Option<(Region, u64)> {
+        let addr = self.leader_addr(region_id)?;
+        let region = self.region_on(addr, region_id)?;
+        let me = region.peer_on(addr.0, addr.1)?.id;
+        Some((region, me))
+    }
+
+    /// Keys of `region`'s range in the KV engine of the live shard `addr` (none once a
+    /// replica removed from there was destroyed).
+    pub fn data_keys(&self, addr: ShardAddr, region: &Region) -> usize {
+        let Some(shard) = self.shards.get(&addr) else { return 0 };
+        use corekv_storage::kv::KvRead as _;
+        let range = crate::keys::data_range(region).expect("data ranges are bounded");
+        let rows = (shard.kv).scan(
+            corekv_storage::kv::Cf::Default,
+            &range,
+            corekv_storage::kv::Direction::Forward,
+            usize::MAX,
+        );
+        rows.map_or(0, |rows| rows.len())
+    }
+
     /// Takes the newest state of every user region some live replica has (a split's two
     /// regions once one replica applied it), as a client's region cache would learn it.
     fn learn_regions(&mut self) {
@@ -460,7 +507,9 @@ impl Sim {
                 let Some(r) = core.region(id).filter(|r| !r.is_system() && r.is_initialized()) else {
                     continue;
                 };
-                if newest.get(&id).is_none_or(|have| have.epoch.version < r.epoch.version) {
+                let older =
+                    |have: &Region| (have.epoch.version, have.epoch.conf_ver) < (r.epoch.version, r.epoch.conf_ver);
+                if newest.get(&id).is_none_or(older) {
                     newest.insert(id, r.clone());
                 }
             }

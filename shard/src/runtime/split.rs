@@ -53,14 +53,19 @@ impl Shard {
                 }
             })
             .collect();
-        let split = Command::Split { splits };
+        self.propose_admin(id, (region_id, epoch), Command::Split { splits });
+    }
+
+    /// Proposes an admin command the shard completed (its ids allocated) for request `id`.
+    pub(super) fn propose_admin(&self, id: RequestId, (region_id, epoch): (u64, Epoch), cmd: Command) {
         self.metrics.proposals.inc();
-        self.engines.core.borrow_mut().propose(id, region_id, epoch, split);
+        self.engines.core.borrow_mut().propose(id, region_id, epoch, cmd);
         self.kick();
     }
 
-    /// A client of the cluster's placement service (ids for splits), made on first use.
-    fn placement_client(&self) -> Client {
+    /// A client of the cluster's placement service (ids for splits and new replicas), made on
+    /// first use.
+    pub(super) fn placement_client(&self) -> Client {
         let mut slot = self.placement_client.borrow_mut();
         let client = slot.get_or_insert_with(|| {
             let routing = &self.routing;

@@ -20,6 +20,7 @@ use corekv_netio::msg::{DirectoryRegion, DirectoryStore};
 use corekv_netio::{Client, ClientConfig};
 use corekv_tools::bytes::{decode_arg, escape, Encoding};
 use corekv_tools::directory;
+use corekv_tools::membership::{self, await_views};
 use serde_json::{json, Value};
 
 /// Talk to a corekv cluster.
@@ -211,6 +212,35 @@ enum RegionCmd {
         #[arg(long)]
         to_store: u64,
     },
+    /// Adds a replica of a region on a store's shard: a learner that catches up, then (unless
+    /// --learner) a voter through a joint membership. Prints the region's peers.
+    AddPeer {
+        /// The region's id.
+        #[arg(long)]
+        id: u64,
+        /// The store (node id) the replica goes to.
+        #[arg(long)]
+        store: u64,
+        /// The store's shard (core) the replica goes to.
+        #[arg(long, default_value_t = 0)]
+        shard: u32,
+        /// Leave it a learner (it receives the log, votes in nothing).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Removes a region's replica from a store: its leadership handed away first, a voter
+    /// demoted through a joint membership, then removed, and its data destroyed there.
+    RemovePeer {
+        /// The region's id.
+        #[arg(long)]
+        id: u64,
+        /// The store (node id) holding the replica.
+        #[arg(long)]
+        store: u64,
+        /// The store's shard, if it holds several replicas of the region.
+        #[arg(long)]
+        shard: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -280,6 +310,9 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
         Command::Region {
             op: RegionCmd::Split { key },
         } => split(cfg, &decode_arg(&key, enc)?, enc, json).await,
+        Command::Region {
+            op: op @ (RegionCmd::AddPeer { .. } | RegionCmd::RemovePeer { .. }),
+        } => change_peers(cfg, op, json).await,
         Command::Region { op } => regions(Client::with_view(cfg, Vec::new()), op, enc, json).await,
         Command::Tso { count } => {
             let client = Client::with_view(cfg, Vec::new());
@@ -295,7 +328,10 @@ async fn regions(client: Client, op: RegionCmd, enc: Encoding, json: bool) -> Re
         RegionCmd::List { limit } => (all_regions(&client, limit).await?, false),
         RegionCmd::Show { key: Some(k), .. } => (client.get_region(&decode_arg(&k, enc)?).await?, true),
         RegionCmd::Show { id, .. } => (client.get_region_by_id(id.unwrap_or_default()).await?, true),
-        RegionCmd::TransferLeader { .. } | RegionCmd::Split { .. } => unreachable!("executed on their own"),
+        RegionCmd::TransferLeader { .. }
+        | RegionCmd::Split { .. }
+        | RegionCmd::AddPeer { .. }
+        | RegionCmd::RemovePeer { .. } => unreachable!("executed on their own"),
     };
     if detail && found.records.is_empty() {
         let why = if found.complete {
@@ -385,23 +421,45 @@ async fn transfer_leader(cfg: ClientConfig, id: u64, to_store: u64, json: bool) 
     })
 }
 
-/// Refreshes the nodes' views every 50 ms until `seen` finds in them what it looks for, or
-/// `deadline` passes (`None`).
-async fn await_views<T>(
-    client: &Client,
-    deadline: Instant,
-    seen: impl Fn(&[RegionInfo]) -> Option<T>,
-) -> Result<Option<T>> {
-    loop {
-        client.refresh().await?;
-        if let Some(found) = seen(&client.regions()) {
-            return Ok(Some(found));
-        }
-        if Instant::now() > deadline {
-            return Ok(None);
-        }
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+/// Adds or removes a replica (`corekv_tools::membership`), then prints the region's peers.
+async fn change_peers(cfg: ClientConfig, op: RegionCmd, json: bool) -> Result<Printed> {
+    if matches!(op, RegionCmd::AddPeer { id, .. } | RegionCmd::RemovePeer { id, .. } if id == corekv_raftstore::SYSTEM_REGION_ID)
+    {
+        bail!("region 1 is the system region (the placement service's): its replicas are placed at bootstrap, for now");
     }
+    let wait = cfg.request_timeout;
+    let client = Client::connect(cfg).await?;
+    let started = Instant::now();
+    let region = match op {
+        RegionCmd::AddPeer {
+            id,
+            store,
+            shard,
+            learner,
+        } => membership::add_peer(&client, id, (store, shard), learner, wait).await?,
+        RegionCmd::RemovePeer { id, store, shard } => {
+            membership::remove_peer(&client, id, (store, shard), wait).await?
+        }
+        _ => unreachable!("only membership changes come here"),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    let leader = (client.regions().into_iter().find(|r| r.region.id == region.id)).and_then(|r| r.leader.map(|l| l.id));
+    if json {
+        let peers: Vec<Value> = (region.peers.iter())
+            .map(|p| json!({"id": p.id, "node": p.node, "shard": p.shard, "role": directory::role(p, leader)}))
+            .collect();
+        let (conf_ver, version) = (region.epoch.conf_ver, region.epoch.version);
+        return Ok(Printed::json(
+            json!({"region": region.id, "conf_ver": conf_ver, "version": version, "peers": peers, "ms": ms}),
+        ));
+    }
+    Ok(Printed::ok(format!(
+        "region {} epoch conf_ver {} version {}, {ms} ms\n{}",
+        region.id,
+        region.epoch.conf_ver,
+        region.epoch.version,
+        directory::peers_text(&region, leader)
+    )))
 }
 
 /// One line on a finished handover (`done` as `-w json` prints it), from the store that led.

@@ -2,7 +2,7 @@
 //!
 //! Owns: what a fault is (`Fault`), the schedule (`Schedule::next`: a pure function of the
 //! seed and of which node leads most regions when asked), and injecting / healing a fault
-//! against the cluster, the firewall and the nodes' disks (`Nemesis`); region changes (a split,
+//! against the cluster, the firewall and the nodes' disks (`Nemesis`); region changes (a split, a replica move,
 //! a leader transfer) are asked of the cluster as `corekv-ctl` asks them, through a client of
 //! their own. Must not: judge the run, or read the workload's history.
 //!
@@ -30,6 +30,8 @@ const GAP_MS_MAX: u64 = 1_500;
 /// Packet loss between nodes, in percent of packets.
 const LOSS_PERCENT_MIN: u32 = 5;
 const LOSS_PERCENT_MAX: u32 = 40;
+/// How long each half of a replica move (add, then remove) may take before it is given up.
+const MOVE_STEP_WAIT: Duration = Duration::from_secs(10);
 /// Out of 4: how often a node fault aims at the node leading most regions.
 const LEADER_BIAS_OF_4: u64 = 3;
 const _: () = assert!(HOLD_MS_MIN <= HOLD_MS_MAX && GAP_MS_MIN <= GAP_MS_MAX && LOSS_PERCENT_MAX <= 100);
@@ -56,6 +58,10 @@ pub enum Fault {
     /// The region holding workload key `key` is handed to its replica on node `to` (refused
     /// while that replica lags).
     Transfer { key: u64, to: u64 },
+    /// The region holding workload key `key` moves its replica on `node` to the node's next
+    /// shard (add a learner there, promote it, demote and remove the old one), as `corekv-ctl
+    /// region add-peer` and `remove-peer` do.
+    Move { key: u64, node: u64 },
 }
 
 impl Fault {
@@ -69,10 +75,11 @@ impl Fault {
             Fault::DiskFull { .. } => "disk-full",
             Fault::Split { .. } => "split",
             Fault::Transfer { .. } => "transfer-leader",
+            Fault::Move { .. } => "move",
         }
     }
 
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "kill",
         "pause",
         "isolate",
@@ -81,6 +88,7 @@ impl Fault {
         "disk-full",
         "split",
         "transfer-leader",
+        "move",
     ];
 }
 
@@ -131,9 +139,13 @@ impl Schedule {
             },
             5 => Fault::DiskFull { node },
             6 => Fault::Split { key: self.below(KEYS) },
-            _ => Fault::Transfer {
+            7 => Fault::Transfer {
                 key: self.below(KEYS),
                 to: random_node,
+            },
+            _ => Fault::Move {
+                key: self.below(KEYS),
+                node: random_node,
             },
         };
         Step {
@@ -193,28 +205,35 @@ impl Nemesis<'_> {
             Fault::DiskFull { node } => {
                 self.disks[(node - 1) as usize].fill(0)?;
             }
-            Fault::Split { .. } | Fault::Transfer { .. } => self.change_region(fault),
+            Fault::Split { .. } | Fault::Transfer { .. } | Fault::Move { .. } => self.change_region(fault),
         }
         Ok(())
     }
 
-    /// Asks the cluster for a region change, as `corekv-ctl region split | transfer-leader`
-    /// would; refused or not done in time is part of the game (said, not an error).
+    /// Asks the cluster for a region change, as `corekv-ctl region split | transfer-leader |
+    /// add-peer + remove-peer` would; refused or not done in time is part of the game (said,
+    /// not an error).
     fn change_region(&self, fault: Fault) {
         let endpoints = self.cluster.spec().endpoints();
+        let shards = self.cluster.spec().shards;
         let done = crate::on_executor(move || async move {
             let client = corekv_netio::Client::connect(super::workload::client_config(endpoints)).await?;
             let key = super::workload::key(match fault {
-                Fault::Split { key } | Fault::Transfer { key, .. } => key,
+                Fault::Split { key } | Fault::Transfer { key, .. } | Fault::Move { key, .. } => key,
                 _ => unreachable!("a region change"),
             });
+            let holder = client.regions().into_iter().find(|r| r.region.contains(key.as_bytes()));
+            let region = holder
+                .map(|r| r.region)
+                .ok_or_else(|| anyhow::anyhow!("no region known"))?;
             match fault {
-                Fault::Transfer { to, .. } => {
-                    let holder = client.regions().into_iter().find(|r| r.region.contains(key.as_bytes()));
-                    let id = holder
-                        .map(|r| r.region.id)
-                        .ok_or_else(|| anyhow::anyhow!("no region known"))?;
-                    client.transfer_leader(id, to).await?
+                Fault::Transfer { to, .. } => client.transfer_leader(region.id, to).await?,
+                Fault::Move { node, .. } => {
+                    let from = (region.peers.iter().find(|p| p.node == node))
+                        .ok_or_else(|| anyhow::anyhow!("no replica on node {node}"))?;
+                    let (to, wait) = ((from.shard + 1) % shards, MOVE_STEP_WAIT);
+                    crate::membership::add_peer(&client, region.id, (node, to), false, wait).await?;
+                    crate::membership::remove_peer(&client, region.id, (node, Some(from.shard)), wait).await?;
                 }
                 _ => client.split_region(key.as_bytes()).await?,
             }
@@ -233,7 +252,7 @@ impl Nemesis<'_> {
             }
             Fault::Isolate { .. } | Fault::Bridge { .. } | Fault::Loss { .. } => self.firewall.set(&[])?,
             Fault::DiskFull { node } => self.disks[(node - 1) as usize].free()?,
-            Fault::Split { .. } | Fault::Transfer { .. } => {}
+            Fault::Split { .. } | Fault::Transfer { .. } | Fault::Move { .. } => {}
         }
         Ok(())
     }

@@ -235,11 +235,7 @@ pub fn hello(cluster_id: u64, node_id: u64) -> Vec<u8> {
 /// in its protobuf encoding.
 pub fn snapshot_message(region: u64, (from, to): (u64, u64), index: u64, sizes: &[u64]) -> Vec<u8> {
     use protobuf::Message as _;
-    let peer = |id: u64| corekv_raftstore::PeerMeta {
-        id,
-        node: id % 1000,
-        shard: 0,
-    };
+    let peer = |id: u64| corekv_raftstore::PeerMeta::voter(id, id % 1000, 0);
     let state = corekv_raftstore::Region {
         id: region,
         start: Vec::new(),
