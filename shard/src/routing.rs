@@ -25,9 +25,10 @@ pub struct Routing {
     node_id: u64,
     shards: u32,
     peer_addr: String,
-    /// Each member's peer IP: where its connections come from. The initial members, as
-    /// configured, and the stores registered since (`add_stores`).
-    members: RwLock<BTreeMap<u64, std::net::IpAddr>>,
+    /// Each member's peer address (its shard 0's; its IP is where its connections come
+    /// from). The initial members, as configured, and the stores registered since
+    /// (`add_stores`).
+    members: RwLock<BTreeMap<u64, std::net::SocketAddr>>,
     table: RwLock<BTreeMap<u64, Route>>,
     /// Node id -> client address of its shard 0: this node's own, and every peer's from its
     /// `PeerHello`.
@@ -64,7 +65,7 @@ impl Routing {
             node_id: me.node_id,
             shards: me.shards,
             peer_addr: me.peer_addr,
-            members: RwLock::new(members.iter().map(|m| (m.id, m.peer.ip())).collect()),
+            members: RwLock::new(members.iter().map(|m| (m.id, m.peer)).collect()),
             table: RwLock::new(BTreeMap::new()),
             client_addrs: RwLock::new([(me.node_id, me.client_addr)].into()),
             stopped: RwLock::new(BTreeMap::new()),
@@ -95,6 +96,11 @@ impl Routing {
 
     /// The IP member `node_id`'s connections come from (its configured peer address's).
     pub fn member_ip(&self, node_id: u64) -> Option<std::net::IpAddr> {
+        self.peer_addr_of(node_id).map(|a| a.ip())
+    }
+
+    /// Where member `node_id`'s shard 0 takes peer connections (shard k: that port + k).
+    pub fn peer_addr_of(&self, node_id: u64) -> Option<std::net::SocketAddr> {
         self.members.read().expect("routing lock").get(&node_id).copied()
     }
 
@@ -106,7 +112,7 @@ impl Routing {
         for s in stores {
             if let std::collections::btree_map::Entry::Vacant(e) = members.entry(s.id) {
                 tracing::info!(store = s.id, peer = %s.peer, "a registered store joins the members");
-                e.insert(s.peer.ip());
+                e.insert(s.peer);
             }
         }
     }

@@ -231,7 +231,6 @@ impl Shard {
             Shard {
                 index: args.index,
                 transport: Transport::new(
-                    &args.members,
                     source,
                     args.tls.clone(),
                     hello,

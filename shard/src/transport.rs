@@ -31,7 +31,7 @@ use corekv_raftstore::snapshot::{self, SnapshotMeta};
 use corekv_raftstore::snapshot_chunks::{self, Piece, SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX};
 use corekv_raftstore::{batch_by_destination, Destination, RaftMessage};
 
-use crate::config::{Member, NetSection};
+use crate::config::NetSection;
 use crate::convert;
 use crate::metrics::ShardMetrics;
 use crate::routing::Routing;
@@ -44,8 +44,6 @@ const WRITE_BYTES_MAX: usize = 4 << 20;
 const RECONNECT_MS_MIN: u64 = 20;
 
 pub struct Transport {
-    /// Peer address of every member's shard 0.
-    members: HashMap<u64, std::net::SocketAddr>,
     /// This node's own address, bound for outgoing connections (`None` when it listens on all).
     source: Option<std::net::IpAddr>,
     tls: Option<Tls>,
@@ -109,7 +107,6 @@ impl Transport {
     /// `hello` is what this shard says first on every connection it opens.
     #[allow(clippy::too_many_arguments)] // each is one of the transport's own parts
     pub fn new(
-        members: &[Member],
         source: Option<std::net::IpAddr>,
         tls: Option<Tls>,
         hello: PeerHello,
@@ -120,7 +117,6 @@ impl Transport {
         snap_dir: PathBuf,
     ) -> Transport {
         Transport {
-            members: members.iter().map(|m| (m.id, m.peer)).collect(),
             source: source.filter(|ip| !ip.is_unspecified()),
             tls,
             hello: Rc::new(hello),
@@ -230,7 +226,8 @@ impl Transport {
         if let Some(l) = self.links.borrow().get(&dest) {
             return Some(Rc::clone(l));
         }
-        let mut addr = *self.members.get(&dest.0)?;
+        // Any member: the initial ones and the stores registered since (`Routing::add_stores`).
+        let mut addr = self.routing.peer_addr_of(dest.0)?;
         addr.set_port(addr.port().checked_add(u16::try_from(dest.1).ok()?)?);
         let link = Rc::new(Link {
             node: dest.0,

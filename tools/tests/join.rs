@@ -100,7 +100,8 @@ fn store_ids(t: &TestCluster) -> Vec<u64> {
 
 // Proves a fourth node joins a running 3-node cluster with --join: it gets a store id from the
 // cluster's allocator (above every bootstrap id), shows up in `store list` with its address
-// and reports itself; restarted, it keeps its id (no second store appears); and the mistakes are
+// and reports itself; restarted, it keeps its id (no second store appears); a region gains a
+// voting replica on it (`region add-peer`); and the mistakes are
 // refused with one line: --join to an address that is not a corekv node, a data dir that is a
 // bootstrap member's, and another store's address; as are registrations a client makes up (an
 // id the allocator never gave, a registered store's id with other addresses, a peer address of
@@ -135,6 +136,22 @@ fn a_fourth_node_joins_and_keeps_its_store_id() {
     let (_joiner, again) = join(&t, &args, &client_addr);
     assert_eq!(again, id, "a restart keeps the store id");
     assert_eq!(store_ids(&t), [1, 2, 3, id]);
+    // A region gains a replica on the joined store: the other nodes dial it at its registered
+    // address, and it catches up and votes.
+    let r = t.info().regions[0].region.clone();
+    let add = [
+        "region",
+        "add-peer",
+        "--id",
+        &r.id.to_string(),
+        "--store",
+        &id.to_string(),
+    ];
+    let (code, out, err) = t.ctl(&add);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("on node {id} shard 0 (voter)")), "{out}");
+    let key = String::from_utf8(key_in(&r, "joined")).unwrap();
+    assert_eq!(t.ctl(&["raw", "put", &key, "v"]).1, "OK\n");
 
     // Not corekv: node 1's metrics port answers HTTP, not frames.
     let other = t._dir.path().join("node-5");
