@@ -129,9 +129,13 @@ impl Routing {
 
     /// A peer introduced itself with its client address, answering a connection this node
     /// dialled to its configured peer address (never from an inbound hello: any dialer could
-    /// claim any client address there).
+    /// claim any client address there). This node's own (a connection between two of its
+    /// shards) is known already.
     pub fn learn_client_addr(&self, node_id: u64, addr: &str) {
-        debug_assert!(self.is_member(node_id) && node_id != self.node_id);
+        debug_assert!(self.is_member(node_id));
+        if node_id == self.node_id {
+            return;
+        }
         let mut addrs = self.client_addrs.write().expect("routing lock");
         if addrs.get(&node_id).map(String::as_str) != Some(addr) {
             tracing::info!(node = node_id, addr, "learned a peer's client address");

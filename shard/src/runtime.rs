@@ -554,8 +554,9 @@ impl Shard {
         })
     }
 
-    /// A peer introduces itself: it must belong to this cluster, be another member, and name a
-    /// shard that exists. Answered with this shard's own hello.
+    /// A peer introduces itself: it must belong to this cluster, be a member (this node's other
+    /// shards too: a region moving between them has replicas on both), and name a shard that
+    /// exists. Answered with this shard's own hello.
     fn handle_hello(&self, out: &Connection, body: &Body) -> std::result::Result<(), WireError> {
         let hello = frame::access::<ArchivedPeerHello>(body).map_err(|e| server::malformed(&e))?;
         let (cluster_id, node_id) = (hello.cluster_id.to_native(), hello.node_id.to_native());
@@ -565,8 +566,10 @@ impl Shard {
                 "cluster {cluster_id:#x} is not this node's cluster {:#x} (another cluster on these addresses? check initial_cluster_token)",
                 routing.cluster_id()
             ))
-        } else if node_id == routing.node_id() || !routing.is_member(node_id) {
-            Some(format!("node {node_id} is not another member of this cluster"))
+        } else if !routing.is_member(node_id) || (node_id, hello.shard.to_native()) == (routing.node_id(), self.index) {
+            Some(format!(
+                "node {node_id} is not a member of this cluster, or is this very shard"
+            ))
         } else if out.remote.is_some_and(|ip| routing.member_ip(node_id) != Some(ip)) {
             Some(format!(
                 "node {node_id} connects from its own peer address, not {:?}",

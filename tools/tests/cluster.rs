@@ -245,8 +245,8 @@ fn ctl_splits_a_region_while_writes_go_on() {
     check(&t);
 }
 
-// Proves `corekv-ctl region add-peer` and `remove-peer` move a region's replica to the other
-// shard of its node while a writer keeps writing (add a learner, promote it, demote the old
+// Proves `corekv-ctl region add-peer` and `remove-peer` move a region's leader replica to the
+// other shard of its node while a writer keeps writing (add a learner, promote it, demote the old
 // replica, remove it: each printed with the roles), every write succeeds and reads back, the
 // replica is served from its new shard after kill -9 and restart of its node, and that a
 // replica where one is already, or a store without one, is refused with why.
@@ -256,7 +256,9 @@ fn ctl_moves_a_replica_to_another_shard_while_writes_go_on() {
     let info = t.info().regions[2].clone();
     let r = info.region.clone();
     let leader = info.leader.unwrap().node;
-    let moved = *r.peers.iter().find(|p| p.node != leader).unwrap();
+    // The leader's own replica: the learner is fed from the other shard of its own node, and
+    // the leadership is handed away before the old replica goes.
+    let moved = *r.peers.iter().find(|p| p.node == leader).unwrap();
     let other = 1 - moved.shard;
     let endpoints = t.endpoints().join(",");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
