@@ -820,24 +820,30 @@ impl RaftCore {
         self.notices.extend(probes);
     }
 
-    /// A membership question or answer from another shard (`MemberCheck`).
-    fn on_member_check(&mut self, msg: &RaftMessage) {
+    /// A membership question or answer from another shard (`MemberCheck`). A `Removed` from
+    /// no replica of the region is refused (no honest peer sends one).
+    fn on_member_check(&mut self, msg: &RaftMessage) -> Result<()> {
         // (A replica destroyed here answers nothing: its tombstone does not say who else was
         // removed.)
-        let Some(peer) = self.peers.get(&msg.region_id) else {
-            return;
-        };
+        let peer = (self.peers.get(&msg.region_id)).ok_or(Error::RegionNotFound(msg.region_id))?;
         match msg.check {
             MemberCheck::Probe => peer.answer_if_removed(msg, &mut self.notices),
             MemberCheck::Removed => {
                 let from_replica = (peer.region.peer(msg.from.id)).is_some_and(|p| p.same_replica(&msg.from));
-                let newer = msg.epoch.conf_ver > peer.region.epoch.conf_ver;
-                if peer.region.is_initialized() && peer.me.id == msg.to.id && from_replica && newer {
+                if !from_replica || peer.me.id != msg.to.id {
+                    return Err(Error::Refused {
+                        region_id: msg.region_id,
+                        from: msg.from.id,
+                        reason: "a membership notice from no replica of the region, or to another",
+                    });
+                }
+                if peer.region.is_initialized() && msg.epoch.conf_ver > peer.region.epoch.conf_ver {
                     self.destroy(msg.region_id);
                 }
             }
             MemberCheck::None => {}
         }
+        Ok(())
     }
 
     /// A raft message from another shard. A leader's message for a region not here starts an
@@ -846,8 +852,7 @@ impl RaftCore {
     /// sees them.
     pub fn step(&mut self, msg: RaftMessage) -> Result<()> {
         if msg.check != MemberCheck::None {
-            self.on_member_check(&msg);
-            return Ok(());
+            return self.on_member_check(&msg);
         }
         if !self.peers.contains_key(&msg.region_id) {
             if self.hold_early_vote(&msg) {

@@ -167,11 +167,19 @@ fn insider(sim: &Sim, f: &Fields, region_at: usize, from: usize, to: usize) -> R
 }
 
 /// A forgery that no honest network delivers: from a non-replica, for an unknown region named
-/// with another region's peers, at term 0 or past any election, or of a kind never sent
-/// between nodes.
+/// with another region's peers, at term 0 or past any election, of a kind never sent between
+/// nodes, or a "you were removed" notice (at a far newer epoch) from a non-replica.
 fn outsider(sim: &Sim, f: &Fields, region_at: usize, how: u8) -> RaftMessage {
     let mut msg = insider(sim, f, region_at, 0, 0);
-    match how % 5 {
+    match how % 6 {
+        5 => {
+            msg.from = PeerMeta::voter(4000 + msg.from.id, msg.from.node, msg.from.shard);
+            msg.epoch = Epoch {
+                conf_ver: u64::MAX,
+                version: f.term,
+            };
+            msg.check = MemberCheck::Removed;
+        }
         0 => {
             msg.from = PeerMeta::voter(4000 + msg.from.id, 9, 0);
             msg.msg.from = msg.from.id;
