@@ -527,26 +527,13 @@ mod tests {
     // Proves reads and writes check only the range's version, membership changes only conf_ver.
     #[test]
     fn epoch_parts_by_command() {
+        let epoch = |conf_ver, version| Epoch { conf_ver, version };
         let mut r = region(b"", b"");
-        r.epoch = Epoch {
-            conf_ver: 4,
-            version: 2,
-        };
-        let old_conf = Epoch {
-            conf_ver: 3,
-            version: 2,
-        };
+        r.epoch = epoch(4, 2);
+        let old_conf = epoch(3, 2);
         assert!(r.check_epoch_parts(old_conf, EpochCheck::Version).is_ok());
         assert!(r.check_epoch_parts(old_conf, EpochCheck::ConfVer).is_err());
-        assert!(r
-            .check_epoch_parts(
-                Epoch {
-                    conf_ver: 4,
-                    version: 1
-                },
-                EpochCheck::ConfVer
-            )
-            .is_ok());
+        assert!(r.check_epoch_parts(epoch(4, 1), EpochCheck::ConfVer).is_ok());
         assert!(r.check_epoch_parts(old_conf, EpochCheck::Both).is_err());
     }
 

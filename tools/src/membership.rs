@@ -70,19 +70,27 @@ async fn await_replica(
     })
 }
 
-/// Proposes `change` to region `id`, again every `RETRY_AFTER` while its leader refuses it
-/// for now (`AdminRefused`: a learner behind, a change pending) until `deadline`.
-async fn step(client: &Client, (id, deadline): (u64, Instant), change: WirePeerChange) -> Result<()> {
+/// Asks region `id`'s leader (`ask`), again every `RETRY_AFTER` while it refuses for now
+/// (`AdminRefused`: a learner behind, a change pending, a target lagging) until `deadline`.
+async fn until_taken<F, Fut>((id, deadline): (u64, Instant), mut ask: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = corekv_netio::Result<()>>,
+{
     loop {
-        match client.change_peer(id, change).await {
+        match ask().await {
             Err(ClientError::Server(WireError::AdminRefused { reason, .. })) if Instant::now() < deadline => {
-                tracing::debug!(region = id, reason, "membership step refused for now; trying again");
+                tracing::debug!(region = id, reason, "refused for now; trying again");
                 glommio::timer::sleep(RETRY_AFTER).await;
             }
-            Err(e) => return Err(e.into()),
-            Ok(()) => return Ok(()),
+            other => return Ok(other?),
         }
     }
+}
+
+/// Proposes one membership step of region `id` (`until_taken`).
+async fn step(client: &Client, at: (u64, Instant), change: WirePeerChange) -> Result<()> {
+    until_taken(at, || client.change_peer(at.0, change)).await
 }
 
 /// Adds a replica of region `id` on `store`'s shard `shard`: a learner, then (unless
@@ -155,12 +163,7 @@ async fn hand_away(
         bail!("region {id}: its leader is its only voter; add another voter first");
     };
     loop {
-        match client.transfer_leader(id, to.node).await {
-            Err(ClientError::Server(WireError::AdminRefused { .. })) if Instant::now() < deadline => {
-                glommio::timer::sleep(RETRY_AFTER).await
-            }
-            other => other?,
-        }
+        until_taken((id, deadline), || client.transfer_leader(id, to.node)).await?;
         let moved = |regions: &[RegionInfo]| {
             let info = regions.iter().find(|r| r.region.id == id)?;
             info.leader.filter(|l| l.id != leader.id).map(|_| ())

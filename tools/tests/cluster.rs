@@ -277,17 +277,11 @@ fn ctl_moves_a_replica_to_another_shard_while_writes_go_on() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let (id, node) = (r.id.to_string(), moved.node.to_string());
-    let (code, out, err) = t.ctl(&[
-        "region",
-        "add-peer",
-        "--id",
-        &id,
-        "--store",
-        &node,
-        "--shard",
-        &other.to_string(),
-    ]);
+    let (id, node, to_shard) = (r.id.to_string(), moved.node.to_string(), other.to_string());
+    let add = [
+        "region", "add-peer", "--id", &id, "--store", &node, "--shard", &to_shard,
+    ];
+    let (code, out, err) = t.ctl(&add);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("on node {node} shard {other} (voter)")), "{out}");
     let (code, out, err) = t.ctl(&[
@@ -312,16 +306,7 @@ fn ctl_moves_a_replica_to_another_shard_while_writes_go_on() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.join().unwrap();
-    let (code, _, err) = t.ctl(&[
-        "region",
-        "add-peer",
-        "--id",
-        &id,
-        "--store",
-        &node,
-        "--shard",
-        &other.to_string(),
-    ]);
+    let (code, _, err) = t.ctl(&add);
     assert_eq!(code, 1);
     assert!(err.contains("has a voter on store"), "{err}");
     let (code, _, err) = t.ctl(&["region", "remove-peer", "--id", &id, "--store", "9"]);
