@@ -426,7 +426,7 @@ pub enum WireError {
     #[error("peer refused: {reason}")]
     PeerRefused { reason: String },
     /// This node does not run the placement service: node `leader` (client address `addr`,
-    /// when known) is believed to.
+    /// when known) is believed to. With no `leader`, `addr` is a node that may know it.
     #[error("not the placement leader (leader hint: node {leader:?} at {addr:?})")]
     NotPlacementLeader { leader: Option<u64>, addr: Option<String> },
     /// The region's leader refused an admin command (a leader transfer) for the reason given.

@@ -160,6 +160,8 @@ pub struct Shard {
     measuring: Cell<bool>,
     /// The system region's applied index when its store registry was last read here.
     registry_read_at: Cell<u64>,
+    /// Shard 0 is asking the placement service for the registered stores (`learn_stores`).
+    learning_stores: Cell<bool>,
     /// Asks the placement service for ids (`placement_client`).
     placement_client: RefCell<Option<corekv_netio::Client>>,
     /// Bytes written to each region this shard leads since its size was last checked.
@@ -268,6 +270,7 @@ impl Shard {
                 inbox: args.inbox,
                 measuring: Cell::new(false),
                 registry_read_at: Cell::new(0),
+                learning_stores: Cell::new(false),
                 placement_client: RefCell::new(None),
                 written_since_check: RefCell::new(HashMap::new()),
                 split_checking: Cell::new(false),
@@ -915,12 +918,23 @@ impl Shard {
         }
     }
 
-    /// Where the placement service runs, as far as this node knows.
+    /// Where the placement service runs, as far as this node knows. A node without a replica
+    /// of the system region does not know its leader: it names the nodes that have one, in
+    /// turn (tick by tick), each of which knows.
     fn not_placement_leader(&self) -> WireError {
-        let leader = self.routing.leader_node(SYSTEM_REGION_ID);
+        let routing = &self.routing;
+        let leader = routing.leader_node(SYSTEM_REGION_ID);
+        let known: Vec<String> = match leader {
+            Some(node) => routing.client_addr_of(node).into_iter().collect(),
+            None => (routing.placement_nodes().into_iter())
+                .filter(|&n| n != routing.node_id())
+                .filter_map(|n| routing.client_addr_of(n))
+                .collect(),
+        };
+        let turn = self.ticks.get() as usize % known.len().max(1);
         WireError::NotPlacementLeader {
             leader,
-            addr: leader.and_then(|node| self.routing.client_addr_of(node)),
+            addr: known.get(turn).cloned(),
         }
     }
 

@@ -84,6 +84,7 @@ impl Shard {
         let interval = self.cfg.placement.heartbeat_interval_ms;
         let store = (self.index == 0 && now_ms >= self.store_reported_ms.get() + interval).then(|| {
             self.store_reported_ms.set(now_ms);
+            self.learn_stores();
             self.store_heartbeat()
         });
         if regions.is_empty() && store.is_none() {
@@ -161,23 +162,49 @@ impl Shard {
             return;
         }
         match stores::load(&self.engines.kv, system) {
-            Ok(registered) => {
-                // Only stores new here, and only addresses that are IP:port (no name lookup on
-                // the shard's thread; a joining store registers with IP:port).
-                let new = registered.iter().filter(|s| !self.routing.is_member(s.id));
-                let members: Vec<Member> = new
-                    .filter_map(|s| {
-                        let peer = s.peer_addr.parse().ok()?;
-                        Some(Member {
-                            id: s.id,
-                            addr: s.peer_addr.clone(),
-                            peer,
-                        })
-                    })
-                    .collect();
-                self.routing.add_stores(&members);
-            }
+            Ok(registered) => self.admit(registered.iter().map(|s| (s.id, s.peer_addr.as_str()))),
             Err(e) => tracing::warn!(error = %e, "the store registry could not be read"),
+        }
+    }
+
+    /// Shard 0 of a node without a replica of the system region: asks the placement service
+    /// for the registered stores (one request at a time, every store heartbeat), so that a
+    /// store that joined after this node did is let in here too.
+    fn learn_stores(self: &Rc<Self>) {
+        if self.routing.shard_of(SYSTEM_REGION_ID).is_some() || self.learning_stores.replace(true) {
+            return;
+        }
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            match shard.placement_client().get_all_stores().await {
+                Ok(listed) => {
+                    let stores = listed.records.iter().map(|s| &s.heartbeat);
+                    shard.admit(stores.map(|s| (s.store_id, s.peer_addr.as_str())));
+                }
+                Err(e) => tracing::debug!(error = %e, "the registered stores could not be listed"),
+            }
+            shard.learning_stores.set(false);
+        })
+        .detach();
+    }
+
+    /// Registered stores (id, peer address) become members: only those new here, and only
+    /// addresses that are IP:port (no name lookup on the shard's thread; a joining store
+    /// registers with IP:port).
+    fn admit<'a>(&self, registered: impl Iterator<Item = (u64, &'a str)>) {
+        let new = registered.filter(|(id, _)| !self.routing.is_member(*id));
+        let members: Vec<Member> = new
+            .filter_map(|(id, addr)| {
+                let peer = addr.parse().ok()?;
+                Some(Member {
+                    id,
+                    addr: addr.to_string(),
+                    peer,
+                })
+            })
+            .collect();
+        if !members.is_empty() {
+            self.routing.add_stores(&members);
         }
     }
 
