@@ -140,6 +140,11 @@ pub enum Op {
     ChangePeer {
         change: WirePeerChange,
     },
+    /// The region directory's record of the region holding the keys just below `bound`
+    /// (empty: the last region), as `GetRegion` (a reverse scan's next region).
+    GetRegionBelow {
+        bound: Vec<u8>,
+    },
 }
 
 /// One step of a membership change: adding a voter is add learner, then promote; removing
@@ -170,6 +175,7 @@ impl Op {
                 | Op::GetTs { .. }
                 | Op::GetRegion { .. }
                 | Op::GetRegionById { .. }
+                | Op::GetRegionBelow { .. }
                 | Op::ScanRegions { .. }
                 | Op::GetStore { .. }
                 | Op::GetAllStores
@@ -180,7 +186,7 @@ impl Op {
 }
 
 /// Request kinds, in `ArchivedOp::index` order: the label of per-command metrics.
-pub const OP_NAMES: [&str; 21] = [
+pub const OP_NAMES: [&str; 22] = [
     "get",
     "batch_get",
     "scan",
@@ -202,6 +208,7 @@ pub const OP_NAMES: [&str; 21] = [
     "transfer_leader",
     "split",
     "change_peer",
+    "get_region_below",
 ];
 
 impl ArchivedOp {
@@ -229,6 +236,7 @@ impl ArchivedOp {
             ArchivedOp::TransferLeader { .. } => 18,
             ArchivedOp::Split { .. } => 19,
             ArchivedOp::ChangePeer { .. } => 20,
+            ArchivedOp::GetRegionBelow { .. } => 21,
         }
     }
 }

@@ -1125,6 +1125,7 @@ fn action(op: &ArchivedOp, region: &Region) -> std::result::Result<Action, WireE
         | ArchivedOp::GetTs { .. }
         | ArchivedOp::GetRegion { .. }
         | ArchivedOp::GetRegionById { .. }
+        | ArchivedOp::GetRegionBelow { .. }
         | ArchivedOp::ScanRegions { .. }
         | ArchivedOp::GetStore { .. }
         | ArchivedOp::GetAllStores

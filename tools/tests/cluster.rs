@@ -245,6 +245,44 @@ fn ctl_splits_a_region_while_writes_go_on() {
     check(&t);
 }
 
+// Proves a client finds a region it has not cached through the placement service's directory,
+// not by asking every node again: another client splits the region the first one cached; the
+// first one's reverse scan over the old range (the region just below a bound) and its write
+// to the split-off keys each find the new region with a directory lookup, and the only ask of
+// the nodes' views is the one `connect` makes.
+#[test]
+fn a_client_finds_a_split_off_region_through_the_directory() {
+    let t = start();
+    let r = t.info().regions[2].region.clone();
+    let (low, high, split_key) = (key_in(&r, "a"), key_in(&r, "z"), key_in(&r, "m"));
+    let cfg = t.cluster.spec().client_config().unwrap();
+    let old = r.clone();
+    let (stats, rows, new) = t.with_client(move |c| async move {
+        c.put(&low, b"l").await?;
+        c.put(&high, b"h").await?;
+        let other = Client::connect(cfg).await?;
+        other.split_region(&split_key).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let new = loop {
+            let found = other.get_region(&high).await?.records;
+            match found.first().map(|d| d.heartbeat.region.clone()) {
+                Some(region) if region.id != old.id => break region,
+                _ => anyhow::ensure!(Instant::now() < deadline, "the directory never listed the new region"),
+            }
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        };
+        let rows = c.scan(&old.start, &old.end, 10, true).await?;
+        c.put(&high, b"h2").await?;
+        anyhow::ensure!(c.get(&high).await? == Some(b"h2".to_vec()));
+        Ok((c.stats(), rows, new))
+    });
+    assert_eq!(new.start, key_in(&r, "m"));
+    let keys: Vec<&[u8]> = rows.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys, [key_in(&r, "z"), key_in(&r, "a")]);
+    assert_eq!(stats.refreshes, 1, "only connect asked the nodes: {stats:?}");
+    assert!(stats.directory_lookups >= 1, "{stats:?}");
+}
+
 // Proves `corekv-ctl region add-peer` and `remove-peer` move a region's leader replica to the
 // other shard of its node while a writer keeps writing (add a learner, promote it, demote the old
 // replica, remove it: each printed with the roles), every write succeeds and reads back, the

@@ -1,7 +1,8 @@
 //! The shard-aware client: a request goes straight to the core that leads its region.
 //!
-//! Owns: the region cache (regions by start key with their epochs), the leader cache (a hint
-//! per region, corrected by every `NotLeader` / `WrongShard` / `EpochNotMatch` answer), one
+//! Owns: the region cache (regions by start key with their epochs; a miss is looked up in the
+//! placement service's directory, then in the nodes' own views), the leader cache (a hint per
+//! region, corrected by every `NotLeader` / `WrongShard` / `EpochNotMatch` answer), one
 //! pipelined connection per shard address, retries with exponential backoff, and a deadline
 //! per operation. Runs on a glommio executor (`!Send`; one client per executor).
 //!
@@ -56,6 +57,9 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How long a region lookup in the placement service's directory may take before the
+    /// client asks the nodes themselves (a placement leader paused or being replaced).
+    pub directory_timeout: Duration,
     /// Requests in flight on one connection before the client itself answers `ServerBusy`.
     pub inflight_per_connection_max: usize,
     pub body_bytes_max: u32,
@@ -69,6 +73,7 @@ impl ClientConfig {
             endpoints,
             request_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
+            directory_timeout: Duration::from_millis(500),
             backoff_min: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
             inflight_per_connection_max: 4096,
@@ -86,7 +91,10 @@ pub struct ClientStats {
     /// Re-routes on NotLeader / WrongShard / EpochNotMatch.
     pub redirects: u64,
     pub wrong_shard: u64,
+    /// Asks of every node for its view (`refresh`).
     pub refreshes: u64,
+    /// Regions looked up in the placement service's directory (a cache miss).
+    pub directory_lookups: u64,
     pub backoffs: u64,
 }
 
@@ -299,21 +307,19 @@ impl Client {
     }
 
     /// The region at `at`, the replica to ask (the leader if known, else the next one) and its
-    /// address. `Err` says why there is none yet, after refreshing and waiting.
+    /// address. Not cached: looked up in the placement service's directory, else in the
+    /// nodes' own views. `Err` says why there is none yet, after refreshing and waiting.
     async fn route(
         &self,
         at: Locate<'_>,
         tries: usize,
         backoff: &mut Duration,
     ) -> std::result::Result<(RegionInfo, WirePeer, String), String> {
-        let located = self.inner.routes.borrow().locate(at).cloned();
-        let found = located.and_then(|info| {
-            let peers = &info.region.peers;
-            let target = info.leader.or_else(|| peers.get(tries % peers.len().max(1)).copied())?;
-            let addr = self.inner.routes.borrow().addr_of(&target)?;
-            Some((info, target, addr))
-        });
-        if let Some(found) = found {
+        if let Some(found) = self.cached(at, tries) {
+            return Ok(found);
+        }
+        self.look_up(at).await;
+        if let Some(found) = self.cached(at, tries) {
             return Ok(found);
         }
         let why = match self.refresh().await {
@@ -322,6 +328,53 @@ impl Client {
         };
         self.backoff(backoff).await;
         Err(why)
+    }
+
+    fn cached(&self, at: Locate<'_>, tries: usize) -> Option<(RegionInfo, WirePeer, String)> {
+        let routes = self.inner.routes.borrow();
+        let info = routes.locate(at)?.clone();
+        let peers = &info.region.peers;
+        let target = info.leader.or_else(|| peers.get(tries % peers.len().max(1)).copied())?;
+        let addr = routes.addr_of(&target)?;
+        Some((info, target, addr))
+    }
+
+    /// Looks the region at `at` up in the placement service's directory (and the addresses
+    /// of nodes the client does not know yet), within `directory_timeout`. A miss or a failure
+    /// leaves the cache as it was.
+    async fn look_up(&self, at: Locate<'_>) {
+        self.count(|s| s.directory_lookups += 1);
+        let op = match at {
+            Locate::Key(key) => Op::GetRegion { key: key.to_vec() },
+            Locate::Below(bound) => Op::GetRegionBelow { bound: bound.to_vec() },
+            Locate::Id(id) => Op::GetRegionById { id },
+        };
+        let deadline = Instant::now() + self.inner.cfg.directory_timeout;
+        let Ok(Reply::Regions { regions, .. }) = self.ask_placement_until(op, deadline).await else {
+            return;
+        };
+        let unknown = |routes: &Routes| {
+            let peers = regions.iter().flat_map(|r| &r.heartbeat.region.peers);
+            peers.clone().any(|p| !routes.knows_node(p.node))
+        };
+        if unknown(&self.inner.routes.borrow()) {
+            if let Ok(Reply::Stores { stores, .. }) = self.ask_placement_until(Op::GetAllStores, deadline).await {
+                let mut routes = self.inner.routes.borrow_mut();
+                for s in stores {
+                    routes.add_node(s.heartbeat.store_id, &s.heartbeat.client_addr);
+                }
+            }
+        }
+        let mut routes = self.inner.routes.borrow_mut();
+        for r in regions {
+            let h = r.heartbeat;
+            let (leader, term) = (Some(h.leader), h.term);
+            routes.merge_region(RegionInfo {
+                region: h.region,
+                leader,
+                term,
+            });
+        }
     }
 
     /// Sends `request` to `addr` and waits for its answer: a read for at most `attempt_timeout`
@@ -376,19 +429,22 @@ impl Client {
                 self.count(|s| s.redirects += 1);
                 match current {
                     Some(region) => self.inner.routes.borrow_mut().replace(region),
-                    None => {
-                        self.refresh().await.ok();
-                    }
+                    None => self.inner.routes.borrow_mut().evict(id),
                 }
             }
+            // That node has no replica (any more): the region is looked up again.
             WireError::RegionNotFound { .. } => {
-                self.refresh().await.ok();
+                self.inner.routes.borrow_mut().evict(id);
                 self.backoff(backoff).await;
             }
-            // The request did not fit the region the client knew: fine after a refresh shows
+            // The request did not fit the region the client knew: fine after a new look shows
             // the region changed, a bad request if it did not.
             WireError::KeyNotInRegion { .. } => {
-                self.refresh().await.ok();
+                self.inner.routes.borrow_mut().evict(id);
+                self.look_up(Locate::Id(id)).await;
+                if self.inner.routes.borrow().regions_by_id(id).is_none() {
+                    self.refresh().await.ok();
+                }
                 let same = self
                     .inner
                     .routes
@@ -472,8 +528,12 @@ impl Client {
     /// the deadline (what it serves changes nothing, so asking again is safe). Returns the
     /// first answer that is not a redirect or a retryable refusal.
     async fn ask_placement(&self, op: Op) -> Result<Reply> {
+        let deadline = Instant::now() + self.inner.cfg.request_timeout;
+        self.ask_placement_until(op, deadline).await
+    }
+
+    async fn ask_placement_until(&self, op: Op, deadline: Instant) -> Result<Reply> {
         let cfg = &self.inner.cfg;
-        let deadline = Instant::now() + cfg.request_timeout;
         let (mut backoff, mut tries) = (cfg.backoff_min, 0);
         let mut last = String::from("no node was reachable");
         let request = Request {

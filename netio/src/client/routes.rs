@@ -31,33 +31,52 @@ impl Routes {
     /// Folds a node's view in: newer region epochs win, and leader claims of higher terms.
     pub(crate) fn merge(&mut self, info: ClusterInfo) {
         for (id, addr) in info.nodes {
-            if let Some((host, port)) = addr
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
-            {
-                self.nodes.insert(id, (host, port));
-            }
+            self.add_node(id, &addr);
         }
         for new in info.regions {
-            let stale = self
-                .regions
-                .values()
-                .find(|r| r.region.id == new.region.id)
-                .map(|old| (old.region.start.clone(), old.region.epoch.version, old.term, old.leader));
-            match stale {
-                Some((_, version, _, _)) if version > new.region.epoch.version => {}
-                Some((start, version, term, leader)) => {
-                    let mut new = new;
-                    if version == new.region.epoch.version && (new.leader.is_none() || term > new.term) {
-                        new.leader = leader;
-                        new.term = term;
-                    }
-                    self.regions.remove(&start);
-                    self.insert(new);
-                }
-                None => self.insert(new),
-            }
+            self.merge_region(new);
         }
+    }
+
+    /// Node `id`'s shard 0 takes clients at `addr` (`host:port`; anything else is ignored).
+    pub(crate) fn add_node(&mut self, id: u64, addr: &str) {
+        if let Some((host, port)) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+        {
+            self.nodes.insert(id, (host, port));
+        }
+    }
+
+    pub(crate) fn knows_node(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id)
+    }
+
+    /// Folds one region in: a newer epoch wins, and a leader claim of a higher term.
+    pub(crate) fn merge_region(&mut self, new: RegionInfo) {
+        let stale = self
+            .regions
+            .values()
+            .find(|r| r.region.id == new.region.id)
+            .map(|old| (old.region.start.clone(), old.region.epoch.version, old.term, old.leader));
+        match stale {
+            Some((_, version, _, _)) if version > new.region.epoch.version => {}
+            Some((start, version, term, leader)) => {
+                let mut new = new;
+                if version == new.region.epoch.version && (new.leader.is_none() || term > new.term) {
+                    new.leader = leader;
+                    new.term = term;
+                }
+                self.regions.remove(&start);
+                self.insert(new);
+            }
+            None => self.insert(new),
+        }
+    }
+
+    /// Forgets region `region_id`: the next request for its keys looks it up again.
+    pub(crate) fn evict(&mut self, region_id: u64) {
+        self.regions.retain(|_, r| r.region.id != region_id);
     }
 
     fn insert(&mut self, info: RegionInfo) {

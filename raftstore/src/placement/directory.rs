@@ -230,6 +230,18 @@ impl Directory {
         record.heartbeat.region.contains(key).then_some(record)
     }
 
+    /// The region holding the keys just below `bound` (empty: the last region), if reported.
+    pub fn region_below(&self, bound: &[u8]) -> Option<&RegionRecord> {
+        let (_, id) = match bound {
+            [] => self.by_start.iter().next_back(),
+            bound => self.by_start.range(..bound.to_vec()).next_back(),
+        }?;
+        let record = &self.regions[id];
+        let end = &record.heartbeat.region.end;
+        let holds = end.is_empty() || (!bound.is_empty() && end.as_slice() >= bound);
+        holds.then_some(record)
+    }
+
     pub fn region_by_id(&self, id: u64) -> Option<&RegionRecord> {
         self.regions.get(&id)
     }
@@ -370,6 +382,15 @@ mod tests {
         assert_eq!(ids(d.scan(b"c", b"m", 10)), [2]);
         assert_eq!(ids(d.scan(b"c", b"", 1)), [2]);
         assert_eq!(ids(d.scan(b"n", b"", 10)), [3]);
+        let below = |bound: &[u8]| d.region_below(bound).map(|r| r.heartbeat.region.id);
+        assert_eq!(below(b""), Some(3), "the last region");
+        assert_eq!(
+            below(b"m"),
+            Some(2),
+            "the keys just below a region's start are its left neighbour's"
+        );
+        assert_eq!(below(b"m\0"), Some(3));
+        assert_eq!(below(b"a"), Some(2));
     }
 
     #[test]
@@ -378,6 +399,8 @@ mod tests {
         d.region_heartbeat(heartbeat(2, (b"", b"f"), (1, 1), 1), 0).unwrap();
         d.region_heartbeat(heartbeat(4, (b"t", b""), (1, 1), 1), 0).unwrap();
         assert!(d.region_by_key(b"g").is_none(), "region 3 has not reported");
+        assert!(d.region_below(b"t").is_none(), "nor below region 4");
+        assert!(d.region_below(b"f").is_some());
         assert_eq!(ids(d.scan(b"g", b"", 10)), [4]);
     }
 

@@ -302,6 +302,7 @@ impl Shard {
             op,
             ArchivedOp::GetRegion { .. }
                 | ArchivedOp::GetRegionById { .. }
+                | ArchivedOp::GetRegionBelow { .. }
                 | ArchivedOp::ScanRegions { .. }
                 | ArchivedOp::GetStore { .. }
                 | ArchivedOp::GetAllStores
@@ -331,6 +332,7 @@ impl Shard {
         Some(Ok(match op {
             ArchivedOp::GetRegion { key } => regions(directory.region_by_key(key).into_iter().collect()),
             ArchivedOp::GetRegionById { id } => regions(directory.region_by_id(id.to_native()).into_iter().collect()),
+            ArchivedOp::GetRegionBelow { bound } => regions(directory.region_below(bound).into_iter().collect()),
             ArchivedOp::ScanRegions { start, end, limit } => {
                 let limit = limit.to_native().min(DIRECTORY_SCAN_LIMIT_MAX) as usize;
                 regions(directory.scan(start, end, limit))
