@@ -1,7 +1,7 @@
 //! The running playground's control socket: `DATA_DIR/playground.sock`, a Unix socket (0600,
 //! in the playground's own directory) that takes one line per connection (`stop 2`, `kill 2`,
-//! `restart 2`) and answers one line (`ok ...` or `error ...`). `corekv-playground stop|kill|
-//! restart --node K --data-dir DIR` is its client.
+//! `restart 2`, `scale-out`, `scale-in 4`) and answers one line (`ok ...` or `error ...`).
+//! `corekv-playground stop|kill|restart|scale-in --node K --data-dir DIR` is its client.
 //!
 //! Owns: the socket's file, the line protocol and its limits. Must not: act on a node itself
 //! (the playground's loop does, through `LocalCluster`), or block that loop (accepts are
@@ -17,6 +17,8 @@ use anyhow::{bail, Context, Result};
 
 /// How long either side waits for the other's line.
 const CONTROL_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for a scale-in's answer (every replica of the node moved first).
+const SCALE_IN_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest request line taken (a command and a node number).
 const CONTROL_LINE_BYTES_MAX: u64 = 64;
 
@@ -31,15 +33,27 @@ pub enum Action {
     Restart(u64),
     /// Start one more node, which joins the cluster.
     ScaleOut,
+    /// Move every replica off a node that joined, then stop it.
+    ScaleIn(u64),
 }
 
 impl Action {
-    fn line(self) -> String {
+    /// The request line (without its newline): also how the playground names the action.
+    pub fn line(self) -> String {
         match self {
             Action::Stop(k) => format!("stop {k}"),
             Action::Kill(k) => format!("kill {k}"),
             Action::Restart(k) => format!("restart {k}"),
             Action::ScaleOut => "scale-out".into(),
+            Action::ScaleIn(k) => format!("scale-in {k}"),
+        }
+    }
+
+    /// How long a client waits for this action's answer.
+    fn answer_timeout(self) -> Duration {
+        match self {
+            Action::ScaleIn(_) => SCALE_IN_TIMEOUT,
+            _ => CONTROL_IO_TIMEOUT,
         }
     }
 
@@ -49,14 +63,15 @@ impl Action {
             return Ok(Action::ScaleOut);
         }
         let (Some(verb), Some(node), None) = (words.next(), words.next(), words.next()) else {
-            bail!("expected `stop|kill|restart NODE` or `scale-out`, got {line:?}");
+            bail!("expected `stop|kill|restart|scale-in NODE` or `scale-out`, got {line:?}");
         };
         let k: u64 = node.parse().with_context(|| format!("node {node:?} is not a number"))?;
         match verb {
             "stop" => Ok(Action::Stop(k)),
             "kill" => Ok(Action::Kill(k)),
             "restart" => Ok(Action::Restart(k)),
-            other => bail!("unknown command {other:?} (stop, kill, restart)"),
+            "scale-in" => Ok(Action::ScaleIn(k)),
+            other => bail!("unknown command {other:?} (stop, kill, restart, scale-in)"),
         }
     }
 }
@@ -140,7 +155,7 @@ pub fn request(data_dir: &Path, action: Action) -> Result<String> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(CONTROL_IO_TIMEOUT))?;
+    stream.set_read_timeout(Some(action.answer_timeout()))?;
     stream.write_all(format!("{}\n", action.line()).as_bytes())?;
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply)?;
@@ -159,7 +174,14 @@ mod tests {
     // Proves each action survives the line protocol, and malformed lines are refused.
     #[test]
     fn lines_round_trip_and_garbage_is_refused() {
-        for action in [Action::Stop(1), Action::Kill(2), Action::Restart(40), Action::ScaleOut] {
+        let actions = [
+            Action::Stop(1),
+            Action::Kill(2),
+            Action::Restart(40),
+            Action::ScaleOut,
+            Action::ScaleIn(4),
+        ];
+        for action in actions {
             assert_eq!(Action::parse(&format!("{}\n", action.line())).unwrap(), action);
         }
         for bad in ["", "stop", "stop x", "reboot 1", "stop 1 2"] {

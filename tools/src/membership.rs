@@ -1,17 +1,20 @@
 //! Adding and removing a region's replicas from outside, step by step as PD does with joint
 //! consensus: a voter is added as a learner, then promoted once it caught up; a voter is
-//! removed by demoting it, then removing the learner (its leadership handed away first).
+//! removed by demoting it, then removing the learner (its leadership handed away first). A
+//! store is drained (scale-in) by moving its replicas one region at a time.
 //!
 //! Owns: the order of the steps and the waits between them (each step is one `Op::ChangePeer`
 //! through the region's log; the nodes' views tell when it is done). Must not: decide whether
 //! a step is safe (the region's leader refuses an unsafe one, with why, and it is tried again
 //! until the deadline).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use corekv_netio::msg::{RegionInfo, WireError, WirePeer, WirePeerChange, WireRegion};
 use corekv_netio::{Client, Error as ClientError};
+use corekv_raftstore::placement::directory::StoreState;
 
 /// Role codes of `WirePeer::role`.
 const VOTER: u8 = 0;
@@ -178,5 +181,98 @@ async fn hand_away(
                 leader.node
             );
         }
+    }
+}
+
+/// Moves every replica off `store` (scale-in): each region's goes to the up store with the
+/// fewest replicas among those without one of that region (on the shard its id picks there),
+/// added as a voter before the store's own is removed. Refused before anything moves when the
+/// store holds a replica of the system region (which does not move yet) or a region has no
+/// store to go to. `moved` hears of each region moved (id, to store); `wait` bounds each
+/// step. Returns how many moved.
+pub async fn drain(client: &Client, store: u64, wait: Duration, moved: impl Fn(u64, u64)) -> Result<usize> {
+    let views = client.refresh().await?;
+    if views.iter().any(|v| v.placement_nodes.contains(&store)) {
+        bail!("store {store} holds a replica of the system region, which does not move yet: only a store that joined can be drained");
+    }
+    let plan = drain_plan(&client.regions(), store, &up_stores(client, store).await?)?;
+    for &(id, to, shard) in &plan {
+        add_peer(client, id, (to, shard), false, wait).await?;
+        remove_peer(client, id, (store, None), wait).await?;
+        moved(id, to);
+    }
+    Ok(plan.len())
+}
+
+/// The stores other than `except` that report (id, shards).
+async fn up_stores(client: &Client, except: u64) -> Result<Vec<(u64, u32)>> {
+    let listed = client.get_all_stores().await?;
+    let up = |age| StoreState::from_age(age, listed.complete) == Some(StoreState::Up);
+    let stores = listed
+        .records
+        .iter()
+        .filter(|s| s.heartbeat.store_id != except && up(s.age_ms));
+    Ok(stores.map(|s| (s.heartbeat.store_id, s.heartbeat.shards)).collect())
+}
+
+/// Where each of `store`'s replicas goes: (region id, store, shard), spreading them over
+/// `stores` (id, shards) by their replica counts.
+fn drain_plan(regions: &[RegionInfo], store: u64, stores: &[(u64, u32)]) -> Result<Vec<(u64, u64, u32)>> {
+    let mut load: HashMap<u64, usize> = stores.iter().map(|&(id, _)| (id, 0)).collect();
+    for p in regions.iter().flat_map(|r| &r.region.peers) {
+        if let Some(n) = load.get_mut(&p.node) {
+            *n += 1;
+        }
+    }
+    let mut plan = Vec::new();
+    for r in regions
+        .iter()
+        .map(|r| &r.region)
+        .filter(|r| replica_on(r, store, None).is_some())
+    {
+        let free = stores.iter().filter(|(s, _)| replica_on(r, *s, None).is_none());
+        let Some(&(to, shards)) = free.min_by_key(|(s, _)| load.get(s).copied().unwrap_or(0)) else {
+            bail!("region {} has a replica on every other up store: scale out first", r.id);
+        };
+        *load.entry(to).or_default() += 1;
+        plan.push((r.id, to, (r.id % u64::from(shards.max(1))) as u32));
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(id: u64, nodes: &[u64]) -> RegionInfo {
+        let peers = nodes.iter().map(|&node| WirePeer {
+            id: id * 100 + node,
+            node,
+            shard: 0,
+            role: VOTER,
+        });
+        RegionInfo {
+            region: WireRegion {
+                id,
+                start: vec![id as u8],
+                end: vec![id as u8 + 1],
+                epoch: Default::default(),
+                peers: peers.collect(),
+            },
+            leader: None,
+            term: 1,
+        }
+    }
+
+    // Proves a drain spreads the store's replicas over the stores without one of the region,
+    // the emptiest first, picks the shard by region id, leaves regions the store does not
+    // hold alone, and is refused (before anything moves) when a region has nowhere to go.
+    #[test]
+    fn a_drain_plan_spreads_replicas_and_refuses_a_dead_end() {
+        let regions = [region(2, &[1, 2, 4]), region(3, &[1, 2, 4]), region(5, &[1, 2, 3])];
+        let plan = drain_plan(&regions, 4, &[(1, 2), (2, 2), (3, 2), (5, 2)]).unwrap();
+        assert_eq!(plan, [(2, 5, 0), (3, 3, 1)]);
+        let why = drain_plan(&regions, 4, &[(1, 2), (2, 2)]).unwrap_err().to_string();
+        assert!(why.contains("region 2 has a replica on every other up store"), "{why}");
     }
 }

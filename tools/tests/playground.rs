@@ -66,8 +66,9 @@ fn all_healthy(endpoints: &str) -> bool {
 // Proves the playground keeps the other nodes running when one is killed (through `kill` or
 // kill -9 from outside), reports it, refuses what makes no sense (killing a dead node,
 // restarting a live one, a node it does not have), restarts nodes on request, adds a fourth node
-// that joins (`scale-out`: it shows up in `store list`), and still stops every node cleanly on
-// SIGTERM.
+// that joins (`scale-out`: it shows up in `store list`), drains and stops it again (`scale-in`:
+// its replica moves back to a bootstrap node; a bootstrap node is refused), and still stops every
+// node cleanly on SIGTERM.
 #[test]
 fn the_playground_survives_a_killed_node_and_restarts_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,6 +131,46 @@ fn the_playground_survives_a_killed_node_and_restarts_it() {
         assert!(Instant::now() < deadline, "node 4 never showed up in store list");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // scale-in: a replica moved onto node 4 goes back to the one store without it, then the
+    // node stops; a bootstrap node (a system region replica) is refused.
+    let (ok, why) = control(dir.path(), "scale-in", 1);
+    assert!(!ok && why.contains("system region"), "{why}");
+    let info = match raw_call(endpoints.split(',').next().unwrap(), &cluster_info_request()) {
+        corekv_netio::msg::Reply::Cluster(info) => info,
+        other => panic!("{other:?}"),
+    };
+    let region = info.regions[0].region.id.to_string();
+    let listed: serde_json::Value = serde_json::from_str(&ctl(&endpoints, &["-w", "json", "store", "list"]).1).unwrap();
+    let fourth = (listed["stores"].as_array().unwrap().iter())
+        .filter_map(|s| s["id"].as_u64())
+        .find(|id| *id > 3)
+        .unwrap()
+        .to_string();
+    let change = |verb: &str, store: &str| {
+        let (code, _, err) = ctl(&endpoints, &["region", verb, "--id", &region, "--store", store]);
+        assert_eq!(code, 0, "{verb} on store {store}: {err}");
+    };
+    change("add-peer", &fourth);
+    change("remove-peer", "1");
+    let (ok, said) = control(dir.path(), "scale-in", 4);
+    assert!(ok && said.contains("scaled in: 1 replica moved"), "{said}");
+    let moved = lines_until(&mut lines, "node 4 (store");
+    assert!(
+        moved
+            .iter()
+            .any(|l| l.contains(&format!("region {region}: its replica on node 4 moved to store 1"))),
+        "{moved:?}"
+    );
+    let (code, shown, err) = ctl(&endpoints, &["-w", "json", "region", "show", "--id", &region]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let mut nodes: Vec<u64> = (shown["regions"][0]["peers"].as_array().unwrap().iter())
+        .map(|p| p["node"].as_u64().unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, [1, 2, 3], "{shown}");
+    assert_eq!(ctl(&endpoints, &["raw", "get", "k"]).1, "v\n");
 
     // SAFETY: SIGTERM to the playground we started.
     assert_eq!(unsafe { libc::kill(playground.0.id() as i32, libc::SIGTERM) }, 0);

@@ -1,8 +1,9 @@
 //! corekv-playground: a local cluster of `corekv-server` processes for trying corekv out.
 //! Node k takes ports base-port + 100*(k-1): clients on +0 (+ shard), peers on +40 (+ shard),
 //! /metrics on +80; it logs to DATA_DIR/node-k.log. Stops its children on Ctrl-C / SIGTERM.
-//! A node that dies is reported and the others run on; `stop|kill|restart --node K` from
-//! another terminal act on the running playground through its control socket (`control`).
+//! A node that dies is reported and the others run on; `stop|kill|restart|scale-in --node K`
+//! and `scale-out` from another terminal act on the running playground through its control
+//! socket (`control`).
 //!
 //! Owns: the command line and the foreground loop. Must not: run a node in its own process:
 //! each is a `corekv-server` child (`cluster::LocalCluster`), stopped when it exits.
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 use corekv_netio::Client;
 use corekv_tools::cluster::{sibling_binary, ClusterSpec, LocalCluster};
 use corekv_tools::control::{self, Action, ControlSocket};
+use corekv_tools::membership;
 
 /// Start a local corekv cluster (child processes) and keep it running until Ctrl-C; or, with a
 /// command, act on a running one.
@@ -80,6 +82,13 @@ enum Cmd {
     /// Start one more node, which joins the running cluster (`corekv-server --join`) on the
     /// next block of ports; `corekv-ctl store list` shows it.
     ScaleOut,
+    /// Move every replica off node K (one that joined), one region at a time, then stop it;
+    /// the playground's terminal shows each move.
+    ScaleIn {
+        /// The node (one added by scale-out).
+        #[arg(long)]
+        node: u64,
+    },
 }
 
 impl Cmd {
@@ -89,11 +98,14 @@ impl Cmd {
             Cmd::Kill { node } => Action::Kill(node),
             Cmd::Restart { node } => Action::Restart(node),
             Cmd::ScaleOut => Action::ScaleOut,
+            Cmd::ScaleIn { node } => Action::ScaleIn(node),
         }
     }
 }
 
 const LEADERS_WAIT: Duration = Duration::from_secs(60);
+/// How long each step of a replica's move may take during a scale-in.
+const MOVE_STEP_WAIT: Duration = Duration::from_secs(60);
 const DEMO_CONCURRENCY: u64 = 32;
 
 fn main() -> std::process::ExitCode {
@@ -195,7 +207,7 @@ fn serve(cluster: &mut LocalCluster, control: &ControlSocket, no_wait: bool, sto
     }
     let dir = cluster.spec().data_dir.display().to_string();
     println!("press Ctrl-C to stop the cluster; from another terminal: corekv-playground stop|kill|restart --node K --data-dir {dir}");
-    println!("  (or `corekv-playground scale-out --data-dir {dir}`: one more node joins)");
+    println!("  (or `corekv-playground scale-out --data-dir {dir}`: one more node joins; `scale-in --node K` drains and stops it)");
     while !stop.load(Ordering::Relaxed) {
         for (k, status) in cluster.reap_exited()? {
             let log = cluster.spec().log(k);
@@ -209,7 +221,7 @@ fn serve(cluster: &mut LocalCluster, control: &ControlSocket, no_wait: bool, sto
             let outcome = act(cluster, action);
             match &outcome {
                 Ok(done) => println!("{done}"),
-                Err(e) => println!("{}: {e:#}", action_name(action)),
+                Err(e) => println!("{}: {e:#}", action.line()),
             }
             control::answer(stream, &outcome);
         }
@@ -235,14 +247,10 @@ fn empty_except(dir: &std::path::Path, keep: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn action_name(action: Action) -> String {
-    format!("{action:?}").to_lowercase()
-}
-
 /// One control request against the cluster: what was done, in words.
 fn act(cluster: &mut LocalCluster, action: Action) -> Result<String> {
     let k = match action {
-        Action::Stop(k) | Action::Kill(k) | Action::Restart(k) => k,
+        Action::Stop(k) | Action::Kill(k) | Action::Restart(k) | Action::ScaleIn(k) => k,
         Action::ScaleOut => {
             let k = cluster.scale_out()?;
             let s = cluster.spec();
@@ -272,10 +280,36 @@ fn act(cluster: &mut LocalCluster, action: Action) -> Result<String> {
             cluster.restart(k)?;
             Ok(format!("node {k} started again (pid {})", cluster.pid(k).unwrap_or(0)))
         }
+        Action::ScaleIn(_) if cluster.is_running(k) => scale_in(cluster, k),
         Action::Restart(_) => anyhow::bail!("node {k} is running; stop or kill it first"),
+        Action::ScaleIn(_) => anyhow::bail!("node {k} is not running: restart it first, so that its replicas can move"),
         Action::Stop(_) | Action::Kill(_) => anyhow::bail!("node {k} is not running"),
         Action::ScaleOut => unreachable!("answered above"),
     }
+}
+
+/// Drains node `k`'s store (`membership::drain`), printing each move, then stops the node.
+fn scale_in(cluster: &mut LocalCluster, k: u64) -> Result<String> {
+    let cfg = cluster.spec().client_config()?;
+    let addr = cluster.spec().endpoint(k);
+    println!("node {k}: moving its replicas to the other stores");
+    let (store, moved) = corekv_tools::on_executor(move || async move {
+        let client = Client::connect(cfg).await?;
+        let stores = client.get_all_stores().await?.records;
+        let store = (stores.iter().map(|s| &s.heartbeat))
+            .find(|s| s.client_addr == addr)
+            .map(|s| s.store_id)
+            .with_context(|| format!("no store is registered at {addr}"))?;
+        let report = |region, to| println!("  region {region}: its replica on node {k} moved to store {to}");
+        let moved = membership::drain(&client, store, MOVE_STEP_WAIT, report).await?;
+        Ok((store, moved))
+    })?;
+    let clean = cluster.stop_node(k)?;
+    Ok(format!(
+        "node {k} (store {store}) scaled in: {moved} replica{} moved to other stores, then stopped{}",
+        if moved == 1 { "" } else { "s" },
+        if clean { "" } else { " (not cleanly)" }
+    ))
 }
 
 #[cfg(test)]
