@@ -54,7 +54,7 @@ bench-raft:
 bench-compare:
 	scripts/bench-compare.sh
 
-## bench-tso: the TSO through a local 3-node cluster: get_ts from 1 and 64 callers (batched), beside a put (half a minute)
+## bench-tso: the TSO through a local 3-node cluster: get_ts from 1, 64 and 512 callers (batched), beside a put, a get and the loopback floor (about a minute)
 bench-tso:
 	$(CARGO) build --release --locked -p corekv-tools -p corekv-perf
 	$(CARGO) run --release --locked -q -p corekv-perf --bin corekv-bench -- tso

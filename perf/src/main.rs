@@ -9,6 +9,7 @@
 //! Must not: hold benchmark logic: it parses the command line and calls the subcommand's `run`.
 
 mod compare;
+mod echo;
 mod floor;
 mod heartbeats;
 mod plot;

@@ -760,6 +760,7 @@ impl Shard {
                 return Ok(());
             }
             let id = self.track(out, (client_id, op, started), None, false, 0);
+            self.catch_up(); // the leader lease it is served under is judged by the real clock
             let mut core = self.engines.core.borrow_mut();
             let mut placement = self.placement.borrow_mut();
             let answers = match call {

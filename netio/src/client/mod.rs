@@ -60,6 +60,8 @@ pub struct ClientConfig {
     /// How long a region lookup in the placement service's directory may take before the
     /// client asks the nodes themselves (a placement leader paused or being replaced).
     pub directory_timeout: Duration,
+    /// Timestamp requests in flight at once (`get_ts` callers beyond them share the next).
+    pub ts_requests_in_flight_max: usize,
     /// Requests in flight on one connection before the client itself answers `ServerBusy`.
     pub inflight_per_connection_max: usize,
     pub body_bytes_max: u32,
@@ -74,6 +76,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
             directory_timeout: Duration::from_millis(500),
+            ts_requests_in_flight_max: 2,
             backoff_min: Duration::from_millis(5),
             backoff_max: Duration::from_millis(500),
             inflight_per_connection_max: 4096,
@@ -501,7 +504,7 @@ impl Client {
             )));
         }
         self.count(|s| s.operations += 1);
-        let joined = self.inner.ts_batch.borrow_mut().join(count);
+        let joined = (self.inner.ts_batch.borrow_mut()).join(count, self.inner.cfg.ts_requests_in_flight_max);
         let batch = match joined {
             Join::Drive => Vec::new(),
             Join::Wait(turn) => match turn.await {

@@ -1,7 +1,9 @@
-//! Batching of concurrent timestamp requests (TiKV's client does the same): while one request
-//! for timestamps is in flight, later callers queue; when it returns, the queued callers go out
-//! as ONE request for the sum of their counts, sent by the first of them (the driver), who
-//! hands each its share of the range.
+//! Batching of concurrent timestamp requests (TiKV's client does the same): while
+//! `ts_requests_in_flight_max` requests for timestamps are in flight, later callers queue; when
+//! one returns, the queued callers go out as ONE request for the sum of their counts, sent by
+//! the first of them (the driver), who hands each its share of the range. Requests in flight
+//! together are concurrent: each caller's timestamp is above every one handed out before its
+//! call began, whichever request carried it.
 //!
 //! Owns: the queue of waiting callers (at most `TS_BATCH_MAX` timestamps a request) and the
 //! hand-over of the driver's role, also when a driver is cancelled mid-request (its guard hands
@@ -37,14 +39,18 @@ pub(super) enum Join {
 
 #[derive(Default)]
 pub(super) struct TsBatcher {
-    busy: bool,
+    /// Requests in flight (each a driver's).
+    in_flight: usize,
     waiting: VecDeque<Waiter>,
 }
 
 impl TsBatcher {
-    pub(super) fn join(&mut self, count: u32) -> Join {
-        if !self.busy {
-            self.busy = true;
+    /// A caller of `count` timestamps joins: it drives a request of its own while fewer than
+    /// `in_flight_max` are in flight, else it waits for a returning driver to pass it on.
+    pub(super) fn join(&mut self, count: u32, in_flight_max: usize) -> Join {
+        if self.in_flight < in_flight_max.max(1) {
+            debug_assert!(self.waiting.is_empty(), "callers wait only while every slot is taken");
+            self.in_flight += 1;
             return Join::Drive;
         }
         let (tx, rx) = oneshot::channel();
@@ -52,9 +58,10 @@ impl TsBatcher {
         Join::Wait(rx)
     }
 
-    /// The driver's request is over: `carried` (callers it did not serve, when it was
+    /// A driver's request is over: `carried` (callers it did not serve, when it was
     /// cancelled) and the queue go to the first caller still waiting, as much as one request
-    /// holds; the rest wait for the next turn. Nobody left: the batcher is idle.
+    /// holds, with the driver's slot; the rest wait for the next turn. Nobody left: the slot
+    /// is free.
     pub(super) fn hand_over(&mut self, carried: Vec<Waiter>) {
         for waiter in carried.into_iter().rev() {
             self.waiting.push_front(waiter);
@@ -80,7 +87,7 @@ impl TsBatcher {
                 Err(Turn::Done(_)) => unreachable!("sent a Drive"),
             }
         }
-        self.busy = false;
+        self.in_flight -= 1;
     }
 }
 
@@ -132,7 +139,7 @@ mod tests {
     use super::*;
 
     fn waiting(batcher: &mut TsBatcher, count: u32) -> oneshot::Receiver<Turn> {
-        match batcher.join(count) {
+        match batcher.join(count, 1) {
             Join::Wait(rx) => rx,
             Join::Drive => panic!("should wait"),
         }
@@ -143,7 +150,7 @@ mod tests {
     #[test]
     fn callers_queue_and_the_role_is_handed_on() {
         let mut b = TsBatcher::default();
-        assert!(matches!(b.join(1), Join::Drive));
+        assert!(matches!(b.join(1, 1), Join::Drive));
         let mut gone = waiting(&mut b, 5);
         gone.close();
         drop(gone);
@@ -160,7 +167,25 @@ mod tests {
         b.hand_over(Vec::new());
         assert!(matches!(big.try_recv(), Ok(Some(Turn::Drive(v))) if v.is_empty()));
         b.hand_over(Vec::new());
-        assert!(matches!(b.join(1), Join::Drive), "idle again");
+        assert!(matches!(b.join(1, 1), Join::Drive), "idle again");
+    }
+
+    // Proves two requests go out at once when two may be in flight: the second caller drives
+    // too, the third waits, and the slot a returning driver frees goes to it.
+    #[test]
+    fn callers_drive_while_a_slot_is_free() {
+        let mut b = TsBatcher::default();
+        assert!(matches!(b.join(1, 2), Join::Drive));
+        assert!(matches!(b.join(1, 2), Join::Drive));
+        let mut third = match b.join(1, 2) {
+            Join::Wait(rx) => rx,
+            Join::Drive => panic!("both slots are taken"),
+        };
+        b.hand_over(Vec::new());
+        assert!(matches!(third.try_recv(), Ok(Some(Turn::Drive(v))) if v.is_empty()));
+        b.hand_over(Vec::new());
+        assert!(matches!(b.join(1, 2), Join::Drive), "a slot is free again");
+        assert!(matches!(b.join(1, 2), Join::Wait(_)), "the other is still taken");
     }
 
     // Proves a batch's shares are consecutive and each caller gets the start of its own.
