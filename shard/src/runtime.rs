@@ -921,12 +921,15 @@ impl Shard {
 
     /// Where the placement service runs, as far as this node knows. A node without a replica
     /// of the system region does not know its leader: it names the nodes that have one, in
-    /// turn (tick by tick), each of which knows.
+    /// turn (tick by tick), each of which knows. One with a replica that knows no leader (an
+    /// election) names none: the client backs off.
     fn not_placement_leader(&self) -> WireError {
         let routing = &self.routing;
         let leader = routing.leader_node(SYSTEM_REGION_ID);
+        let outside = routing.shard_of(SYSTEM_REGION_ID).is_none();
         let known: Vec<String> = match leader {
             Some(node) => routing.client_addr_of(node).into_iter().collect(),
+            None if !outside => Vec::new(),
             None => (routing.placement_nodes().into_iter())
                 .filter(|&n| n != routing.node_id())
                 .filter_map(|n| routing.client_addr_of(n))

@@ -188,20 +188,28 @@ async fn hand_away(
 /// fewest replicas among those without one of that region (on the shard its id picks there),
 /// added as a voter before the store's own is removed. Refused before anything moves when the
 /// store holds a replica of the system region (which does not move yet) or a region has no
-/// store to go to. `moved` hears of each region moved (id, to store); `wait` bounds each
-/// step. Returns how many moved.
+/// store to go to. Planned again until the store holds nothing (a region split meanwhile
+/// leaves a replica there). `moved` hears of each region moved (id, to store); `wait`
+/// bounds each step. Returns how many moved.
 pub async fn drain(client: &Client, store: u64, wait: Duration, moved: impl Fn(u64, u64)) -> Result<usize> {
     let views = client.refresh().await?;
     if views.iter().any(|v| v.placement_nodes.contains(&store)) {
         bail!("store {store} holds a replica of the system region, which does not move yet: only a store that joined can be drained");
     }
-    let plan = drain_plan(&client.regions(), store, &up_stores(client, store).await?)?;
-    for &(id, to, shard) in &plan {
-        add_peer(client, id, (to, shard), false, wait).await?;
-        remove_peer(client, id, (store, None), wait).await?;
-        moved(id, to);
+    let mut count = 0;
+    loop {
+        client.refresh().await?;
+        let plan = drain_plan(&client.regions(), store, &up_stores(client, store).await?)?;
+        if plan.is_empty() {
+            return Ok(count);
+        }
+        for &(id, to, shard) in &plan {
+            add_peer(client, id, (to, shard), false, wait).await?;
+            remove_peer(client, id, (store, None), wait).await?;
+            moved(id, to);
+            count += 1;
+        }
     }
-    Ok(plan.len())
 }
 
 /// The stores other than `except` that report (id, shards).

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use conn::{Answer, Conn};
 use routes::{Locate, Routes};
-use ts_batch::{Driving, Join, TsBatcher, Turn};
+use ts_batch::{Driving, Join, TsBatcher, Turn, Waiting};
 
 use crate::error::{Error, Result};
 use crate::frame::BODY_BYTES_MAX_DEFAULT;
@@ -115,7 +115,7 @@ struct Inner {
     stats: Cell<ClientStats>,
     /// Client address of the node last known to run the placement service.
     placement: RefCell<Option<String>>,
-    /// Concurrent `get_ts` callers waiting to share one request.
+    /// Concurrent `get_ts` callers sharing requests.
     ts_batch: RefCell<TsBatcher>,
 }
 
@@ -442,20 +442,17 @@ impl Client {
             }
             // The request did not fit the region the client knew: fine after a new look shows
             // the region changed, a bad request if it did not.
+            // The directory may not have the new epoch yet: only the nodes' own views agreeing
+            // make it a bad request.
             WireError::KeyNotInRegion { .. } => {
+                let same = |routes: &Routes| routes.regions_by_id(id).is_some_and(|r| r.epoch == info.region.epoch);
                 self.inner.routes.borrow_mut().evict(id);
                 self.look_up(Locate::Id(id)).await;
-                if self.inner.routes.borrow().regions_by_id(id).is_none() {
+                if same(&self.inner.routes.borrow()) {
                     self.refresh().await.ok();
-                }
-                let same = self
-                    .inner
-                    .routes
-                    .borrow()
-                    .regions_by_id(id)
-                    .is_some_and(|r| r.epoch == info.region.epoch);
-                if same {
-                    return Err(Error::Server(e));
+                    if same(&self.inner.routes.borrow()) {
+                        return Err(Error::Server(e));
+                    }
                 }
             }
             WireError::ServerBusy { .. }
@@ -495,7 +492,7 @@ impl Client {
     // ---- the API ----
 
     /// `count` consecutive timestamps from the cluster's TSO (strictly increasing across the
-    /// cluster); returns the first. Concurrent callers share one request (`ts_batch`).
+    /// cluster); returns the first. Concurrent callers share requests (`ts_batch`).
     pub async fn get_ts(&self, count: u32) -> Result<u64> {
         if count == 0 || u64::from(count) > ts_batch::TS_BATCH_MAX {
             return Err(Error::InvalidArgument(format!(
@@ -507,7 +504,7 @@ impl Client {
         let joined = (self.inner.ts_batch.borrow_mut()).join(count, self.inner.cfg.ts_requests_in_flight_max);
         let batch = match joined {
             Join::Drive => Vec::new(),
-            Join::Wait(turn) => match turn.await {
+            Join::Wait(rx) => match Waiting::new(&self.inner.ts_batch, rx).turn().await {
                 Ok(Turn::Done(result)) => return result,
                 Ok(Turn::Drive(batch)) => batch,
                 Err(_) => return Err(Error::Unavailable("the timestamp batch was dropped".into())),

@@ -80,13 +80,13 @@ impl Routes {
     }
 
     fn insert(&mut self, info: RegionInfo) {
-        // A newer region replaces any older one overlapping it.
-        let overlapping: Vec<Vec<u8>> = self
-            .regions
-            .values()
-            .filter(|r| overlaps(&r.region, &info.region))
-            .map(|r| r.region.start.clone())
-            .collect();
+        // A newer region replaces any older one overlapping it; an older one (a stale record
+        // of a region since split) is not taken.
+        let overlapping = || self.regions.values().filter(|r| overlaps(&r.region, &info.region));
+        if overlapping().any(|r| r.region.epoch.version > info.region.epoch.version) {
+            return;
+        }
+        let overlapping: Vec<Vec<u8>> = overlapping().map(|r| r.region.start.clone()).collect();
         for start in overlapping {
             self.regions.remove(&start);
         }

@@ -87,7 +87,34 @@ impl TsBatcher {
                 Err(Turn::Done(_)) => unreachable!("sent a Drive"),
             }
         }
+        debug_assert!(self.in_flight > 0, "a request over that was never counted");
         self.in_flight -= 1;
+    }
+}
+
+/// A caller waiting for its turn. Dropped after its turn to drive came but before it took it
+/// (its future cancelled), it hands that turn, with the slot and the batch, to the next caller.
+pub(super) struct Waiting<'a> {
+    batcher: &'a RefCell<TsBatcher>,
+    rx: oneshot::Receiver<Turn>,
+}
+
+impl<'a> Waiting<'a> {
+    pub(super) fn new(batcher: &'a RefCell<TsBatcher>, rx: oneshot::Receiver<Turn>) -> Waiting<'a> {
+        Waiting { batcher, rx }
+    }
+
+    pub(super) async fn turn(mut self) -> std::result::Result<Turn, oneshot::Canceled> {
+        (&mut self.rx).await
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Some(Turn::Drive(batch))) = self.rx.try_recv() {
+            drop(Driving::new(self.batcher, batch));
+        }
     }
 }
 
@@ -192,6 +219,7 @@ mod tests {
     #[test]
     fn shares_are_consecutive() {
         let batcher = RefCell::new(TsBatcher::default());
+        assert!(matches!(batcher.borrow_mut().join(1, 1), Join::Drive));
         let (tx_a, mut rx_a) = oneshot::channel();
         let (tx_b, mut rx_b) = oneshot::channel();
         let mut driving = Driving::new(&batcher, vec![(2, tx_a), (3, tx_b)]);
@@ -199,5 +227,24 @@ mod tests {
         driving.settle(1, &Ok(100));
         assert!(matches!(rx_a.try_recv(), Ok(Some(Turn::Done(Ok(101))))));
         assert!(matches!(rx_b.try_recv(), Ok(Some(Turn::Done(Ok(103))))));
+    }
+
+    // Proves a caller that goes away after its turn to drive came, before it took it, hands
+    // the turn on with the callers it was to carry: nobody is left waiting with no driver.
+    #[test]
+    fn a_driver_gone_before_its_turn_hands_it_on() {
+        let batcher = RefCell::new(TsBatcher::default());
+        assert!(matches!(batcher.borrow_mut().join(1, 1), Join::Drive));
+        let gone = Waiting::new(&batcher, waiting(&mut batcher.borrow_mut(), 1));
+        let mut next = waiting(&mut batcher.borrow_mut(), 1);
+        batcher.borrow_mut().hand_over(Vec::new()); // `gone` is to drive, carrying `next`
+        assert!(matches!(next.try_recv(), Ok(None)));
+        drop(gone);
+        assert!(matches!(next.try_recv(), Ok(Some(Turn::Drive(v))) if v.is_empty()));
+        batcher.borrow_mut().hand_over(Vec::new());
+        assert!(
+            matches!(batcher.borrow_mut().join(1, 1), Join::Drive),
+            "the slot is free again"
+        );
     }
 }

@@ -208,6 +208,7 @@ fn serve(cluster: &mut LocalCluster, control: &ControlSocket, no_wait: bool, sto
     let dir = cluster.spec().data_dir.display().to_string();
     println!("press Ctrl-C to stop the cluster; from another terminal: corekv-playground stop|kill|restart --node K --data-dir {dir}");
     println!("  (or `corekv-playground scale-out --data-dir {dir}`: one more node joins; `scale-in --node K` drains and stops it)");
+    let mut draining: Option<Draining> = None;
     while !stop.load(Ordering::Relaxed) {
         for (k, status) in cluster.reap_exited()? {
             let log = cluster.spec().log(k);
@@ -218,16 +219,38 @@ fn serve(cluster: &mut LocalCluster, control: &ControlSocket, no_wait: bool, sto
             println!("  bring it back: corekv-playground restart --node {k} --data-dir {dir}");
         }
         while let Some((action, stream)) = control.next()? {
-            let outcome = act(cluster, action);
-            match &outcome {
-                Ok(done) => println!("{done}"),
-                Err(e) => println!("{}: {e:#}", action.line()),
+            let outcome = match (&draining, action) {
+                (Some(d), _) => Err(anyhow::anyhow!(
+                    "node {} is being scaled in: ask again once that is done",
+                    d.node
+                )),
+                (None, Action::ScaleIn(k)) if cluster.is_running(k) => {
+                    draining = Some(Draining::start(cluster, k, stream)?);
+                    continue;
+                }
+                (None, _) => act(cluster, action),
+            };
+            tell(action, stream, &outcome);
+        }
+        if draining.as_ref().is_some_and(|d| d.done.is_finished()) {
+            if let Some(d) = draining.take() {
+                let node = d.node;
+                let (outcome, stream) = d.finish(cluster);
+                tell(Action::ScaleIn(node), stream, &outcome);
             }
-            control::answer(stream, &outcome);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Prints an action's outcome and answers its control client.
+fn tell(action: Action, stream: std::os::unix::net::UnixStream, outcome: &Result<String>) {
+    match outcome {
+        Ok(done) => println!("{done}"),
+        Err(e) => println!("{}: {e:#}", action.line()),
+    }
+    control::answer(stream, outcome);
 }
 
 /// Removes everything in `dir` but `keep`.
@@ -280,7 +303,6 @@ fn act(cluster: &mut LocalCluster, action: Action) -> Result<String> {
             cluster.restart(k)?;
             Ok(format!("node {k} started again (pid {})", cluster.pid(k).unwrap_or(0)))
         }
-        Action::ScaleIn(_) if cluster.is_running(k) => scale_in(cluster, k),
         Action::Restart(_) => anyhow::bail!("node {k} is running; stop or kill it first"),
         Action::ScaleIn(_) => anyhow::bail!("node {k} is not running: restart it first, so that its replicas can move"),
         Action::Stop(_) | Action::Kill(_) => anyhow::bail!("node {k} is not running"),
@@ -288,28 +310,51 @@ fn act(cluster: &mut LocalCluster, action: Action) -> Result<String> {
     }
 }
 
-/// Drains node `k`'s store (`membership::drain`), printing each move, then stops the node.
-fn scale_in(cluster: &mut LocalCluster, k: u64) -> Result<String> {
-    let cfg = cluster.spec().client_config()?;
-    let addr = cluster.spec().endpoint(k);
-    println!("node {k}: moving its replicas to the other stores");
-    let (store, moved) = corekv_tools::on_executor(move || async move {
-        let client = Client::connect(cfg).await?;
-        let stores = client.get_all_stores().await?.records;
-        let store = (stores.iter().map(|s| &s.heartbeat))
-            .find(|s| s.client_addr == addr)
-            .map(|s| s.store_id)
-            .with_context(|| format!("no store is registered at {addr}"))?;
-        let report = |region, to| println!("  region {region}: its replica on node {k} moved to store {to}");
-        let moved = membership::drain(&client, store, MOVE_STEP_WAIT, report).await?;
-        Ok((store, moved))
-    })?;
-    let clean = cluster.stop_node(k)?;
-    Ok(format!(
-        "node {k} (store {store}) scaled in: {moved} replica{} moved to other stores, then stopped{}",
-        if moved == 1 { "" } else { "s" },
-        if clean { "" } else { " (not cleanly)" }
-    ))
+/// A scale-in under way: node `node`'s store is drained (`membership::drain`, printing each
+/// move) on a thread of its own, so the playground keeps reporting nodes and seeing Ctrl-C;
+/// its control client is answered once the node is stopped.
+struct Draining {
+    node: u64,
+    stream: std::os::unix::net::UnixStream,
+    /// (store id, replicas moved).
+    done: std::thread::JoinHandle<Result<(u64, usize)>>,
+}
+
+impl Draining {
+    fn start(cluster: &LocalCluster, k: u64, stream: std::os::unix::net::UnixStream) -> Result<Draining> {
+        let cfg = cluster.spec().client_config()?;
+        let addr = cluster.spec().endpoint(k);
+        println!("node {k}: moving its replicas to the other stores");
+        let done = std::thread::spawn(move || {
+            corekv_tools::on_executor(move || async move {
+                let client = Client::connect(cfg).await?;
+                let stores = client.get_all_stores().await?.records;
+                let store = (stores.iter().map(|s| &s.heartbeat))
+                    .find(|s| s.client_addr == addr)
+                    .map(|s| s.store_id)
+                    .with_context(|| format!("no store is registered at {addr}"))?;
+                let report = |region, to| println!("  region {region}: its replica on node {k} moved to store {to}");
+                let moved = membership::drain(&client, store, MOVE_STEP_WAIT, report).await?;
+                Ok((store, moved))
+            })
+        });
+        Ok(Draining { node: k, stream, done })
+    }
+
+    /// The drain ended: the node is stopped if it succeeded. The outcome, and whom to tell.
+    fn finish(self, cluster: &mut LocalCluster) -> (Result<String>, std::os::unix::net::UnixStream) {
+        let k = self.node;
+        let drained = (self.done.join()).unwrap_or_else(|_| Err(anyhow::anyhow!("the drain panicked")));
+        let outcome = drained.and_then(|(store, moved)| {
+            let clean = cluster.stop_node(k)?;
+            Ok(format!(
+                "node {k} (store {store}) scaled in: {moved} replica{} moved to other stores, then stopped{}",
+                if moved == 1 { "" } else { "s" },
+                if clean { "" } else { " (not cleanly)" }
+            ))
+        });
+        (outcome, self.stream)
+    }
 }
 
 #[cfg(test)]
