@@ -287,7 +287,8 @@ fn a_client_finds_a_split_off_region_through_the_directory() {
 // other shard of its node while a writer keeps writing (add a learner, promote it, demote the old
 // replica, remove it: each printed with the roles), every write succeeds and reads back, the
 // replica is served from its new shard after kill -9 and restart of its node, and that a
-// replica where one is already, or a store without one, is refused with why.
+// replica where one is already, or a store without one, is refused with why; then `region move`
+// takes it back in one command (a move to where it is, or a malformed place, refused).
 #[test]
 fn ctl_moves_a_replica_to_another_shard_while_writes_go_on() {
     let mut t = start();
@@ -365,6 +366,18 @@ fn ctl_moves_a_replica_to_another_shard_while_writes_go_on() {
     for key in &written {
         assert_eq!(t.ctl(&["raw", "get", key]).1, "v\n", "{key}");
     }
+    // `region move` does both steps: back to the shard it came from.
+    let (from, to) = (format!("{node}/{other}"), format!("{node}/{}", moved.shard));
+    let (code, out, err) = t.ctl(&["region", "move", "--id", &id, "--from", &from, "--to", &to]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("on node {node} shard {} ", moved.shard)), "{out}");
+    assert!(!out.contains(&format!("on node {node} shard {other} ")), "{out}");
+    let (code, _, err) = t.ctl(&["region", "move", "--id", &id, "--from", &to, "--to", &to]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing to move"), "{err}");
+    let (code, _, err) = t.ctl(&["region", "move", "--id", &id, "--from", "x", "--to", &to]);
+    assert_eq!(code, 2, "a usage error");
+    assert!(err.contains("expected STORE or STORE/SHARD"), "{err}");
 }
 
 // Proves regions split by size on their own: with `[split]` limits of 32 KiB, 100 KiB written

@@ -241,6 +241,28 @@ enum RegionCmd {
         #[arg(long)]
         shard: Option<u32>,
     },
+    /// Moves a region's replica: a voter added at --to (a learner that catches up, then
+    /// promoted), then the one at --from removed (as remove-peer does).
+    Move {
+        /// The region's id.
+        #[arg(long)]
+        id: u64,
+        /// STORE or STORE/SHARD holding the replica (the shard when the store holds several).
+        #[arg(long, value_parser = parse_slot)]
+        from: (u64, Option<u32>),
+        /// STORE or STORE/SHARD the replica goes to (shard 0 if not given).
+        #[arg(long, value_parser = parse_slot)]
+        to: (u64, Option<u32>),
+    },
+}
+
+/// `STORE` or `STORE/SHARD`.
+fn parse_slot(text: &str) -> std::result::Result<(u64, Option<u32>), String> {
+    let bad = |_| format!("{text:?}: expected STORE or STORE/SHARD (numbers)");
+    match text.split_once('/') {
+        Some((store, shard)) => Ok((store.parse().map_err(bad)?, Some(shard.parse().map_err(bad)?))),
+        None => Ok((text.parse().map_err(bad)?, None)),
+    }
 }
 
 #[derive(Subcommand)]
@@ -311,7 +333,7 @@ async fn execute(cfg: ClientConfig, command: Command, enc: Encoding, json: bool)
             op: RegionCmd::Split { key },
         } => split(cfg, &decode_arg(&key, enc)?, enc, json).await,
         Command::Region {
-            op: op @ (RegionCmd::AddPeer { .. } | RegionCmd::RemovePeer { .. }),
+            op: op @ (RegionCmd::AddPeer { .. } | RegionCmd::RemovePeer { .. } | RegionCmd::Move { .. }),
         } => change_peers(cfg, op, json).await,
         Command::Region { op } => regions(Client::with_view(cfg, Vec::new()), op, enc, json).await,
         Command::Tso { count } => {
@@ -331,7 +353,8 @@ async fn regions(client: Client, op: RegionCmd, enc: Encoding, json: bool) -> Re
         RegionCmd::TransferLeader { .. }
         | RegionCmd::Split { .. }
         | RegionCmd::AddPeer { .. }
-        | RegionCmd::RemovePeer { .. } => unreachable!("executed on their own"),
+        | RegionCmd::RemovePeer { .. }
+        | RegionCmd::Move { .. } => unreachable!("executed on their own"),
     };
     if detail && found.records.is_empty() {
         let why = if found.complete {
@@ -423,7 +446,7 @@ async fn transfer_leader(cfg: ClientConfig, id: u64, to_store: u64, json: bool) 
 
 /// Adds or removes a replica (`corekv_tools::membership`), then prints the region's peers.
 async fn change_peers(cfg: ClientConfig, op: RegionCmd, json: bool) -> Result<Printed> {
-    if matches!(op, RegionCmd::AddPeer { id, .. } | RegionCmd::RemovePeer { id, .. } if id == corekv_raftstore::SYSTEM_REGION_ID)
+    if matches!(op, RegionCmd::AddPeer { id, .. } | RegionCmd::RemovePeer { id, .. } | RegionCmd::Move { id, .. } if id == corekv_raftstore::SYSTEM_REGION_ID)
     {
         bail!("region 1 is the system region (the placement service's): its replicas are placed at bootstrap, for now");
     }
@@ -439,6 +462,14 @@ async fn change_peers(cfg: ClientConfig, op: RegionCmd, json: bool) -> Result<Pr
         } => membership::add_peer(&client, id, (store, shard), learner, wait).await?,
         RegionCmd::RemovePeer { id, store, shard } => {
             membership::remove_peer(&client, id, (store, shard), wait).await?
+        }
+        RegionCmd::Move { id, from, to } => {
+            let to = (to.0, to.1.unwrap_or(0));
+            if from.0 == to.0 && from.1.is_none_or(|s| s == to.1) {
+                bail!("--from and --to name the same place: nothing to move");
+            }
+            membership::add_peer(&client, id, to, false, wait).await?;
+            membership::remove_peer(&client, id, from, wait).await?
         }
         _ => unreachable!("only membership changes come here"),
     };
