@@ -786,7 +786,7 @@ impl Shard {
         let action = {
             let core = self.engines.core.borrow();
             match (core.region(region_id), core.stopped(region_id)) {
-                (Some(region), _) => action(&req.op, region),
+                (Some(region), _) => stale_first(region, epoch, action(&req.op, region)),
                 (None, Some(why)) => Err(WireError::RegionUnavailable {
                     region_id,
                     reason: why.to_string(),
@@ -1060,6 +1060,24 @@ impl Shard {
         }
         self.metrics.request_seconds[op].observe(started.elapsed().as_secs_f64());
         out.push(FrameKind::Reply, client_id, &reply);
+    }
+}
+
+/// A key outside the region, asked at an older version of it: the epoch is what is wrong
+/// (TiKV checks it first), and the answer carries the current region for the client to follow.
+fn stale_first(
+    region: &Region,
+    epoch: Epoch,
+    action: std::result::Result<Action, WireError>,
+) -> std::result::Result<Action, WireError> {
+    match action {
+        Err(e @ WireError::KeyNotInRegion { .. }) => {
+            match region.check_epoch_parts(epoch, corekv_raftstore::EpochCheck::Version) {
+                Err(stale) => Err(crate::convert::error(stale)),
+                Ok(()) => Err(e),
+            }
+        }
+        other => other,
     }
 }
 

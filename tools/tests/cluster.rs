@@ -249,7 +249,8 @@ fn ctl_splits_a_region_while_writes_go_on() {
 // not by asking every node again: another client splits the region the first one cached; the
 // first one's reverse scan over the old range (the region just below a bound) and its write
 // to the split-off keys each find the new region with a directory lookup, and the only ask of
-// the nodes' views is the one `connect` makes.
+// the nodes' views is the one `connect` makes; and the old region's leader answers a request
+// for such a key at the old epoch with EpochNotMatch and its current range.
 #[test]
 fn a_client_finds_a_split_off_region_through_the_directory() {
     let t = start();
@@ -281,6 +282,21 @@ fn a_client_finds_a_split_off_region_through_the_directory() {
     assert_eq!(keys, [key_in(&r, "z"), key_in(&r, "a")]);
     assert_eq!(stats.refreshes, 1, "only connect asked the nodes: {stats:?}");
     assert!(stats.directory_lookups >= 1, "{stats:?}");
+    // A key of the new region asked of the old one at its old epoch: the epoch is what is
+    // wrong, and the answer carries the region as it is now.
+    let info = t.info();
+    let leader = (info.regions.iter().find(|i| i.region.id == r.id))
+        .and_then(|i| i.leader)
+        .unwrap();
+    let ask = Request {
+        region_id: r.id,
+        epoch: r.epoch,
+        op: Op::Get { key: key_in(&r, "z") },
+    };
+    match raw_call(&shard_addr(&info, leader.node, leader.shard), &ask) {
+        Reply::Failed(WireError::EpochNotMatch { current: Some(now), .. }) => assert_eq!(now.end, key_in(&r, "m")),
+        other => panic!("expected EpochNotMatch with the current region: {other:?}"),
+    }
 }
 
 // Proves `corekv-ctl region add-peer` and `remove-peer` move a region's leader replica to the
