@@ -192,13 +192,12 @@ async fn hand_away(
 /// leaves a replica there). `moved` hears of each region moved (id, to store); `wait`
 /// bounds each step. Returns how many moved.
 pub async fn drain(client: &Client, store: u64, wait: Duration, moved: impl Fn(u64, u64)) -> Result<usize> {
-    let views = client.refresh().await?;
-    if views.iter().any(|v| v.placement_nodes.contains(&store)) {
-        bail!("store {store} holds a replica of the system region, which does not move yet: only a store that joined can be drained");
-    }
     let mut count = 0;
     loop {
-        client.refresh().await?;
+        let views = client.refresh().await?;
+        if views.iter().any(|v| v.placement_nodes.contains(&store)) {
+            bail!("store {store} holds a replica of the system region, which does not move yet: only a store that joined can be drained");
+        }
         let plan = drain_plan(&client.regions(), store, &up_stores(client, store).await?)?;
         if plan.is_empty() {
             return Ok(count);

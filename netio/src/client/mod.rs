@@ -357,8 +357,8 @@ impl Client {
             return;
         };
         let unknown = |routes: &Routes| {
-            let peers = regions.iter().flat_map(|r| &r.heartbeat.region.peers);
-            peers.clone().any(|p| !routes.knows_node(p.node))
+            let mut peers = regions.iter().flat_map(|r| &r.heartbeat.region.peers);
+            peers.any(|p| !routes.knows_node(p.node))
         };
         if unknown(&self.inner.routes.borrow()) {
             if let Ok(Reply::Stores { stores, .. }) = self.ask_placement_until(Op::GetAllStores, deadline).await {
@@ -440,21 +440,6 @@ impl Client {
                 self.inner.routes.borrow_mut().evict(id);
                 self.backoff(backoff).await;
             }
-            // The request did not fit the region the client knew: fine after a new look shows
-            // the region changed, a bad request if it did not.
-            // The directory may not have the new epoch yet: only the nodes' own views agreeing
-            // make it a bad request.
-            WireError::KeyNotInRegion { .. } => {
-                let same = |routes: &Routes| routes.regions_by_id(id).is_some_and(|r| r.epoch == info.region.epoch);
-                self.inner.routes.borrow_mut().evict(id);
-                self.look_up(Locate::Id(id)).await;
-                if same(&self.inner.routes.borrow()) {
-                    self.refresh().await.ok();
-                    if same(&self.inner.routes.borrow()) {
-                        return Err(Error::Server(e));
-                    }
-                }
-            }
             WireError::ServerBusy { .. }
             | WireError::ProposalDropped { .. }
             | WireError::ShuttingDown
@@ -463,6 +448,8 @@ impl Client {
                 self.backoff(backoff).await;
             }
             WireError::OutcomeUnknown { .. } => return Err(Error::Undetermined { reason: e.to_string() }),
+            // Among them `KeyNotInRegion`: a replica checks the epoch first (a stale one is
+            // `EpochNotMatch`), so the range the client knew is current and the request is bad.
             fatal => return Err(Error::Server(fatal)),
         }
         Ok(())

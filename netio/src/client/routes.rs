@@ -115,10 +115,6 @@ impl Routes {
         ok.then_some(info)
     }
 
-    pub(crate) fn regions_by_id(&self, region_id: u64) -> Option<&WireRegion> {
-        self.regions.values().map(|r| &r.region).find(|r| r.id == region_id)
-    }
-
     fn get_mut(&mut self, region_id: u64) -> Option<&mut RegionInfo> {
         self.regions.values_mut().find(|r| r.region.id == region_id)
     }
